@@ -1,0 +1,11 @@
+"""agentcloud: dedicated-GPU LLM deployments on DigitalOcean, declared as code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The repository root: where presets.yaml, stacks/ and templates/ live."""
+
+PULUMI_PROJECT = "agent-cloud"
+"""The Pulumi project name; stack config keys are namespaced with it."""

@@ -1,0 +1,237 @@
+"""presets.yaml: the one catalog of gpu types, regions, presets, models and plans, validated on load."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from infra import PROJECT_ROOT
+from infra.document import Document, load_document
+from infra.errors import CatalogError, Problem
+from infra.schema import Strict, validate
+
+DEFAULT_CATALOG = PROJECT_ROOT / "presets.yaml"
+
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Vendor(StrEnum):
+    NVIDIA = "nvidia"
+    AMD = "amd"
+
+
+class Task(StrEnum):
+    GENERATE = "generate"
+    EMBED = "embed"
+    RERANK = "rerank"
+    TRANSCRIBE = "transcribe"
+
+
+class Precision(StrEnum):
+    """Weight precision a preset asks for. vLLM renders BF16 as ``dtype: bfloat16`` and FP8 as
+    ``quantization: fp8`` (online FP8 from a 16-bit checkpoint). There is no int8: vLLM 0.33 rejects it."""
+
+    BF16 = "bf16"
+    FP8 = "fp8"
+
+
+class EngineImages(Strict):
+    vllm: str
+    llamacpp: str
+
+
+class GpuType(Strict):
+    description: str
+    size_slug: str
+    vendor: Vendor
+    gpus: Annotated[int, Field(ge=1, le=8)]
+    vram_gib_per_gpu: PositiveFloat
+    hourly_usd: PositiveFloat
+    droplet_image: str
+    engine_images: EngineImages
+    contract_only: bool = False
+
+    @property
+    def vram_gib(self) -> float:
+        return self.gpus * self.vram_gib_per_gpu
+
+
+class Region(Strict):
+    name: str
+    gpu_types: tuple[Slug, ...]
+    confirmed: bool = True
+    note: str | None = None
+
+
+class Speculative(StrEnum):
+    NONE = "none"
+    NGRAM = "ngram"
+    EAGLE3 = "eagle3"  # falls back to ngram for models without an EAGLE-3 head in the catalog
+
+
+class PerformanceMode(StrEnum):
+    BALANCED = "balanced"
+    INTERACTIVITY = "interactivity"
+    THROUGHPUT = "throughput"
+
+
+class PresetScaling(Strict):
+    scale_to_zero: bool = False
+    idle_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 300
+
+
+class Preset(Strict):
+    description: str
+    spec_config: str = Field(description="the reference product's wording for this preset")
+    gpu_type: Slug
+    precision: Precision
+    kv_cache_dtype: Literal["auto", "fp8"]
+    performance_mode: PerformanceMode
+    max_num_seqs: Annotated[int, Field(ge=1, le=4096)] | None = None
+    max_num_batched_tokens: Annotated[int, Field(ge=512, le=262144)] | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0.5, le=0.98)] = 0.90
+    speculative: Speculative = Speculative.NONE
+    num_speculative_tokens: Annotated[int, Field(ge=1, le=10)] = 3
+    max_model_len: Annotated[int, Field(ge=512)] = 32768
+    min_kv_tokens: Annotated[int, Field(ge=512)] = 32768
+    scaling: PresetScaling = PresetScaling()
+    # llama.cpp settings for GGUF models
+    llamacpp_parallel: Annotated[int, Field(ge=1, le=256)] = 4
+    llamacpp_flash_attention: Literal["on", "off", "auto"] = "auto"
+
+
+class DraftHead(Strict):
+    repo: str
+    params_b: PositiveFloat
+
+
+class Model(Strict):
+    display_name: str
+    task: Task
+    tier: Slug
+    context_window: Annotated[int, Field(ge=128)]
+    hf_repo: str | None = None
+    gguf_file: str | None = Field(default=None, description="set for GGUF models: served by llama.cpp")
+    gguf_bits_per_weight: PositiveFloat | None = None
+    checkpoint: Precision = Precision.BF16
+    gated: bool = False
+    params_b: PositiveFloat
+    layers: Annotated[int, Field(ge=1)]
+    kv_heads: Annotated[int, Field(ge=1)]
+    head_dim: Annotated[int, Field(ge=1)]
+    kv_latent: bool = Field(default=False, description="MLA: one latent vector per layer, not K and V")
+    moe: bool = False
+    dimensions: int | None = None
+    eagle3: DraftHead | None = None
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.gguf_file is not None
+
+
+class Plan(Strict):
+    rank: Annotated[int, Field(ge=0)]
+    requests_per_minute: Annotated[int, Field(ge=1)] | None
+    tokens_per_minute: Annotated[int, Field(ge=1)] | None
+
+
+class Catalog(Strict):
+    version: Literal[1]
+    volume_usd_per_gib_month: PositiveFloat = 0.10
+    hours_per_month: PositiveFloat = 744
+    gpu_types: dict[Slug, GpuType]
+    regions: dict[Slug, Region]
+    presets: dict[Slug, Preset]
+    models: dict[Slug, Model]
+    plans: dict[Slug, Plan]
+
+    def regions_offering(self, gpu_type: str) -> list[str]:
+        return [name for name, region in self.regions.items() if gpu_type in region.gpu_types]
+
+    def models_for_plan(self, plan: str) -> list[str]:
+        rank = self.plans[plan].rank
+        return [mid for mid, m in self.models.items() if self.plans[m.tier].rank <= rank]
+
+
+def _cross_check(cat: Catalog, doc: Document) -> list[Problem]:
+    problems: list[Problem] = []
+    gpu_names = ", ".join(cat.gpu_types)
+    for rname, region in cat.regions.items():
+        for i, gname in enumerate(region.gpu_types):
+            if gname not in cat.gpu_types:
+                problems.append(
+                    doc.problem(
+                        ("regions", rname, "gpu_types", i),
+                        "unknown gpu type",
+                        value=gname,
+                        allowed=gpu_names,
+                        fix="declare it under gpu_types or remove it from the region",
+                    )
+                )
+    for pname, preset in cat.presets.items():
+        if preset.gpu_type not in cat.gpu_types:
+            problems.append(
+                doc.problem(
+                    ("presets", pname, "gpu_type"), "unknown gpu type", value=preset.gpu_type, allowed=gpu_names
+                )
+            )
+    plan_names = ", ".join(cat.plans)
+    for mname, model in cat.models.items():
+        if model.tier not in cat.plans:
+            problems.append(
+                doc.problem(("models", mname, "tier"), "unknown plan tier", value=model.tier, allowed=plan_names)
+            )
+        if model.is_gguf and model.gguf_bits_per_weight is None:
+            problems.append(
+                doc.problem(
+                    ("models", mname, "gguf_bits_per_weight"),
+                    "GGUF models need their bits per weight for the memory fit",
+                    fix="add gguf_bits_per_weight (Q4_K_M ~4.9, Q8_0 ~8.5, F16 16)",
+                )
+            )
+        if model.hf_repo is None:
+            problems.append(
+                doc.problem(("models", mname), "model has no hf_repo to serve it from", fix="add hf_repo")
+            )
+    ranks: dict[int, str] = {}
+    for pname, plan in cat.plans.items():
+        if plan.rank in ranks:
+            problems.append(
+                doc.problem(
+                    ("plans", pname, "rank"),
+                    f"rank already used by plan '{ranks[plan.rank]}'",
+                    value=plan.rank,
+                    fix="give every plan a distinct rank (higher includes lower)",
+                )
+            )
+        ranks[plan.rank] = pname
+    return problems
+
+
+def parse_catalog(doc: Document) -> Catalog:
+    if not isinstance(doc.data, dict):
+        raise CatalogError([doc.problem((), "the catalog must be a mapping", fix="see presets.yaml in the repo")])
+    # Top-level keys starting with "x-" hold YAML anchors (shared engine images) and are not part of the schema.
+    data = {k: v for k, v in doc.data.items() if not str(k).startswith("x-")}
+    catalog, problems = validate(Catalog, data, doc)
+    if catalog is None:
+        raise CatalogError(problems)
+    problems = _cross_check(catalog, doc)
+    if problems:
+        raise CatalogError(problems)
+    return catalog
+
+
+def load_catalog(path: Path | str = DEFAULT_CATALOG) -> Catalog:
+    """Load and validate presets.yaml; raises CatalogError listing every problem found."""
+    return _load_cached(str(Path(path).resolve()))
+
+
+@cache
+def _load_cached(path: str) -> Catalog:
+    return parse_catalog(load_document(path))

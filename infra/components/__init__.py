@@ -1,0 +1,1 @@
+"""Pulumi ComponentResources: they only wire planned values into DigitalOcean resources."""

@@ -1,0 +1,56 @@
+"""The deployment's firewall: the engine port only for the gateway, SSH only for configured CIDRs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_digitalocean as do
+
+WORLD = ["0.0.0.0/0", "::/0"]
+
+
+@dataclass(frozen=True)
+class EngineFirewallArgs:
+    deployment: str
+    droplet_ids: Sequence[pulumi.Input[int]]
+    engine_port: int
+    gateway_tag: str
+    gateway_cidrs: Sequence[str]
+    ssh_cidrs: Sequence[str]
+
+
+class EngineFirewall(pulumi.ComponentResource):
+    TYPE = "agentcloud:network:EngineFirewall"
+
+    def __init__(self, name: str, args: EngineFirewallArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(self.TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        # The gateway stack tags its droplets; a shared tag is never deleted by a deployment's destroy.
+        gateway_tag = do.Tag(f"{name}-gateway-tag", name=args.gateway_tag, opts=pulumi.ResourceOptions(
+            parent=self, retain_on_delete=True))
+        inbound = [
+            do.FirewallInboundRuleArgs(
+                protocol="tcp",
+                port_range=str(args.engine_port),
+                source_tags=[gateway_tag.name],
+                source_addresses=list(args.gateway_cidrs) or None,
+            )
+        ]
+        if args.ssh_cidrs:
+            inbound.append(do.FirewallInboundRuleArgs(protocol="tcp", port_range="22", source_addresses=list(args.ssh_cidrs)))
+        outbound = [
+            do.FirewallOutboundRuleArgs(protocol="tcp", port_range="1-65535", destination_addresses=WORLD),
+            do.FirewallOutboundRuleArgs(protocol="udp", port_range="1-65535", destination_addresses=WORLD),
+            do.FirewallOutboundRuleArgs(protocol="icmp", destination_addresses=WORLD),
+        ]
+        self.firewall = do.Firewall(
+            f"{name}-fw",
+            name=f"agentcloud-{args.deployment}",
+            droplet_ids=list(args.droplet_ids),
+            inbound_rules=inbound,
+            outbound_rules=outbound,
+            opts=child,
+        )
+        self.register_outputs({"firewall_id": self.firewall.id})

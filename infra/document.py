@@ -1,0 +1,110 @@
+"""YAML documents that remember where each key came from.
+
+``load_document`` parses with the C loader when available, refuses duplicate keys (PyYAML silently keeps the
+last one, which would lose an edit), and records the line of every mapping key and sequence item so that
+validation errors can point at ``file:line``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra.errors import Problem, ValidationError
+
+Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Document:
+    """Parsed YAML data plus the line (1-based) of every key path in it."""
+
+    file: str
+    data: Any
+    lines: Mapping[KeyPath, int] = field(default_factory=dict)
+
+    def line_of(self, path: KeyPath) -> int | None:
+        """The line of ``path``, or of its nearest ancestor that has one."""
+        while True:
+            if path in self.lines:
+                return self.lines[path]
+            if not path:
+                return None
+            path = path[:-1]
+
+    def problem(self, path: KeyPath, message: str, **kw: Any) -> Problem:
+        return Problem(file=self.file, path=path, message=message, line=self.line_of(path), **kw)
+
+
+def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ValidationError(
+                    [
+                        Problem(
+                            file=file,
+                            path=(*path, key),
+                            message=f"duplicate key (first defined on line {seen[key]})",
+                            line=line,
+                            fix="keep one definition; YAML would silently drop the first",
+                        )
+                    ]
+                )
+            seen[key] = line
+            lines[(*path, key)] = line
+            _walk(value_node, (*path, key), lines, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[(*path, index)] = item.start_mark.line + 1
+            _walk(item, (*path, index), lines, file)
+
+
+def parse_document(text: str, file: str) -> Document:
+    """Parse YAML text; syntax errors and duplicate keys become a ValidationError naming the line."""
+    try:
+        node = yaml.compose(text, Loader=Loader)
+        data = yaml.load(text, Loader=Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise ValidationError(
+            [
+                Problem(
+                    file=file,
+                    path=(),
+                    message=f"not valid YAML: {exc.problem}",
+                    line=mark.line + 1 if mark else None,
+                    fix="check indentation and quoting around that line",
+                )
+            ]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ValidationError([Problem(file=file, path=(), message=f"not valid YAML: {exc}")]) from None
+    lines: dict[KeyPath, int] = {}
+    if node is not None:
+        _walk(node, (), lines, file)
+    return Document(file=file, data=data, lines=lines)
+
+
+def load_document(path: Path | str) -> Document:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValidationError(
+            [Problem(file=str(path), path=(), message="file not found", fix="check the path")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ValidationError(
+            [Problem(file=str(path), path=(), message=f"not UTF-8 text ({exc.reason})")]
+        ) from None
+    return parse_document(text, str(path))

@@ -1,0 +1,164 @@
+"""The Pulumi components under pulumi.runtime.set_mocks: what they would create, and how it is wired."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pulumi
+import pytest
+
+from infra.catalog import Catalog
+from infra.planner import plan
+from infra.spec import DeploymentSpec, Network, Ssh
+from tests.pulumi_mocks import RecordingMocks
+
+DROPLET = "digitalocean:index/droplet:Droplet"
+VOLUME = "digitalocean:index/volume:Volume"
+ATTACH = "digitalocean:index/volumeAttachment:VolumeAttachment"
+FIREWALL = "digitalocean:index/firewall:Firewall"
+VPC = "digitalocean:index/vpc:Vpc"
+
+
+@pytest.fixture
+def mocks() -> Iterator[RecordingMocks]:
+    m = RecordingMocks()
+    pulumi.runtime.set_mocks(m, project="agent-cloud", stack="test", preview=False)
+    yield m
+
+
+def _spec(**kw: object) -> DeploymentSpec:
+    base: dict[str, object] = dict(
+        name="prod-inference",
+        model_id="llama-3.3-70b-instruct",
+        gpu_type="mi300x",
+        region="atl1",
+        preset="balanced",
+        replicas=2,
+        ssh=Ssh(allowed_cidrs=("203.0.113.0/24",), keys=("ab:cd",)),
+    )
+    base.update(kw)
+    return DeploymentSpec(**base)  # type: ignore[arg-type]
+
+
+def _deploy(catalog: Catalog, spec: DeploymentSpec):  # type: ignore[no-untyped-def]
+    from infra.components.gpu_deployment import GpuDeployment, GpuDeploymentArgs
+
+    return GpuDeployment(spec.name, GpuDeploymentArgs(plan=plan(spec, catalog)))
+
+
+@pulumi.runtime.test
+def test_droplets_match_the_plan(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+    dep = _deploy(catalog, _spec())
+
+    def check(_: object) -> None:
+        droplets = mocks.of_type(DROPLET)
+        assert len(droplets) == 2
+        for i, d in enumerate(droplets):
+            assert d.inputs["name"] == f"prod-inference-{i}"
+            assert d.inputs["size"] == "gpu-mi300x1-192gb"
+            assert d.inputs["region"] == "atl1"
+            assert d.inputs["image"] == "gpu-amd-base"
+            assert d.inputs["sshKeys"] == ["ab:cd"]
+            assert "agentcloud-engine" in d.inputs["tags"]
+            assert "agentcloud:deployment:prod-inference" in d.inputs["tags"]
+            assert d.inputs["vpcUuid"]  # inside a VPC, never the default network by accident
+            user_data = d.inputs["userData"]
+            assert user_data.startswith("#cloud-config\n")
+            assert "vllm/vllm-openai-rocm:v0.33.0" in user_data
+            assert "ssh-ed25519 AAAAmock" in user_data
+            assert "HF_TOKEN=" not in user_data and "VLLM_API_KEY=" not in user_data
+
+    return pulumi.Output.all(*[d.id for d in dep.droplets]).apply(check)
+
+
+@pulumi.runtime.test
+def test_firewall_admits_only_gateway_and_ssh_cidrs(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+    dep = _deploy(catalog, _spec())
+
+    def check(droplet_ids: list[str]) -> None:
+        (fw,) = mocks.of_type(FIREWALL)
+        rules = fw.inputs["inboundRules"]
+        engine = [r for r in rules if r["portRange"] == "8000"]
+        ssh = [r for r in rules if r["portRange"] == "22"]
+        assert len(engine) == 1 and engine[0]["sourceTags"] == ["agentcloud-gateway"]
+        assert "sourceAddresses" not in engine[0]  # closed to the world
+        assert ssh[0]["sourceAddresses"] == ["203.0.113.0/24"]
+        for rule in rules:
+            assert not set(rule.get("sourceAddresses", [])) & {"0.0.0.0/0", "::/0"}
+        assert sorted(fw.inputs["dropletIds"]) == sorted(int(i) for i in droplet_ids)
+        assert fw.inputs["outboundRules"], "a firewall without outbound rules blocks all egress"
+
+    ids = [d.id for d in dep.droplets]
+    return pulumi.Output.all(*ids, dep.firewall.firewall.id).apply(lambda r: check(r[:-1]))
+
+
+@pulumi.runtime.test
+def test_no_ssh_rule_without_cidrs(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+    dep = _deploy(catalog, _spec(ssh=Ssh(), replicas=1))
+
+    def check(_: object) -> None:
+        (fw,) = mocks.of_type(FIREWALL)
+        assert [r["portRange"] for r in fw.inputs["inboundRules"]] == ["8000"]
+
+    return dep.firewall.firewall.id.apply(check)
+
+
+@pulumi.runtime.test
+def test_cache_volumes_attached_and_protected(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+    from infra.spec import Scaling
+
+    spec = _spec(scaling=Scaling(min_replicas=0, max_replicas=3, scale_to_zero=True), replicas=2)
+    dep = _deploy(catalog, spec)
+    ids = [d.id for d in dep.droplets] + [v.id for v in dep.cache.volumes] + [a.id for a in dep.attachments]
+
+    def check(all_ids: list[str]) -> None:
+        droplet_ids, volume_ids = all_ids[:2], all_ids[2:5]
+        volumes = mocks.of_type(VOLUME)
+        attachments = mocks.of_type(ATTACH)
+        assert len(volumes) == 3, "one volume per replica slot up to max_replicas"
+        assert all(v.inputs["region"] == "atl1" and v.inputs["initialFilesystemLabel"] == "agentcloud-mdl" for v in volumes)
+        assert all(v.inputs["size"] == 170 for v in volumes)
+        assert all(v._protect for v in dep.cache.volumes)  # only an explicit teardown may delete weights
+        pairs = sorted((a.inputs["dropletId"], a.inputs["volumeId"]) for a in attachments)
+        assert pairs == sorted(zip((int(i) for i in droplet_ids), volume_ids[:2], strict=True))
+
+    return pulumi.Output.all(*ids).apply(check)
+
+
+@pulumi.runtime.test
+def test_scale_to_zero_keeps_volumes(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+    from infra.spec import Scaling
+
+    dep = _deploy(catalog, _spec(replicas=0, scaling=Scaling(min_replicas=0, max_replicas=2, scale_to_zero=True)))
+
+    def check(_: object) -> None:
+        assert mocks.of_type(DROPLET) == []
+        assert len(mocks.of_type(VOLUME)) == 2
+
+    return pulumi.Output.all(*[v.id for v in dep.cache.volumes]).apply(check)
+
+
+@pulumi.runtime.test
+def test_existing_vpc_is_joined(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+    dep = _deploy(catalog, _spec(replicas=1, network=Network(vpc_uuid="vpc-123")))
+
+    def check(_: object) -> None:
+        assert mocks.of_type(VPC) == []
+        assert mocks.of_type(DROPLET)[0].inputs["vpcUuid"] == "vpc-123"
+
+    return pulumi.Output.all(*[d.id for d in dep.droplets]).apply(check)
+
+
+@pulumi.runtime.test
+def test_outputs(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+    dep = _deploy(catalog, _spec())
+
+    def check(endpoints: list[dict[str, object]]) -> None:
+        assert len(endpoints) == 2
+        for e in endpoints:
+            assert e["port"] == 8000
+            assert str(e["private_ip"]).startswith("10.10.0.")
+            assert str(e["public_ip"]).startswith("198.51.100.")
+            assert int(str(e["droplet_id"])) >= 1000
+
+    return dep.endpoints.apply(check)
