@@ -177,14 +177,19 @@ def _cross_check(cat: Catalog, doc: Document) -> list[Problem]:
         if preset.gpu_type not in cat.gpu_types:
             problems.append(
                 doc.problem(
-                    ("presets", pname, "gpu_type"), "unknown gpu type", value=preset.gpu_type, allowed=gpu_names
+                    ("presets", pname, "gpu_type"),
+                    "unknown gpu type",
+                    value=preset.gpu_type,
+                    allowed=gpu_names,
                 )
             )
     plan_names = ", ".join(cat.plans)
     for mname, model in cat.models.items():
         if model.tier not in cat.plans:
             problems.append(
-                doc.problem(("models", mname, "tier"), "unknown plan tier", value=model.tier, allowed=plan_names)
+                doc.problem(
+                    ("models", mname, "tier"), "unknown plan tier", value=model.tier, allowed=plan_names
+                )
             )
         if model.is_gguf and model.gguf_bits_per_weight is None:
             problems.append(
@@ -215,7 +220,9 @@ def _cross_check(cat: Catalog, doc: Document) -> list[Problem]:
 
 def parse_catalog(doc: Document) -> Catalog:
     if not isinstance(doc.data, dict):
-        raise CatalogError([doc.problem((), "the catalog must be a mapping", fix="see presets.yaml in the repo")])
+        raise CatalogError(
+            [doc.problem((), "the catalog must be a mapping", fix="see presets.yaml in the repo")]
+        )
     # Top-level keys starting with "x-" hold YAML anchors (shared engine images) and are not part of the schema.
     data = {k: v for k, v in doc.data.items() if not str(k).startswith("x-")}
     catalog, problems = validate(Catalog, data, doc)

@@ -71,9 +71,10 @@ def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: str) 
 
 def parse_document(text: str, file: str) -> Document:
     """Parse YAML text; syntax errors and duplicate keys become a ValidationError naming the line."""
-    try:
-        node = yaml.compose(text, Loader=Loader)
-        data = yaml.load(text, Loader=Loader)
+    loader = Loader(text)
+    try:  # one parse: the node tree gives the lines, the same tree is then constructed into data
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         raise ValidationError(
@@ -89,6 +90,8 @@ def parse_document(text: str, file: str) -> Document:
         ) from None
     except yaml.YAMLError as exc:
         raise ValidationError([Problem(file=file, path=(), message=f"not valid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
     lines: dict[KeyPath, int] = {}
     if node is not None:
         _walk(node, (), lines, file)

@@ -27,13 +27,14 @@ class Alternative:
     max_kv_tokens: int
     hourly_usd: float
     regions: tuple[str, ...]
+    contract_only: bool = False
 
     def describe(self) -> str:
         where = ", ".join(self.regions) or "no region in the catalog"
         return (
             f"gpu_type: {self.gpu_type}, preset: {self.preset}, precision: {self.precision.value} "
             f"(kv {self.kv_cache_dtype}) -> {self.max_kv_tokens:,} KV tokens, ${self.hourly_usd:.2f}/h per replica "
-            f"[regions: {where}]"
+            f"[regions: {where}]" + (" (contract only)" if self.contract_only else "")
         )
 
 
@@ -66,6 +67,7 @@ class ServingPlan:
     runner: str | None
     convert: str | None
     llamacpp_parallel: int
+    llamacpp_ctx_size: int
     llamacpp_flash_attention: str
     fit: Fit
     cache_disk_gib: int
@@ -126,7 +128,9 @@ class ServingPlan:
 def _precision(spec: DeploymentSpec, preset: Preset, model: Model, notes: list[str]) -> Precision:
     precision = spec.precision or preset.precision
     if model.task is not Task.GENERATE and precision is Precision.FP8:
-        notes.append(f"{model.task.value} models are served in bf16: online fp8 applies to generative models only")
+        notes.append(
+            f"{model.task.value} models are served in bf16: online fp8 applies to generative models only"
+        )
         return Precision.BF16
     if model.checkpoint is Precision.FP8 and precision is Precision.BF16:
         notes.append("the checkpoint is fp8 and is served as published (no upcast to bf16)")
@@ -211,17 +215,19 @@ def alternatives(
                     max_kv_tokens=f.max_kv_tokens,
                     hourly_usd=gpu.hourly_usd,
                     regions=tuple(catalog.regions_offering(gname)),
+                    contract_only=gpu.contract_only,
                 )
-    ranked = sorted(
-        found.values(),
-        key=lambda a: (spec.region not in a.regions, a.hourly_usd, a.preset != spec.preset, -a.max_kv_tokens),
-    )
+    ranked = sorted(found.values(), key=lambda a: (a.hourly_usd, a.preset != spec.preset, -a.max_kv_tokens))
     per_gpu: dict[str, int] = {}
-    chosen = []
+    diverse = []
     for alt in ranked:  # at most two per gpu type, so the list shows real choices
         if per_gpu.get(alt.gpu_type, 0) < 2:
             per_gpu[alt.gpu_type] = per_gpu.get(alt.gpu_type, 0) + 1
-            chosen.append(alt)
+            diverse.append(alt)
+    here = [a for a in diverse if not a.contract_only and spec.region in a.regions]
+    elsewhere = [a for a in diverse if not a.contract_only and spec.region not in a.regions]
+    chosen = here[:3] + elsewhere[:2]
+    chosen += [a for a in diverse if a not in chosen][: limit - len(chosen)]
     return chosen[:limit]
 
 
@@ -266,7 +272,9 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
         )
     if f.max_kv_tokens < max_model_len:
         capped = max(CONTEXT_STEP, f.max_kv_tokens // CONTEXT_STEP * CONTEXT_STEP)
-        notes.append(f"max_model_len capped from {max_model_len} to {capped}: the KV cache holds {f.max_kv_tokens:,} tokens")
+        notes.append(
+            f"max_model_len capped from {max_model_len} to {capped}: the KV cache holds {f.max_kv_tokens:,} tokens"
+        )
         max_model_len = capped
     if gpu.contract_only:
         notes.append(f"{gpu_name} is sold by contract only; its price here is an estimate")
@@ -288,6 +296,14 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
     volume_monthly = volumes * disk * catalog.volume_usd_per_gib_month
     hourly = round(gpu.hourly_usd * spec.replicas + volume_monthly / catalog.hours_per_month, 2)
 
+    # llama-server allocates its whole context (all slots) at start: it must fit the KV budget.
+    parallel = preset.llamacpp_parallel
+    ctx_size = min(
+        max_model_len * parallel, max(CONTEXT_STEP, f.max_kv_tokens // CONTEXT_STEP * CONTEXT_STEP)
+    )
+    flash_attention = preset.llamacpp_flash_attention
+    if engine == "llamacpp" and _kv_dtype(preset, model, engine) != "f16" and flash_attention != "on":
+        flash_attention = "on"  # llama.cpp refuses a quantized V cache without flash attention
     runner = convert = None
     if model.task is Task.EMBED:
         runner, convert = "pooling", "embed"
@@ -321,8 +337,9 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
         enable_expert_parallel=model.moe and gpu.gpus > 1,
         runner=runner,
         convert=convert,
-        llamacpp_parallel=preset.llamacpp_parallel,
-        llamacpp_flash_attention=preset.llamacpp_flash_attention,
+        llamacpp_parallel=parallel,
+        llamacpp_ctx_size=ctx_size,
+        llamacpp_flash_attention=flash_attention,
         fit=f,
         cache_disk_gib=disk,
         cache_volumes=volumes,

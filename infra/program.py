@@ -18,8 +18,10 @@ def plan_from_config() -> ServingPlan:
     deployment = config.require_object("deployment")
     stack_file = STACKS_DIR / f"Pulumi.{pulumi.get_stack()}.yaml"
     # Prefer the file itself, so errors carry line numbers; Pulumi's view of the config is the same data.
-    doc = load_document(stack_file) if stack_file.exists() else Document(
-        file=str(stack_file), data={"config": {DEPLOYMENT_KEY: deployment}}
+    doc = (
+        load_document(stack_file)
+        if stack_file.exists()
+        else Document(file=str(stack_file), data={"config": {DEPLOYMENT_KEY: deployment}})
     )
     return plan(parse_stack(doc, load_catalog()), load_catalog())
 

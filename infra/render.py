@@ -128,8 +128,8 @@ def vllm_config(plan: ServingPlan) -> dict[str, Any]:
 
 
 def llama_server_args(plan: ServingPlan) -> tuple[str, ...]:
-    """llama-server flags, one "--flag value" per item: total context = per-request context x parallel
-    slots; every layer on the GPU; the API key comes from LLAMA_API_KEY in the secrets file."""
+    """llama-server flags, one "--flag value" per item: the context is the total across parallel slots;
+    every layer on the GPU; the API key comes from LLAMA_API_KEY in the secrets file."""
     model = plan.model
     pairs: list[tuple[str, str | None]] = [
         ("--host", "0.0.0.0"),
@@ -137,7 +137,7 @@ def llama_server_args(plan: ServingPlan) -> tuple[str, ...]:
         ("--hf-repo", str(model.hf_repo)),
         ("--hf-file", str(model.gguf_file)),
         ("--alias", plan.model_id),
-        ("--ctx-size", str(plan.max_model_len * plan.llamacpp_parallel)),
+        ("--ctx-size", str(plan.llamacpp_ctx_size)),
         ("--parallel", str(plan.llamacpp_parallel)),
         ("--n-gpu-layers", "999"),
         ("--flash-attn", plan.llamacpp_flash_attention),
@@ -194,7 +194,10 @@ def _host_files(plan: ServingPlan, view: EngineView) -> dict[str, tuple[str, str
             "0644",
             _template("host/agentcloud-engine.service.j2", view),
         ),
-        "/etc/systemd/system/agentcloud-engine.path": ("0644", _template("host/agentcloud-engine.path.j2", view)),
+        "/etc/systemd/system/agentcloud-engine.path": (
+            "0644",
+            _template("host/agentcloud-engine.path.j2", view),
+        ),
         "/etc/systemd/system/agentcloud-model-cache.service": (
             "0644",
             _template("host/agentcloud-model-cache.service.j2", view),
@@ -212,7 +215,9 @@ ExecStartPost=/usr/sbin/iptables -I DOCKER-USER -d {METADATA_ADDRESS} -j DROP
 """
 
 
-def cloud_init(plan: ServingPlan, files: dict[str, tuple[str, str]], host_key: HostKey | None) -> dict[str, Any]:
+def cloud_init(
+    plan: ServingPlan, files: dict[str, tuple[str, str]], host_key: HostKey | None
+) -> dict[str, Any]:
     runcmd: list[list[str]] = [["install", "-d", "-m", "0700", "/etc/agentcloud"]]
     if plan.vendor == "nvidia":
         runcmd.append(["nvidia-ctk", "runtime", "configure", "--runtime=docker"])
@@ -222,7 +227,10 @@ def cloud_init(plan: ServingPlan, files: dict[str, tuple[str, str]], host_key: H
         ["systemctl", "enable", "--now", "agentcloud-model-cache.service"],
         ["systemctl", "enable", "--now", "agentcloud-engine.path"],
     ]
-    all_files = {"/etc/systemd/system/docker.service.d/agentcloud-metadata.conf": ("0644", DOCKER_DROPIN), **files}
+    all_files = {
+        "/etc/systemd/system/docker.service.d/agentcloud-metadata.conf": ("0644", DOCKER_DROPIN),
+        **files,
+    }
     doc: dict[str, Any] = {
         "package_update": True,
         "packages": ["docker.io", "curl"],
@@ -235,7 +243,10 @@ def cloud_init(plan: ServingPlan, files: dict[str, tuple[str, str]], host_key: H
     if host_key is not None:
         doc["ssh_deletekeys"] = True
         doc["ssh_genkeytypes"] = []
-        doc["ssh_keys"] = {"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public_openssh}
+        doc["ssh_keys"] = {
+            "ed25519_private": host_key.private_openssh,
+            "ed25519_public": host_key.public_openssh,
+        }
     return doc
 
 

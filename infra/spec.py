@@ -59,7 +59,9 @@ def _network(value: str) -> str:
     try:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise ValueError(f"not an IP network: {value!r}; fix: write it as CIDR, e.g. 203.0.113.0/24") from None
+        raise ValueError(
+            f"not an IP network: {value!r}; fix: write it as CIDR, e.g. 203.0.113.0/24"
+        ) from None
     if net.prefixlen == 0:
         raise ValueError(
             f"{value} opens the port to the whole internet; fix: list your office or VPN ranges instead"
@@ -78,7 +80,9 @@ class Ssh(Strict):
 
 
 class Network(Strict):
-    vpc_uuid: str | None = Field(default=None, description="join this VPC (the gateway's); else one is created")
+    vpc_uuid: str | None = Field(
+        default=None, description="join this VPC (the gateway's); else one is created"
+    )
     gateway_tag: Annotated[str, Field(pattern=r"^[a-z0-9:_-]{1,255}$")] = "agentcloud-gateway"
     gateway_cidrs: tuple[str, ...] = ()
     engine_port: Annotated[int, Field(ge=1024, le=65535)] = 8000
@@ -120,7 +124,9 @@ def _suggest(value: str, options: list[str]) -> str:
     return f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(options)}"
 
 
-def check_against_catalog(spec: DeploymentSpec, catalog: Catalog, doc: Document, base: KeyPath) -> list[Problem]:
+def check_against_catalog(
+    spec: DeploymentSpec, catalog: Catalog, doc: Document, base: KeyPath
+) -> list[Problem]:
     """Names that must exist in presets.yaml, and the gpu type offered in the region."""
     problems: list[Problem] = []
 
@@ -171,7 +177,14 @@ def stack_name_of(path: Path) -> str:
     name = path.name
     if not (name.startswith("Pulumi.") and name.endswith((".yaml", ".yml"))):
         raise SpecError(
-            [Problem(file=str(path), path=(), message="not a stack file name", fix="name it Pulumi.<stack>.yaml")]
+            [
+                Problem(
+                    file=str(path),
+                    path=(),
+                    message="not a stack file name",
+                    fix="name it Pulumi.<stack>.yaml",
+                )
+            ]
         )
     return name.removeprefix("Pulumi.").rsplit(".", 1)[0]
 
@@ -180,7 +193,11 @@ def parse_stack(doc: Document, catalog: Catalog) -> DeploymentSpec:
     data: Any = doc.data
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise SpecError(
-            [doc.problem(("config",), "a stack file needs a top-level 'config' mapping", fix="see stacks/*.yaml")]
+            [
+                doc.problem(
+                    ("config",), "a stack file needs a top-level 'config' mapping", fix="see stacks/*.yaml"
+                )
+            ]
         )
     config = data["config"]
     problems: list[Problem] = []
@@ -196,7 +213,9 @@ def parse_stack(doc: Document, catalog: Catalog) -> DeploymentSpec:
             )
     base: KeyPath = ("config", DEPLOYMENT_KEY)
     if DEPLOYMENT_KEY not in config:
-        problems.append(doc.problem(base, "no deployment in this stack", fix=f"add a '{DEPLOYMENT_KEY}' mapping"))
+        problems.append(
+            doc.problem(base, "no deployment in this stack", fix=f"add a '{DEPLOYMENT_KEY}' mapping")
+        )
         raise SpecError(problems)
     spec, found = validate(DeploymentSpec, config[DEPLOYMENT_KEY], doc, base)
     problems += found

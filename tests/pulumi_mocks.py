@@ -21,7 +21,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
             n = int(rid) % 250
             state.update(ipv4Address=f"198.51.100.{n}", ipv4AddressPrivate=f"10.10.0.{n}", status="active")
         if args.typ == "pulumi-python:dynamic:Resource":
-            state.update(private_openssh="-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n", public_openssh="ssh-ed25519 AAAAmock")
+            state.update(
+                private_openssh="-----BEGIN OPENSSH PRIVATE KEY-----\nmock\n",
+                public_openssh="ssh-ed25519 AAAAmock",
+            )
         return rid, state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:

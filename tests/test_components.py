@@ -116,7 +116,10 @@ def test_cache_volumes_attached_and_protected(mocks: RecordingMocks, catalog: Ca
         volumes = mocks.of_type(VOLUME)
         attachments = mocks.of_type(ATTACH)
         assert len(volumes) == 3, "one volume per replica slot up to max_replicas"
-        assert all(v.inputs["region"] == "atl1" and v.inputs["initialFilesystemLabel"] == "agentcloud-mdl" for v in volumes)
+        assert all(
+            v.inputs["region"] == "atl1" and v.inputs["initialFilesystemLabel"] == "agentcloud-mdl"
+            for v in volumes
+        )
         assert all(v.inputs["size"] == 170 for v in volumes)
         assert all(v._protect for v in dep.cache.volumes)  # only an explicit teardown may delete weights
         pairs = sorted((a.inputs["dropletId"], a.inputs["volumeId"]) for a in attachments)
@@ -129,7 +132,9 @@ def test_cache_volumes_attached_and_protected(mocks: RecordingMocks, catalog: Ca
 def test_scale_to_zero_keeps_volumes(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
     from infra.spec import Scaling
 
-    dep = _deploy(catalog, _spec(replicas=0, scaling=Scaling(min_replicas=0, max_replicas=2, scale_to_zero=True)))
+    dep = _deploy(
+        catalog, _spec(replicas=0, scaling=Scaling(min_replicas=0, max_replicas=2, scale_to_zero=True))
+    )
 
     def check(_: object) -> None:
         assert mocks.of_type(DROPLET) == []
@@ -162,3 +167,28 @@ def test_outputs(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-un
             assert int(str(e["droplet_id"])) >= 1000
 
     return dep.endpoints.apply(check)
+
+
+@pulumi.runtime.test
+def test_program_reads_stack_config(mocks: RecordingMocks):  # type: ignore[no-untyped-def]
+    import json
+
+    import yaml
+
+    from infra.program import run
+    from infra.spec import STACKS_DIR
+
+    deployment = yaml.safe_load((STACKS_DIR / "Pulumi.cost-70b.yaml").read_text())["config"][
+        "agent-cloud:deployment"
+    ]
+    pulumi.runtime.set_mocks(mocks, project="agent-cloud", stack="cost-70b", preview=False)
+    pulumi.runtime.set_all_config({"agent-cloud:deployment": json.dumps(deployment)})
+    dep = run()
+
+    def check(_: object) -> None:
+        (droplet,) = mocks.of_type(DROPLET)
+        assert droplet.inputs["size"] == "gpu-mi300x1-192gb" and droplet.inputs["region"] == "atl1"
+        assert "quantization: fp8" in droplet.inputs["userData"]
+        assert len(mocks.of_type(VOLUME)) == 2  # max_replicas 2
+
+    return pulumi.Output.all(*[d.id for d in dep.droplets]).apply(check)

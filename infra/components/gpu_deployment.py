@@ -12,7 +12,8 @@ from infra.components.host_key import HostKey
 from infra.components.network import EngineFirewall, EngineFirewallArgs
 from infra.components.volume import ModelCache, ModelCacheArgs
 from infra.planner import ServingPlan
-from infra.render import VOLUME_LABEL, HostKey as HostKeyPair, render
+from infra.render import VOLUME_LABEL, render
+from infra.render import HostKey as HostKeyPair
 
 ENGINE_TAG = "agentcloud-engine"
 
@@ -41,7 +42,9 @@ class GpuDeploymentArgs:
 class GpuDeployment(pulumi.ComponentResource):
     TYPE = "agentcloud:deployment:GpuDeployment"
 
-    def __init__(self, name: str, args: GpuDeploymentArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: GpuDeploymentArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__(self.TYPE, name, None, opts)
         plan = args.plan
         child = pulumi.ResourceOptions(parent=self)
@@ -122,7 +125,8 @@ class GpuDeployment(pulumi.ComponentResource):
             *[pulumi.Output.all(d.ipv4_address_private, d.ipv4_address, d.id) for d in self.droplets]
         ).apply(
             lambda rows: [
-                {"private_ip": r[0], "public_ip": r[1], "droplet_id": r[2], "port": plan.engine_port} for r in rows
+                {"private_ip": r[0], "public_ip": r[1], "droplet_id": r[2], "port": plan.engine_port}
+                for r in rows
             ]
         )
         self.register_outputs(

@@ -42,7 +42,9 @@ class HostKey(Resource):
     public_openssh: pulumi.Output[str]
 
     def __init__(self, name: str, comment: str, opts: pulumi.ResourceOptions | None = None) -> None:
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["private_openssh"]))
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["private_openssh"])
+        )
         super().__init__(
             _HostKeyProvider(),
             name,

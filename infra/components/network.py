@@ -24,12 +24,17 @@ class EngineFirewallArgs:
 class EngineFirewall(pulumi.ComponentResource):
     TYPE = "agentcloud:network:EngineFirewall"
 
-    def __init__(self, name: str, args: EngineFirewallArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: EngineFirewallArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__(self.TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         # The gateway stack tags its droplets; a shared tag is never deleted by a deployment's destroy.
-        gateway_tag = do.Tag(f"{name}-gateway-tag", name=args.gateway_tag, opts=pulumi.ResourceOptions(
-            parent=self, retain_on_delete=True))
+        gateway_tag = do.Tag(
+            f"{name}-gateway-tag",
+            name=args.gateway_tag,
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+        )
         inbound = [
             do.FirewallInboundRuleArgs(
                 protocol="tcp",
@@ -39,7 +44,11 @@ class EngineFirewall(pulumi.ComponentResource):
             )
         ]
         if args.ssh_cidrs:
-            inbound.append(do.FirewallInboundRuleArgs(protocol="tcp", port_range="22", source_addresses=list(args.ssh_cidrs)))
+            inbound.append(
+                do.FirewallInboundRuleArgs(
+                    protocol="tcp", port_range="22", source_addresses=list(args.ssh_cidrs)
+                )
+            )
         outbound = [
             do.FirewallOutboundRuleArgs(protocol="tcp", port_range="1-65535", destination_addresses=WORLD),
             do.FirewallOutboundRuleArgs(protocol="udp", port_range="1-65535", destination_addresses=WORLD),

@@ -1,0 +1,100 @@
+"""presets.yaml: the shipped catalog is consistent, and a broken one is reported precisely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.catalog import Catalog, load_catalog, parse_catalog
+from infra.document import parse_document
+from infra.errors import CatalogError, ValidationError
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC_GPU_TYPES = {"h100", "mi300x", "mi300x_8", "mi325x", "mi325x_8", "h100_8", "h200", "h200_8", "l40s"}
+SPEC_REGIONS = {"atl1", "nyc2", "tor1", "ric1", "ams3"}
+
+
+def test_shipped_catalog_covers_the_spec(catalog: Catalog) -> None:
+    assert set(catalog.gpu_types) >= SPEC_GPU_TYPES
+    assert set(catalog.regions) >= SPEC_REGIONS
+    assert set(catalog.presets) == {"speed", "latency", "cost", "balanced"}
+    assert set(catalog.plans) == {"free", "basic", "professional", "enterprise"}
+    tasks = {m.task.value for m in catalog.models.values()}
+    assert tasks == {"generate", "embed", "rerank", "transcribe"}
+    assert catalog.plans["free"].requests_per_minute == 10
+    assert catalog.plans["professional"].tokens_per_minute == 1_000_000
+    assert catalog.gpu_types["mi325x"].contract_only and not catalog.gpu_types["h100"].contract_only
+    assert catalog.gpu_types["h100_8"].vram_gib == 640
+
+
+def test_plans_are_cumulative(catalog: Catalog) -> None:
+    free = set(catalog.models_for_plan("free"))
+    basic = set(catalog.models_for_plan("basic"))
+    enterprise = set(catalog.models_for_plan("enterprise"))
+    assert "llama-3.3-70b-instruct" in free and "bge-m3" not in free
+    assert free < basic < enterprise
+    assert enterprise == set(catalog.models)
+
+
+def _raw() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((ROOT / "presets.yaml").read_text())
+
+
+def _parse(data: dict) -> Catalog:  # type: ignore[type-arg]
+    return parse_catalog(parse_document(yaml.safe_dump(data, sort_keys=False), "presets.yaml"))
+
+
+def test_unknown_key_lists_allowed_keys() -> None:
+    data = _raw()
+    data["gpu_types"]["h100"]["vram_gb"] = 80
+    with pytest.raises(CatalogError) as err:
+        _parse(data)
+    text = str(err.value)
+    assert "presets.yaml:" in text and "gpu_types.h100.vram_gb: unknown key" in text
+    assert "allowed: description, size_slug, vendor" in text and "fix: remove 'vram_gb'" in text
+
+
+def test_wrong_type_names_value() -> None:
+    data = _raw()
+    data["gpu_types"]["h100"]["gpus"] = "eight"
+    with pytest.raises(CatalogError) as err:
+        _parse(data)
+    assert "gpu_types.h100.gpus" in str(err.value) and "'eight'" in str(err.value)
+
+
+def test_region_with_unknown_gpu_type() -> None:
+    data = _raw()
+    data["regions"]["nyc2"]["gpu_types"].append("a100")
+    with pytest.raises(CatalogError) as err:
+        _parse(data)
+    text = str(err.value)
+    assert "regions.nyc2.gpu_types[6]: unknown gpu type (got 'a100')" in text and "fix:" in text
+
+
+def test_every_problem_reported_at_once() -> None:
+    data = _raw()
+    data["models"]["bge-m3"]["tier"] = "gold"
+    data["presets"]["speed"]["gpu_type"] = "b200"
+    with pytest.raises(CatalogError) as err:
+        _parse(data)
+    assert len(err.value.problems) == 2
+
+
+def test_duplicate_key_is_refused_with_both_lines() -> None:
+    text = "version: 1\nplans: {}\nversion: 1\n"
+    with pytest.raises(ValidationError) as err:
+        parse_document(text, "presets.yaml")
+    assert "presets.yaml:3: version: duplicate key (first defined on line 1)" in str(err.value)
+
+
+def test_yaml_syntax_error_names_line() -> None:
+    with pytest.raises(ValidationError) as err:
+        parse_document("version: 1\ngpu_types:\n  h100: [unclosed\n", "presets.yaml")
+    assert "presets.yaml:" in str(err.value) and "not valid YAML" in str(err.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ValidationError, match="file not found"):
+        load_catalog("/nonexistent/presets.yaml")
