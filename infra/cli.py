@@ -13,7 +13,7 @@ from typing import Any
 from infra.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from infra.errors import InfraError, PlanError
 from infra.planner import ServingPlan, plan
-from infra.render import render
+from infra.render import ENV_FILE, render
 from infra.spec import STACKS_DIR, load_stack, stack_files, stack_name_of
 
 COLUMNS = (
@@ -123,6 +123,54 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret_values(args: argparse.Namespace, engine: str) -> dict[str, str]:
+    """HF token and engine API key: environment first, else the stack's secret config."""
+    from infra import automation
+
+    hf = os.environ.get("AGENTCLOUD_HF_TOKEN")
+    key = os.environ.get("AGENTCLOUD_ENGINE_API_KEY")
+    if key is None and not args.host:
+        hf = hf or automation.secret_config(args.stack, "agent-cloud:hfToken")
+        key = automation.secret_config(args.stack, "agent-cloud:engineApiKey")
+    if not key:
+        raise InfraError(
+            "no engine API key: run `pulumi config set --secret agent-cloud:engineApiKey <key>` "
+            "or set AGENTCLOUD_ENGINE_API_KEY"
+        )
+    values = {"VLLM_API_KEY" if engine == "vllm" else "LLAMA_API_KEY": key}
+    if hf:
+        values["HF_TOKEN"] = hf
+    return values
+
+
+def cmd_secrets_push(args: argparse.Namespace) -> int:
+    from infra import automation
+    from infra.remote import Target, push_env
+
+    catalog = load_catalog(args.catalog)
+    serving = plan(load_stack(resolve_stack(args.stack), catalog), catalog)
+    if args.host:
+        if not args.host_key:
+            raise InfraError("--host needs --host-key (the stack output host_public_key)")
+        hosts, host_key = list(args.host), args.host_key
+    else:
+        out = automation.outputs(args.stack)
+        hosts = [e["public_ip"] for e in out.get("endpoints", [])]
+        host_key = out.get("host_public_key", "")
+    if not hosts:
+        print(f"{args.stack}: no running droplets (scaled to zero?); nothing to do")
+        return 0
+    targets = [Target(host=h, port=args.port, username=args.user, host_public_key=host_key) for h in hosts]
+    values = _secret_values(args, serving.engine)
+    if serving.model.gated and "HF_TOKEN" not in values:
+        print(f"warning: {serving.model_id} is gated on Hugging Face and no HF token is set", file=sys.stderr)
+    for host in push_env(targets, values, args.remote_path, key_filename=args.identity):
+        print(
+            f"{args.stack}: secrets delivered to {host} ({', '.join(sorted(values))}); the engine starts now"
+        )
+    return 0
+
+
 def cmd_catalog(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
     print(
@@ -152,6 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("stack")
     r.add_argument("-o", "--output", required=True, help="directory to write into")
     r.set_defaults(func=cmd_render)
+
+    sec = sub.add_parser("secrets", help="deliver the engine's secrets to a deployment's droplets over SSH")
+    sec_sub = sec.add_subparsers(dest="action", required=True)
+    push = sec_sub.add_parser(
+        "push", help="write HF token and engine API key to every droplet (host key pinned)"
+    )
+    push.add_argument("stack")
+    push.add_argument("--identity", "-i", help="SSH private key file (default: agent and ~/.ssh keys)")
+    push.add_argument("--host", action="append", help="droplet address (default: the stack's outputs)")
+    push.add_argument("--host-key", help="pinned host public key (default: the stack's output)")
+    push.add_argument("--user", default="root", help="SSH user (default: root)")
+    push.add_argument("--port", type=int, default=22, help=argparse.SUPPRESS)
+    push.add_argument("--remote-path", default=ENV_FILE, help=argparse.SUPPRESS)
+    push.set_defaults(func=cmd_secrets_push)
 
     c = sub.add_parser("catalog", help="validate presets.yaml")
     c.add_argument("action", choices=["check"])

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for development and tests. Idempotent; run it again after pulling.
+#  1. Debian packages the tests start for real: OpenSSH server (SFTP delivery), Redis (shared rate limits),
+#     PostgreSQL (shared gateway store), and a C++ toolchain for llama.cpp.
+#  2. A virtualenv (.venv) with the package and its dev tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(openssh-server redis-server postgresql cmake g++ make)
+
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+  for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "warning: missing Debian packages (${missing[*]}); tests that need them are skipped" >&2
+  fi
+fi
+
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+echo "setup done; run the tests with: .venv/bin/python -m pytest"
