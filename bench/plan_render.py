@@ -26,7 +26,9 @@ def generate(count: int) -> list[str]:
     catalog = load_catalog()
     combos = [
         (model, gpu, preset, region)
-        for model, gpu, preset in itertools.product(catalog.models, catalog.gpu_types, catalog.presets)
+        for model, gpu, preset in itertools.product(
+            [m for m, spec in catalog.models.items() if spec.deployable], catalog.gpu_types, catalog.presets
+        )
         for region in catalog.regions_offering(gpu)[:1]
     ]
     texts = []

@@ -30,6 +30,7 @@ class Task(StrEnum):
     EMBED = "embed"
     RERANK = "rerank"
     TRANSCRIBE = "transcribe"
+    SPEECH = "speech"
 
 
 class Precision(StrEnum):
@@ -111,6 +112,9 @@ class DraftHead(Strict):
 
 
 class Model(Strict):
+    """A model the gateway can route. With ``hf_repo`` (and the architecture numbers) it can also be deployed
+    on dedicated GPUs; without, it is served by providers only."""
+
     display_name: str
     task: Task
     tier: Slug
@@ -120,10 +124,10 @@ class Model(Strict):
     gguf_bits_per_weight: PositiveFloat | None = None
     checkpoint: Precision = Precision.BF16
     gated: bool = False
-    params_b: PositiveFloat
-    layers: Annotated[int, Field(ge=1)]
-    kv_heads: Annotated[int, Field(ge=1)]
-    head_dim: Annotated[int, Field(ge=1)]
+    params_b: PositiveFloat = 0.0
+    layers: Annotated[int, Field(ge=0)] = 0
+    kv_heads: Annotated[int, Field(ge=0)] = 0
+    head_dim: Annotated[int, Field(ge=0)] = 0
     kv_latent: bool = Field(default=False, description="MLA: one latent vector per layer, not K and V")
     moe: bool = False
     dimensions: int | None = None
@@ -132,6 +136,33 @@ class Model(Strict):
     @property
     def is_gguf(self) -> bool:
         return self.gguf_file is not None
+
+    @property
+    def deployable(self) -> bool:
+        return self.hf_repo is not None
+
+
+class ApiFormat(StrEnum):
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+class ProviderModel(Strict):
+    upstream: str = Field(description="the model name the provider expects")
+    usd_per_mtok_in: Annotated[float, Field(ge=0)] = 0.0
+    usd_per_mtok_out: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Provider(Strict):
+    """A serverless API the gateway routes to. Lower priority is tried first; the next one on errors."""
+
+    description: str
+    role: Literal["primary", "fallback", "ultra-fast", "frontier", "embeddings", "speech"]
+    priority: Annotated[int, Field(ge=0, le=1000)]
+    format: ApiFormat
+    base_url: Annotated[str, Field(pattern=r"^https?://")]
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]*$")]
+    models: dict[Slug, ProviderModel]
 
 
 class Plan(Strict):
@@ -149,9 +180,15 @@ class Catalog(Strict):
     presets: dict[Slug, Preset]
     models: dict[Slug, Model]
     plans: dict[Slug, Plan]
+    providers: dict[Slug, Provider] = Field(default_factory=dict)
 
     def regions_offering(self, gpu_type: str) -> list[str]:
         return [name for name, region in self.regions.items() if gpu_type in region.gpu_types]
+
+    def providers_for(self, model_id: str) -> list[tuple[str, Provider]]:
+        """Providers serving ``model_id``, in routing order."""
+        found = [(name, p) for name, p in self.providers.items() if model_id in p.models]
+        return sorted(found, key=lambda item: item[1].priority)
 
     def models_for_plan(self, plan: str) -> list[str]:
         rank = self.plans[plan].rank
@@ -199,10 +236,35 @@ def _cross_check(cat: Catalog, doc: Document) -> list[Problem]:
                     fix="add gguf_bits_per_weight (Q4_K_M ~4.9, Q8_0 ~8.5, F16 16)",
                 )
             )
-        if model.hf_repo is None:
+        if model.hf_repo is None and not cat.providers_for(mname):
             problems.append(
-                doc.problem(("models", mname), "model has no hf_repo to serve it from", fix="add hf_repo")
+                doc.problem(
+                    ("models", mname),
+                    "model has neither an hf_repo (dedicated) nor a provider (serverless)",
+                    fix="add hf_repo, or list the model under a provider's models",
+                )
             )
+        if model.hf_repo is not None and not (
+            model.params_b and model.layers and model.kv_heads and model.head_dim
+        ):
+            problems.append(
+                doc.problem(
+                    ("models", mname),
+                    "a deployable model needs params_b, layers, kv_heads and head_dim for the memory fit",
+                    fix="add them from the model's config.json",
+                )
+            )
+    for pname, provider in cat.providers.items():
+        for mname in provider.models:
+            if mname not in cat.models:
+                problems.append(
+                    doc.problem(
+                        ("providers", pname, "models", mname),
+                        "unknown model",
+                        allowed=", ".join(cat.models),
+                        fix="declare it under models first",
+                    )
+                )
     ranks: dict[int, str] = {}
     for pname, plan in cat.plans.items():
         if plan.rank in ranks:

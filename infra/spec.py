@@ -141,8 +141,19 @@ def check_against_catalog(
             )
         )
 
+    deployable = [m for m, model in catalog.models.items() if model.deployable]
     if spec.model_id not in catalog.models and not spec.model_id.startswith("byom:"):
-        unknown("model_id", "model", spec.model_id, list(catalog.models))
+        unknown("model_id", "model", spec.model_id, deployable)
+    elif spec.model_id in catalog.models and not catalog.models[spec.model_id].deployable:
+        problems.append(
+            doc.problem(
+                (*base, "model_id"),
+                "this model is served by providers only and cannot run on dedicated GPUs",
+                value=spec.model_id,
+                allowed=", ".join(deployable),
+                fix="pick a model with an hf_repo in presets.yaml, or call it through the gateway",
+            )
+        )
     if spec.preset not in catalog.presets:
         unknown("preset", "preset", spec.preset, list(catalog.presets))
     if spec.region not in catalog.regions:

@@ -22,7 +22,13 @@ def test_shipped_catalog_covers_the_spec(catalog: Catalog) -> None:
     assert set(catalog.presets) == {"speed", "latency", "cost", "balanced"}
     assert set(catalog.plans) == {"free", "basic", "professional", "enterprise"}
     tasks = {m.task.value for m in catalog.models.values()}
-    assert tasks == {"generate", "embed", "rerank", "transcribe"}
+    assert tasks == {"generate", "embed", "rerank", "transcribe", "speech"}
+    assert [name for name, _ in catalog.providers_for("llama-3.3-70b-instruct")] == [
+        "nim",
+        "huggingface",
+        "meta",
+    ]
+    assert catalog.providers["anthropic"].format.value == "anthropic"
     assert catalog.plans["free"].requests_per_minute == 10
     assert catalog.plans["professional"].tokens_per_minute == 1_000_000
     assert catalog.gpu_types["mi325x"].contract_only and not catalog.gpu_types["h100"].contract_only
@@ -93,6 +99,23 @@ def test_yaml_syntax_error_names_line() -> None:
     with pytest.raises(ValidationError) as err:
         parse_document("version: 1\ngpu_types:\n  h100: [unclosed\n", "presets.yaml")
     assert "presets.yaml:" in str(err.value) and "not valid YAML" in str(err.value)
+
+
+def test_provider_with_unknown_model() -> None:
+    data = _raw()
+    data["providers"]["nim"]["models"]["llama-9"] = {"upstream": "meta/llama-9"}
+    with pytest.raises(CatalogError, match=r"providers\.nim\.models\.llama-9: unknown model"):
+        _parse(data)
+
+
+def test_provider_only_model_cannot_be_deployed(tmp_path: Path, catalog: Catalog) -> None:
+    from infra.errors import SpecError
+    from infra.spec import load_stack
+    from tests.stackfiles import deployment, write_stack
+
+    path = write_stack(tmp_path, deployment(model_id="claude-haiku-4-5"))
+    with pytest.raises(SpecError, match="served by providers only"):
+        load_stack(path, catalog)
 
 
 def test_missing_file() -> None:

@@ -40,6 +40,12 @@ def _spec(**kw: object) -> DeploymentSpec:
     return DeploymentSpec(**base)  # type: ignore[arg-type]
 
 
+def settled(dep) -> pulumi.Output:  # type: ignore[no-untyped-def,type-arg]
+    """An output that resolves once every resource of the deployment has been registered."""
+    ids = [d.id for d in dep.droplets] + [v.id for v in dep.cache.volumes] + [a.id for a in dep.attachments]
+    return pulumi.Output.all(*ids, dep.firewall.firewall.id, dep.host_key.id)
+
+
 def _deploy(catalog: Catalog, spec: DeploymentSpec):  # type: ignore[no-untyped-def]
     from infra.components.gpu_deployment import GpuDeployment, GpuDeploymentArgs
 
@@ -68,7 +74,7 @@ def test_droplets_match_the_plan(mocks: RecordingMocks, catalog: Catalog):  # ty
             assert "ssh-ed25519 AAAAmock" in user_data
             assert "HF_TOKEN=" not in user_data and "VLLM_API_KEY=" not in user_data
 
-    return pulumi.Output.all(*[d.id for d in dep.droplets]).apply(check)
+    return settled(dep).apply(check)
 
 
 @pulumi.runtime.test
@@ -88,8 +94,8 @@ def test_firewall_admits_only_gateway_and_ssh_cidrs(mocks: RecordingMocks, catal
         assert sorted(fw.inputs["dropletIds"]) == sorted(int(i) for i in droplet_ids)
         assert fw.inputs["outboundRules"], "a firewall without outbound rules blocks all egress"
 
-    ids = [d.id for d in dep.droplets]
-    return pulumi.Output.all(*ids, dep.firewall.firewall.id).apply(lambda r: check(r[:-1]))
+    n = len(dep.droplets)
+    return settled(dep).apply(lambda r: check(r[:n]))
 
 
 @pulumi.runtime.test
@@ -100,7 +106,7 @@ def test_no_ssh_rule_without_cidrs(mocks: RecordingMocks, catalog: Catalog):  # 
         (fw,) = mocks.of_type(FIREWALL)
         assert [r["portRange"] for r in fw.inputs["inboundRules"]] == ["8000"]
 
-    return dep.firewall.firewall.id.apply(check)
+    return settled(dep).apply(check)
 
 
 @pulumi.runtime.test
@@ -109,7 +115,6 @@ def test_cache_volumes_attached_and_protected(mocks: RecordingMocks, catalog: Ca
 
     spec = _spec(scaling=Scaling(min_replicas=0, max_replicas=3, scale_to_zero=True), replicas=2)
     dep = _deploy(catalog, spec)
-    ids = [d.id for d in dep.droplets] + [v.id for v in dep.cache.volumes] + [a.id for a in dep.attachments]
 
     def check(all_ids: list[str]) -> None:
         droplet_ids, volume_ids = all_ids[:2], all_ids[2:5]
@@ -125,7 +130,7 @@ def test_cache_volumes_attached_and_protected(mocks: RecordingMocks, catalog: Ca
         pairs = sorted((a.inputs["dropletId"], a.inputs["volumeId"]) for a in attachments)
         assert pairs == sorted(zip((int(i) for i in droplet_ids), volume_ids[:2], strict=True))
 
-    return pulumi.Output.all(*ids).apply(check)
+    return settled(dep).apply(check)
 
 
 @pulumi.runtime.test
@@ -140,7 +145,7 @@ def test_scale_to_zero_keeps_volumes(mocks: RecordingMocks, catalog: Catalog):  
         assert mocks.of_type(DROPLET) == []
         assert len(mocks.of_type(VOLUME)) == 2
 
-    return pulumi.Output.all(*[v.id for v in dep.cache.volumes]).apply(check)
+    return settled(dep).apply(check)
 
 
 @pulumi.runtime.test
@@ -151,7 +156,7 @@ def test_existing_vpc_is_joined(mocks: RecordingMocks, catalog: Catalog):  # typ
         assert mocks.of_type(VPC) == []
         assert mocks.of_type(DROPLET)[0].inputs["vpcUuid"] == "vpc-123"
 
-    return pulumi.Output.all(*[d.id for d in dep.droplets]).apply(check)
+    return settled(dep).apply(check)
 
 
 @pulumi.runtime.test
@@ -166,7 +171,7 @@ def test_outputs(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-un
             assert str(e["public_ip"]).startswith("198.51.100.")
             assert int(str(e["droplet_id"])) >= 1000
 
-    return dep.endpoints.apply(check)
+    return pulumi.Output.all(dep.endpoints, settled(dep)).apply(lambda r: check(r[0]))
 
 
 @pulumi.runtime.test
@@ -191,4 +196,4 @@ def test_program_reads_stack_config(mocks: RecordingMocks):  # type: ignore[no-u
         assert "quantization: fp8" in droplet.inputs["userData"]
         assert len(mocks.of_type(VOLUME)) == 2  # max_replicas 2
 
-    return pulumi.Output.all(*[d.id for d in dep.droplets]).apply(check)
+    return settled(dep).apply(check)

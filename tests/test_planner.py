@@ -20,7 +20,8 @@ def _spec(catalog: Catalog, model: str, gpu: str, preset: str = "balanced", **kw
 
 def all_outcomes(catalog: Catalog) -> list[tuple[tuple[str, str, str], ServingPlan | PlanError]]:
     out: list[tuple[tuple[str, str, str], ServingPlan | PlanError]] = []
-    for preset, gpu, model in itertools.product(catalog.presets, catalog.gpu_types, catalog.models):
+    deployable = [m for m, spec in catalog.models.items() if spec.deployable]
+    for preset, gpu, model in itertools.product(catalog.presets, catalog.gpu_types, deployable):
         try:
             out.append(((preset, gpu, model), plan(_spec(catalog, model, gpu, preset), catalog)))
         except PlanError as exc:
@@ -30,7 +31,8 @@ def all_outcomes(catalog: Catalog) -> list[tuple[tuple[str, str, str], ServingPl
 
 def test_matrix_invariants(catalog: Catalog) -> None:
     outcomes = all_outcomes(catalog)
-    assert len(outcomes) == len(catalog.presets) * len(catalog.gpu_types) * len(catalog.models)
+    deployable = [m for m in catalog.models.values() if m.deployable]
+    assert len(outcomes) == len(catalog.presets) * len(catalog.gpu_types) * len(deployable)
     planned = [p for _, p in outcomes if isinstance(p, ServingPlan)]
     assert len(planned) > len(outcomes) // 2
     for (_, gpu, model), result in outcomes:
