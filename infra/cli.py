@@ -12,6 +12,7 @@ from typing import Any
 
 from infra.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from infra.errors import InfraError, PlanError
+from infra.gateway.store import StoreError
 from infra.planner import ServingPlan, plan
 from infra.render import ENV_FILE, render
 from infra.spec import STACKS_DIR, load_stack, stack_files, stack_name_of
@@ -215,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--remote-path", default=ENV_FILE, help=argparse.SUPPRESS)
     push.set_defaults(func=cmd_secrets_push)
 
+    from infra.gateway_cli import add_parser as add_gateway
+
+    add_gateway(sub)
+
     c = sub.add_parser("catalog", help="validate presets.yaml")
     c.add_argument("action", choices=["check"])
     c.set_defaults(func=cmd_catalog)
@@ -228,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except InfraError as exc:
+    except (InfraError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,294 @@
+"""The gateway as an ASGI application: dispatch, authentication, limits, metrics and usage around handlers.
+
+Hot-path rules (reference/gateway-performance.md): no framework, no per-request database round trip (keys come
+from a bounded TTL cache), bodies forwarded as received when nothing in them changes, metrics in memory, usage
+written in batches by a background task, no logging of keys or bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.catalog import Catalog, load_catalog
+from infra.gateway import keys as keymod
+from infra.gateway.asgi import Request, bearer_token, parse_headers
+from infra.gateway.cache import MISSING, TtlCache
+from infra.gateway.config import GatewayConfig
+from infra.gateway.errors import GatewayError, unauthorized
+from infra.gateway.keys import KeyRecord
+from infra.gateway.limits import (
+    ConcurrencyLimiter,
+    MemoryConcurrency,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisConcurrency,
+    RedisRateLimiter,
+)
+from infra.gateway.metrics import Metrics
+from infra.gateway.proxy import Timeouts, Upstreams
+from infra.gateway.routing import Deployment, RouteTable, Target, deployment_from, from_catalog, load_routes
+from infra.gateway.store import Store, UsageRow
+
+log = logging.getLogger("agentcloud.gateway")
+Handler = Callable[["Gateway", Request], Awaitable[None]]
+
+
+@dataclass
+class Call:
+    """Accounting for one upstream call: filled by the handler, settled by Gateway.account()."""
+
+    key: KeyRecord
+    model_id: str
+    deployment: Deployment | None
+    estimate_tokens: int
+    started_s: float = field(default_factory=time.perf_counter)
+    status: int = 200
+    ttft_s: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    target: Target | None = None
+
+    @property
+    def cost_usd(self) -> float:
+        return self.target.cost(self.prompt_tokens, self.completion_tokens) if self.target else 0.0
+
+
+class Router:
+    def __init__(self) -> None:
+        self.static: dict[tuple[str, str], Handler] = {}
+        self.dynamic: list[tuple[str, re.Pattern[str], Handler]] = []
+        self.anthropic_paths: set[str] = set()
+
+    def add(self, method: str, path: str, handler: Handler, anthropic: bool = False) -> None:
+        if anthropic:
+            self.anthropic_paths.add(path)
+        if "{" not in path:
+            self.static[(method, path)] = handler
+        else:
+            pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[A-Za-z0-9_.:-]{1,128})", path)
+            self.dynamic.append((method, re.compile(f"^{pattern}$"), handler))
+
+    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        handler = self.static.get((method, path))
+        if handler is not None:
+            return handler, {}
+        allowed = any(p == path for (_, p) in self.static)
+        for m, pattern, h in self.dynamic:
+            found = pattern.match(path)
+            if found:
+                if m == method:
+                    return h, found.groupdict()
+                allowed = True
+        if allowed:
+            raise GatewayError(405, f"method {method} not allowed on {path}", code="method_not_allowed")
+        raise GatewayError(404, f"no route {path}", code="unknown_route")
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        catalog: Catalog | None = None,
+        store: Store | None = None,
+        routes: RouteTable | None = None,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog or load_catalog(config.catalog)
+        self.store = store or Store(config.database)
+        self.routes = routes or from_catalog(self.catalog)
+        if routes is None and config.routes_file:
+            load_routes(self.routes, Path(config.routes_file))
+        self.metrics = Metrics()
+        self.key_cache: TtlCache[str, KeyRecord | None] = TtlCache(
+            config.key_cache_size, config.key_cache_ttl_s
+        )
+        self.limiter: RateLimiter = MemoryRateLimiter()
+        self.concurrency: ConcurrencyLimiter = MemoryConcurrency()
+        self.redis: Any = None
+        self.upstreams = Upstreams(
+            self.routes,
+            Timeouts(config.connect_timeout_s, config.first_byte_timeout_s, config.idle_timeout_s),
+        )
+        self.usage: deque[UsageRow] = deque(maxlen=config.usage_queue_max)
+        self.usage_dropped = 0
+        self.background: list[asyncio.Task[None]] = []
+        self.router = Router()
+        self.extensions: list[
+            Callable[[Gateway], Awaitable[None]]
+        ] = []  # startup hooks (lifecycle, autoscaler)
+        from infra.gateway import handlers
+
+        handlers.register(self.router)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        if self.config.redis_url:
+            import redis.asyncio as aioredis
+
+            self.redis = aioredis.from_url(self.config.redis_url)
+            self.limiter = RedisRateLimiter(self.redis)
+            self.concurrency = RedisConcurrency(self.redis)
+        self.refresh_deployments_from_store()
+        await self.upstreams.start()
+        self.background.append(asyncio.create_task(self._flush_usage_forever()))
+        for hook in self.extensions:
+            await hook(self)
+
+    async def shutdown(self) -> None:
+        for task in self.background:
+            task.cancel()
+        for task in self.background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.background.clear()
+        await self.flush_usage()
+        await self.upstreams.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    def refresh_deployments_from_store(self) -> None:
+        for row in self.store.deployments():
+            routes = row["routes"] or {}
+            entry = {**routes, "id": row["id"], "org_id": row["org_id"], "name": row["name"],
+                     "model_id": routes.get("model_id", row["model_id"]), "status": row["status"]}  # fmt: skip
+            self.routes.add_deployment(deployment_from(entry))
+
+    async def _flush_usage_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.usage_flush_s)
+            try:
+                await self.flush_usage()
+            except Exception:  # a store outage must not kill the gateway; rows stay queued (bounded)
+                log.exception("usage flush failed")
+
+    async def flush_usage(self) -> None:
+        if not self.usage:
+            return
+        batch = list(self.usage)
+        self.usage.clear()
+        try:
+            await asyncio.to_thread(self.store.add_usage, batch)
+        except Exception:
+            self.usage.extendleft(reversed(batch))
+            raise
+
+    # -- ASGI --------------------------------------------------------------------------------------------
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.handle(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        req = Request(scope, receive, send, {}, anthropic=path in self.router.anthropic_paths)
+        req.headers = parse_headers(scope)
+        try:
+            handler, req.params = self.router.match(scope["method"], path)
+            await handler(self, req)
+        except GatewayError as err:
+            if not req.started:
+                await req.error(err)
+        except asyncio.CancelledError:
+            if not req.disconnected:
+                raise  # a real cancellation (shutdown), not a client that went away
+        except Exception:
+            log.exception("unhandled error on %s %s (request %s)", scope["method"], path, req.request_id)
+            if not req.started:
+                await req.error(GatewayError(500, "internal error", "server_error", code="internal_error"))
+        finally:
+            req.stop_watching()
+
+    # -- shared steps ------------------------------------------------------------------------------------
+    async def authenticate(self, req: Request) -> KeyRecord:
+        token = bearer_token(req)
+        if token is None:
+            raise unauthorized("missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
+        if not keymod.well_formed(token):
+            raise unauthorized("invalid API key")
+        digest = keymod.digest(self.config.pepper, token)
+        record = self.key_cache.get(digest, MISSING)
+        if record is MISSING:  # negative answers are cached too, so a flood of bad keys stays off the store
+            record = await asyncio.to_thread(self.store.key_by_hash, digest)
+            self.key_cache.put(digest, record)
+        if record is None:
+            raise unauthorized("invalid API key")
+        if not record.active():
+            raise unauthorized("API key revoked or expired")
+        assert isinstance(record, KeyRecord)
+        return record
+
+    def plan_limits(self, key: KeyRecord) -> tuple[int | None, int | None]:
+        plan = self.catalog.plans.get(key.plan)
+        rpm = key.requests_per_minute or (plan.requests_per_minute if plan else None)
+        tpm = key.tokens_per_minute or (plan.tokens_per_minute if plan else None)
+        return rpm, tpm
+
+    async def admit(self, req: Request, key: KeyRecord, estimate_tokens: int) -> None:
+        """Rate-limit check; its headers go on whatever response follows, 429 included."""
+        rpm, tpm = self.plan_limits(key)
+        decision = await self.limiter.check(key.id, rpm, tpm, estimate_tokens)
+        if decision is None:
+            return
+        req.extra_headers = decision.headers()
+        if not decision.allowed:
+            raise GatewayError(429, "rate limit exceeded for this key's plan; retry after the Retry-After seconds",
+                               "rate_limit_error", code="rate_limit_exceeded")  # fmt: skip
+
+    async def account(self, call: Call) -> None:
+        """Settle tokens, record metrics and usage. Runs on every exit path, cancellation included."""
+        elapsed = time.perf_counter() - call.started_s
+        _, tpm = self.plan_limits(call.key)
+        used = call.prompt_tokens + call.completion_tokens
+        await asyncio.shield(self.limiter.settle(call.key.id, tpm, used - call.estimate_tokens))
+        series = self.metrics.series_for(call.model_id, call.deployment.id if call.deployment else None)
+        self.metrics.finished(series, call.status, elapsed, call.ttft_s, call.prompt_tokens, call.completion_tokens,
+                              call.cost_usd)  # fmt: skip
+        if len(self.usage) == self.usage.maxlen:
+            self.usage_dropped += 1
+        self.usage.append(
+            UsageRow(
+                time.time(),
+                call.key.id,
+                call.key.org_id,
+                call.model_id,
+                call.deployment.id if call.deployment else None,
+                call.prompt_tokens,
+                call.completion_tokens,
+                call.cost_usd,
+                call.status,
+                elapsed * 1000,
+            )
+        )
+
+    def invalidate_keys(self) -> None:
+        self.key_cache.clear()
+
+    def sla_breaches(self, deployment_id: str) -> list[dict[str, Any]]:
+        """SLA breach history of a deployment (filled by the SLA monitor when one runs)."""
+        return []

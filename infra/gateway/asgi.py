@@ -1,0 +1,148 @@
+"""Minimal ASGI plumbing for the gateway: a per-request context, bounded body reads and responses."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from infra.gateway.errors import GatewayError, bad_request
+
+Scope = dict[str, Any]
+Headers = list[tuple[bytes, bytes]]
+JSON_CT = (b"content-type", b"application/json")
+
+
+@dataclass
+class Request:
+    scope: Scope
+    receive: Any
+    send: Any
+    params: dict[str, str]
+    anthropic: bool = False  # error bodies in Anthropic's shape (/v1/messages)
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    extra_headers: Headers = field(default_factory=list)  # added to every response (rate-limit headers)
+    request_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    started: bool = False  # response start sent: from here on, errors go into the body
+    finished: bool = False
+    disconnected: bool = False
+    raw: bytes = b""
+    watcher: asyncio.Task[None] | None = None
+
+    @property
+    def method(self) -> str:
+        return str(self.scope["method"])
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return value.decode("latin-1") if value is not None else None
+
+    async def body(self, limit: int) -> bytes:
+        length = self.headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise GatewayError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise asyncio.CancelledError
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                self.raw = b"".join(chunks)
+                self._watch_disconnect()
+                return self.raw
+
+    def _watch_disconnect(self) -> None:
+        """Once the body is read, a client disconnect cancels the handler (and so its upstream request)."""
+        handler = asyncio.current_task()
+
+        async def watch() -> None:
+            while True:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    if not self.finished and handler is not None:
+                        self.disconnected = True
+                        handler.cancel()
+                    return
+
+        self.watcher = asyncio.get_running_loop().create_task(watch())
+
+    def stop_watching(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
+
+    async def json_object(self, limit: int) -> dict[str, Any]:
+        raw = await self.body(limit)
+        if not raw:
+            raise bad_request("request body is empty; send a JSON object")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        if not isinstance(data, dict):
+            raise bad_request("request body must be a JSON object")
+        return data
+
+    def _headers(self, content_type: bytes, extra: Headers) -> Headers:
+        return [
+            (b"content-type", content_type),
+            (b"x-request-id", self.request_id.encode()),
+            *self.extra_headers,
+            *extra,
+        ]
+
+    async def start(self, status: int, content_type: bytes, extra: Headers | None = None) -> None:
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": self._headers(content_type, extra or []),
+            }
+        )
+        self.started = True
+
+    async def write(self, data: bytes, more: bool = True) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": more})
+        if not more:
+            self.finished = True
+
+    async def respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes = b"application/json",
+        extra: Headers | None = None,
+    ) -> None:  # type: ignore[assignment]
+        await self.start(status, content_type, [(b"content-length", str(len(body)).encode()), *(extra or [])])
+        await self.write(body, more=False)
+
+    async def json(self, data: Any, status: int = 200) -> None:
+        await self.respond(status, orjson.dumps(data))
+
+    async def error(self, err: GatewayError) -> None:
+        body = err.anthropic_body() if self.anthropic else err.openai_body()
+        extra = [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+        await self.respond(err.status, body, extra=extra)
+
+
+def parse_headers(scope: Scope) -> dict[bytes, bytes]:
+    return {k.lower(): v for k, v in scope.get("headers", ())}
+
+
+def bearer_token(req: Request) -> str | None:
+    auth = req.headers.get(b"authorization")
+    if auth is not None:
+        scheme, _, token = auth.decode("latin-1").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    key = req.headers.get(b"x-api-key")  # the Anthropic SDK's header
+    return key.decode("latin-1").strip() if key else None

@@ -1,0 +1,72 @@
+"""Gateway settings, from the environment (AGENTCLOUD_*), with defaults that run on one machine."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.catalog import DEFAULT_CATALOG
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("AGENTCLOUD_DATA_DIR", Path.home() / ".local" / "share" / "agentcloud"))
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    database: str = field(default_factory=lambda: str(_data_dir() / "gateway.sqlite3"))
+    redis_url: str | None = None
+    pepper: bytes = b""
+    catalog: str = str(DEFAULT_CATALOG)
+    routes_file: str | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_upload_bytes: int = 25 * 1024 * 1024
+    connect_timeout_s: float = 5.0
+    first_byte_timeout_s: float = 120.0
+    idle_timeout_s: float = 30.0
+    key_cache_ttl_s: float = 30.0
+    key_cache_size: int = 10_000
+    usage_flush_s: float = 1.0
+    usage_queue_max: int = 100_000
+    default_max_tokens: int = 512
+    metrics_token: str | None = None
+    anthropic_version: str = "2023-06-01"
+
+    @staticmethod
+    def from_env(**overrides: object) -> GatewayConfig:
+        env = os.environ
+        values: dict[str, object] = {}
+        for name, kind in (
+            ("database", str), ("redis_url", str), ("catalog", str), ("routes_file", str), ("metrics_token", str),
+            ("max_body_bytes", int), ("max_upload_bytes", int), ("connect_timeout_s", float),
+            ("first_byte_timeout_s", float), ("idle_timeout_s", float), ("key_cache_ttl_s", float),
+            ("default_max_tokens", int),
+        ):  # fmt: skip
+            raw = env.get(f"AGENTCLOUD_{name.upper()}")
+            if raw:
+                values[name] = kind(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "pepper" not in values:
+            values["pepper"] = load_pepper(str(values.get("database", GatewayConfig().database)))
+        return GatewayConfig(**values)  # type: ignore[arg-type]
+
+
+def load_pepper(database: str) -> bytes:
+    """The key-hashing pepper: AGENTCLOUD_KEY_PEPPER (production: a secret shared by every replica), else a
+    random one kept next to a local SQLite database (mode 0600) so a single machine needs no setup."""
+    value = os.environ.get("AGENTCLOUD_KEY_PEPPER")
+    if value:
+        return value.encode()
+    if database.startswith(("postgres://", "postgresql://")):
+        raise SystemExit("AGENTCLOUD_KEY_PEPPER must be set when the gateway shares a PostgreSQL database")
+    path = Path(database + ".pepper") if database != ":memory:" else None
+    if path is None:
+        return secrets.token_bytes(32)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()

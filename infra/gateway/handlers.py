@@ -1,0 +1,38 @@
+"""Every route of the gateway, in one table."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from infra.gateway import inference, public, services
+
+if TYPE_CHECKING:
+    from infra.gateway.app import Router
+
+API = "/api/v1/public"
+
+
+def register(router: Router) -> None:
+    add = router.add
+    for path in (f"{API}/chat/completions", "/v1/chat/completions"):
+        add("POST", path, inference.chat)
+    add("POST", f"{API}/deployments/{{deployment_id}}/chat/completions", inference.chat_deployment)
+    add("POST", f"{API}/orgs/{{org_id}}/deployments/{{deployment_id}}/chat/completions", inference.chat_org)
+    for path in ("/v1/messages", f"{API}/messages"):
+        add("POST", path, inference.messages, anthropic=True)
+    for path in (f"{API}/embeddings/generate", "/v1/embeddings"):
+        add("POST", path, services.embeddings)
+    for path in (f"{API}/rerank", "/v1/rerank"):
+        add("POST", path, services.rerank)
+    for path in (f"{API}/audio/transcriptions", "/v1/audio/transcriptions"):
+        add("POST", path, services.transcriptions)
+    add("POST", f"{API}/audio/tts", services.tts)
+    add("GET", f"{API}/models", public.models)
+    add("GET", f"{API}/models/available", public.models_available)
+    add("GET", "/v1/models", public.models_available)
+    add("GET", f"{API}/inference/metrics", public.inference_metrics)
+    add("GET", f"{API}/deployments/{{deployment_id}}/metrics", public.deployment_metrics)
+    add("POST", f"{API}/deployments/{{deployment_id}}/permissions", public.grant)
+    add("DELETE", f"{API}/deployments/{{deployment_id}}/permissions/{{api_key_id}}", public.revoke)
+    add("GET", "/metrics", public.prometheus)
+    add("GET", "/health", public.health)

@@ -1,0 +1,406 @@
+"""Chat completions (OpenAI format) and Anthropic messages: validation, target choice, and the upstream call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from infra.catalog import ApiFormat
+from infra.gateway import anthropic, authz
+from infra.gateway.asgi import Request
+from infra.gateway.errors import GatewayError, bad_request, not_found
+from infra.gateway.keys import KeyRecord
+from infra.gateway.proxy import Opened, UsageScanner, anthropic_headers, openai_headers, sse_events
+from infra.gateway.routing import Deployment, Target
+
+if TYPE_CHECKING:
+    from infra.gateway.app import Call, Gateway
+
+STREAM_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+# OpenAI chat parameters, plus the sampling extras vLLM and llama.cpp accept. Anything else is refused (400).
+CHAT_PARAMS = frozenset(
+    [
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "user",
+        "seed",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "metadata",
+        "store",
+        "reasoning_effort",
+        "service_tier",
+        "modalities",
+        "prediction",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "chat_template_kwargs",
+    ]
+)
+
+
+def chat_fields(body: dict[str, Any], default_max_tokens: int) -> tuple[str | None, bool, int]:
+    unknown = sorted(set(body) - CHAT_PARAMS)
+    if unknown:
+        raise bad_request(
+            f"unsupported parameter: {unknown[0]}", param=unknown[0], code="unsupported_parameter"
+        )
+    model = body.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise bad_request("model: must be a non-empty string", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("messages: required, a non-empty array", param="messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise bad_request(f"messages[{i}]: must be an object with a string role", param=f"messages[{i}]")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad_request("stream: must be a boolean", param="stream")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+    ):
+        raise bad_request("max_tokens: must be a positive integer", param="max_tokens")
+    if body.get("n", 1) != 1:
+        raise bad_request("n: only 1 is supported", param="n", code="unsupported_parameter")
+    return model, stream, max_tokens or default_max_tokens
+
+
+def resolve_model(gw: Gateway, key: KeyRecord, model: str | None) -> tuple[list[Target], Deployment | None]:
+    if not model:
+        raise bad_request("model: required", param="model")
+    if model.startswith("byom:"):
+        dep = next((d for d in gw.routes.deployments.values() if d.model_id == model), None)
+        dep = authz.invoke_deployment(key, dep, model)
+        return list(dep.targets), dep
+    if model not in gw.routes.models:
+        raise not_found(f"model {model} does not exist or is not served here", code="model_not_found")
+    authz.invoke_model(key, gw.catalog, model)
+    return gw.routes.models[model], None
+
+
+def deployment_targets(dep: Deployment) -> list[Target]:
+    if dep.status != "active" or not dep.targets:
+        raise GatewayError(503, f"deployment {dep.id} has no running replicas (status {dep.status})",
+                           "upstream_error", code="deployment_unavailable", headers={"Retry-After": "30"})  # fmt: skip
+    return list(dep.targets)
+
+
+async def with_call(
+    gw: Gateway, req: Request, key: KeyRecord, model_id: str, dep: Deployment | None, estimate: int, run: Any
+) -> None:
+    """Admission (rate limit, deployment concurrency), then ``run(call)``, then accounting on every exit."""
+    from infra.gateway.app import Call
+
+    await gw.admit(req, key, estimate)
+    lease = None
+    if dep is not None and dep.concurrency_limit:
+        lease = await gw.concurrency.acquire(dep.id, dep.concurrency_limit)
+        if lease is None:
+            raise GatewayError(429, f"deployment {dep.id} is at its concurrency limit ({dep.concurrency_limit})",
+                               "rate_limit_error", code="concurrency_limit", headers={"Retry-After": "1"})  # fmt: skip
+    call = Call(key, model_id, dep, estimate)
+    gw.metrics.started(gw.metrics.series_for(model_id, dep.id if dep else None))
+    try:
+        await run(call)
+    except GatewayError as err:
+        call.status = err.status
+        raise
+    except asyncio.CancelledError:
+        call.status = 499  # the client went away
+        raise
+    except BaseException:
+        call.status = 500
+        raise
+    finally:
+        if lease is not None and dep is not None:
+            await asyncio.shield(gw.concurrency.release(dep.id, lease))
+        await gw.account(call)
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    except orjson.JSONDecodeError:
+        pass
+    return body[:300].decode("utf-8", "replace") or "upstream refused the request"
+
+
+async def pass_upstream_error(req: Request, opened: Opened, call: Call) -> None:
+    status = opened.response.status
+    call.status = status
+    if req.anthropic or opened.target.format is not ApiFormat.OPENAI:
+        raise GatewayError(status, _error_message(opened.first), code="upstream_rejected")
+    await req.respond(
+        status, opened.first, opened.response.headers.get("Content-Type", "application/json").encode()
+    )
+
+
+async def stream_error(req: Request, call: Call, exc: BaseException, anthropic_format: bool) -> None:
+    call.status = 504 if isinstance(exc, TimeoutError) else 502
+    message = f"upstream stream failed after the response started: {type(exc).__name__}"
+    if anthropic_format:
+        await req.write(anthropic.StreamTranslator.error(message), more=False)
+    else:
+        err = {"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted"}}
+        await req.write(b"data: " + orjson.dumps(err) + b"\n\n", more=False)
+
+
+# -- OpenAI chat completions -----------------------------------------------------------------------------
+async def chat(gw: Gateway, req: Request) -> None:
+    key = await gw.authenticate(req)
+    body = await req.json_object(gw.config.max_body_bytes)
+    model, stream, max_tokens = chat_fields(body, gw.config.default_max_tokens)
+    targets, dep = resolve_model(gw, key, model)
+    await _chat(gw, req, key, body, str(model), targets, dep, stream, max_tokens)
+
+
+async def chat_deployment(gw: Gateway, req: Request) -> None:
+    key = await gw.authenticate(req)
+    dep_id = req.params["deployment_id"]
+    dep = authz.invoke_deployment(key, gw.routes.deployments.get(dep_id), dep_id)
+    body = await req.json_object(gw.config.max_body_bytes)
+    _, stream, max_tokens = chat_fields(body, gw.config.default_max_tokens)
+    await _chat(gw, req, key, body, dep.model_id, deployment_targets(dep), dep, stream, max_tokens)
+
+
+async def chat_org(gw: Gateway, req: Request) -> None:
+    key = await gw.authenticate(req)
+    dep_id, org_id = req.params["deployment_id"], req.params["org_id"]
+    dep = authz.invoke_org_deployment(key, org_id, gw.routes.deployments.get(dep_id), dep_id)
+    body = await req.json_object(gw.config.max_body_bytes)
+    _, stream, max_tokens = chat_fields(body, gw.config.default_max_tokens)
+    await _chat(gw, req, key, body, dep.model_id, deployment_targets(dep), dep, stream, max_tokens)
+
+
+async def _chat(
+    gw: Gateway, req: Request, key: KeyRecord, body: dict[str, Any], model_id: str, targets: list[Target],
+    dep: Deployment | None, stream: bool, max_tokens: int,
+) -> None:  # fmt: skip
+    usable = [t for t in targets if t.format is ApiFormat.OPENAI]
+    if targets and not usable:
+        raise bad_request(
+            f"{model_id} is served in Anthropic's format: call POST /v1/messages", param="model"
+        )
+    asked_usage = isinstance(body.get("stream_options"), dict)
+
+    def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
+        if body.get("model") == t.upstream_model and (not stream or asked_usage):
+            payload = req.raw  # unchanged: forward the bytes as received
+        else:
+            out = {**body, "model": t.upstream_model}
+            if stream and not asked_usage:
+                out["stream_options"] = {"include_usage": True}
+            payload = orjson.dumps(out)
+        return t.base_url + "/chat/completions", payload, openai_headers(t)
+
+    async def run(call: Call) -> None:
+        opened = await gw.upstreams.open(usable, build, stream)
+        call.target = opened.target
+        try:
+            if opened.response.status >= 400:
+                await pass_upstream_error(req, opened, call)
+            elif stream:
+                await _pipe_openai(gw, req, opened, call)
+            else:
+                _usage_from_json(opened.first, call)
+                await req.respond(200, opened.first)
+        finally:
+            opened.response.release()
+
+    await with_call(gw, req, key, model_id, dep, len(req.raw) // 4 + max_tokens, run)
+
+
+def _usage_from_json(body: bytes, call: Call) -> None:
+    try:
+        usage = orjson.loads(body).get("usage") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return
+    call.prompt_tokens = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+    call.completion_tokens = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+
+
+async def _pipe_openai(gw: Gateway, req: Request, opened: Opened, call: Call) -> None:
+    scanner = UsageScanner()
+    await req.start(200, b"text/event-stream", [(b"cache-control", b"no-cache")])
+    call.ttft_s = time.perf_counter() - call.started_s
+    scanner.feed(opened.first)
+    await req.write(opened.first)
+    try:
+        async for chunk in gw.upstreams.chunks(opened):
+            scanner.feed(chunk)
+            await req.write(chunk)
+    except STREAM_ERRORS as exc:
+        await stream_error(req, call, exc, anthropic_format=False)
+        return
+    finally:
+        call.prompt_tokens, call.completion_tokens = scanner.prompt_tokens, scanner.completion_tokens
+    if not scanner.done:  # the upstream closed without [DONE]: a truncated stream, not a clean end
+        await stream_error(
+            req, call, ConnectionResetError("stream ended without [DONE]"), anthropic_format=False
+        )
+        return
+    await req.write(b"", more=False)
+
+
+# -- Anthropic messages ------------------------------------------------------------------------------------
+async def messages(gw: Gateway, req: Request) -> None:
+    key = await gw.authenticate(req)
+    body = await req.json_object(gw.config.max_body_bytes)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("model: required, a string", param="model")
+    template = anthropic.to_openai(body, model)  # validates the whole request before anything is spent
+    targets, dep = resolve_model(gw, key, model)
+    stream = bool(template.get("stream"))
+    stops = list(template.get("stop", []))
+
+    def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
+        if t.format is ApiFormat.ANTHROPIC:
+            return (
+                t.base_url + "/v1/messages",
+                orjson.dumps({**body, "model": t.upstream_model}),
+                anthropic_headers(t, req.header(b"anthropic-version") or gw.config.anthropic_version),
+            )
+        return (
+            t.base_url + "/chat/completions",
+            orjson.dumps({**template, "model": t.upstream_model}),
+            openai_headers(t),
+        )
+
+    async def run(call: Call) -> None:
+        opened = await gw.upstreams.open(targets, build, stream)
+        call.target = opened.target
+        try:
+            if opened.response.status >= 400:
+                await pass_upstream_error(req, opened, call)
+            elif opened.target.format is ApiFormat.ANTHROPIC:
+                await _pass_anthropic(gw, req, opened, call, stream)
+            elif stream:
+                await _translate_stream(gw, req, opened, call, model, stops)
+            else:
+                try:
+                    data = orjson.loads(opened.first)
+                except orjson.JSONDecodeError:
+                    raise GatewayError(502, "upstream answered with invalid JSON", "upstream_error") from None
+                out = anthropic.from_openai(data, model, stops)
+                call.prompt_tokens = out["usage"]["input_tokens"]
+                call.completion_tokens = out["usage"]["output_tokens"]
+                await req.json(out)
+        finally:
+            opened.response.release()
+
+    await with_call(gw, req, key, model, dep, len(req.raw) // 4 + int(body["max_tokens"]), run)
+
+
+async def _translate_stream(
+    gw: Gateway, req: Request, opened: Opened, call: Call, model: str, stops: list[str]
+) -> None:
+    translator = anthropic.StreamTranslator(model=model, stop_sequences=stops)
+    buffer = bytearray()
+    done = False
+    await req.start(200, b"text/event-stream", [(b"cache-control", b"no-cache")])
+    call.ttft_s = time.perf_counter() - call.started_s
+
+    async def consume(chunk: bytes) -> bool:
+        for payload in sse_events(buffer, chunk):
+            if payload == b"[DONE]":
+                return True
+            try:
+                data = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(data, dict) and data.get("error"):
+                raise ConnectionResetError(str(data["error"])[:200])
+            out = translator.feed(data)
+            if out:
+                await req.write(out)
+        return False
+
+    try:
+        done = await consume(opened.first)
+        if not done:
+            async for chunk in gw.upstreams.chunks(opened):
+                if await consume(chunk):
+                    done = True
+                    break
+    except STREAM_ERRORS as exc:
+        await stream_error(req, call, exc, anthropic_format=True)
+        return
+    finally:
+        call.prompt_tokens, call.completion_tokens = translator.input_tokens, translator.output_tokens
+    if not done:
+        await stream_error(
+            req, call, ConnectionResetError("stream ended without [DONE]"), anthropic_format=True
+        )
+        return
+    await req.write(translator.finish_stream(), more=False)
+
+
+async def _pass_anthropic(gw: Gateway, req: Request, opened: Opened, call: Call, stream: bool) -> None:
+    if not stream:
+        data = orjson.loads(opened.first)
+        usage = data.get("usage") or {}
+        call.prompt_tokens, call.completion_tokens = (
+            usage.get("input_tokens", 0),
+            usage.get("output_tokens", 0),
+        )
+        await req.respond(200, opened.first)
+        return
+    buffer = bytearray()
+    await req.start(200, b"text/event-stream", [(b"cache-control", b"no-cache")])
+    call.ttft_s = time.perf_counter() - call.started_s
+    stopped = False
+
+    def scan(chunk: bytes) -> bool:
+        end = False
+        for payload in sse_events(buffer, chunk):
+            if b'"usage"' in payload:
+                event = orjson.loads(payload)
+                usage = (event.get("message") or {}).get("usage") or event.get("usage") or {}
+                call.prompt_tokens = usage.get("input_tokens", call.prompt_tokens)
+                call.completion_tokens = usage.get("output_tokens", call.completion_tokens)
+            end = end or b'"message_stop"' in payload
+        return end
+
+    try:
+        stopped = scan(opened.first)
+        await req.write(opened.first)
+        async for chunk in gw.upstreams.chunks(opened):
+            stopped = scan(chunk) or stopped
+            await req.write(chunk)
+    except STREAM_ERRORS as exc:
+        await stream_error(req, call, exc, anthropic_format=True)
+        return
+    if not stopped:
+        await stream_error(
+            req, call, ConnectionResetError("stream ended without message_stop"), anthropic_format=True
+        )
+        return
+    await req.write(b"", more=False)

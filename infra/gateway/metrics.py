@@ -1,0 +1,177 @@
+"""In-memory metrics per model and per deployment: counts, tokens, cost, latency / TTFT / tokens-per-second
+histograms (fixed log-spaced buckets, so memory is bounded), active concurrency. Exposed as Prometheus text at
+/metrics and as JSON on the spec's metrics routes. Recording is a few dict and list operations: no I/O."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+# 0.5 ms .. ~8.5 min, x1.25 per bucket: percentiles within ~12%.
+LATENCY_BUCKETS_S = tuple(0.0005 * 1.25**i for i in range(64))
+RATE_BUCKETS = tuple(0.5 * 1.25**i for i in range(48))  # tokens/s: 0.5 .. ~20k
+MAX_SERIES = 10_000
+
+
+class Histogram:
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.total += value
+
+    def quantile(self, q: float) -> float | None:
+        if not self.count:
+            return None
+        rank = q * self.count
+        seen = 0
+        for i, n in enumerate(self.counts):
+            if n and seen + n >= rank:
+                lo = self.bounds[i - 1] if i > 0 else 0.0
+                hi = self.bounds[i] if i < len(self.bounds) else self.bounds[-1]
+                return lo + (hi - lo) * ((rank - seen) / n)
+            seen += n
+        return self.bounds[-1]
+
+
+@dataclass
+class Series:
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    active: int = 0
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
+    ttft: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
+    tokens_per_s: Histogram = field(default_factory=lambda: Histogram(RATE_BUCKETS))
+
+    def snapshot(self) -> dict[str, object]:
+        def ms(h: Histogram, q: float) -> float | None:
+            v = h.quantile(q)
+            return None if v is None else round(v * 1000, 2)
+
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": round(self.errors / self.requests, 4) if self.requests else 0.0,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+            "active_concurrency": self.active,
+            "latency_ms": {
+                "p50": ms(self.latency, 0.5),
+                "p95": ms(self.latency, 0.95),
+                "p99": ms(self.latency, 0.99),
+            },
+            "ttft_ms": {"p50": ms(self.ttft, 0.5), "p95": ms(self.ttft, 0.95), "p99": ms(self.ttft, 0.99)},
+            "tokens_per_second": {
+                "p50": _round(self.tokens_per_s.quantile(0.5)),
+                "mean": round(self.tokens_per_s.total / self.tokens_per_s.count, 2)
+                if self.tokens_per_s.count
+                else None,
+            },
+        }
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.models: dict[str, Series] = {}
+        self.deployments: dict[str, Series] = {}
+
+    def _series(self, table: dict[str, Series], name: str) -> Series | None:
+        s = table.get(name)
+        if s is None:
+            if len(table) >= MAX_SERIES:
+                return None
+            s = table[name] = Series()
+        return s
+
+    def series_for(self, model_id: str, deployment_id: str | None) -> list[Series]:
+        found = [self._series(self.models, model_id)]
+        if deployment_id:
+            found.append(self._series(self.deployments, deployment_id))
+        return [s for s in found if s is not None]
+
+    def started(self, series: list[Series]) -> None:
+        for s in series:
+            s.active += 1
+
+    def finished(
+        self,
+        series: list[Series],
+        status: int,
+        latency_s: float,
+        ttft_s: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+    ) -> None:
+        gen_s = latency_s - ttft_s if ttft_s is not None else latency_s
+        for s in series:
+            s.active -= 1
+            s.requests += 1
+            if status >= 400:
+                s.errors += 1
+            s.prompt_tokens += prompt_tokens
+            s.completion_tokens += completion_tokens
+            s.cost_usd += cost_usd
+            s.latency.observe(latency_s)
+            if ttft_s is not None:
+                s.ttft.observe(ttft_s)
+            if completion_tokens > 1 and gen_s > 0:
+                s.tokens_per_s.observe(completion_tokens / gen_s)
+
+    def prometheus(self) -> str:
+        lines: list[str] = []
+        for label, table in (("model", self.models), ("deployment", self.deployments)):
+            prefix = f"agentcloud_{label}"
+            for metric, kind, help_ in (
+                ("requests_total", "counter", "requests answered"),
+                ("errors_total", "counter", "requests answered with an error status"),
+                ("prompt_tokens_total", "counter", "prompt tokens"),
+                ("completion_tokens_total", "counter", "completion tokens"),
+                ("cost_usd_total", "counter", "cost in US dollars at the provider's list price"),
+                ("active_requests", "gauge", "requests in flight"),
+            ):
+                lines += [f"# HELP {prefix}_{metric} {help_} per {label}", f"# TYPE {prefix}_{metric} {kind}"]
+                attr = {
+                    "requests_total": "requests",
+                    "errors_total": "errors",
+                    "active_requests": "active",
+                }.get(metric, metric.removesuffix("_total"))
+                for name, s in table.items():
+                    lines.append(f'{prefix}_{metric}{{{label}="{_esc(name)}"}} {getattr(s, attr)}')
+            for metric, attr in (("latency_seconds", "latency"), ("ttft_seconds", "ttft")):
+                lines += [
+                    f"# HELP {prefix}_{metric} {attr} per {label}",
+                    f"# TYPE {prefix}_{metric} histogram",
+                ]
+                for name, s in table.items():
+                    h: Histogram = getattr(s, attr)
+                    cumulative = 0
+                    for bound, n in zip(h.bounds, h.counts, strict=False):
+                        cumulative += n
+                        if n:
+                            lines.append(
+                                f'{prefix}_{metric}_bucket{{{label}="{_esc(name)}",le="{bound:.6g}"}} {cumulative}'
+                            )
+                    lines.append(f'{prefix}_{metric}_bucket{{{label}="{_esc(name)}",le="+Inf"}} {h.count}')
+                    lines.append(f'{prefix}_{metric}_sum{{{label}="{_esc(name)}"}} {h.total:.6f}')
+                    lines.append(f'{prefix}_{metric}_count{{{label}="{_esc(name)}"}} {h.count}')
+        return "\n".join(lines) + "\n"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

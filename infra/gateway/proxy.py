@@ -1,0 +1,195 @@
+"""Talking to upstreams: one shared aiohttp session, fallback before the first byte, timeouts, usage scanning.
+
+The commit point is the first byte sent to the client. Until then a failing target (connection refused or
+reset, 5xx, 429, a timeout, an empty body) is skipped for the next one; after it, the caller ends the client's
+stream with an explicit error event. Timeouts: connect, first byte (headers plus, for streams, the first chunk),
+and idle between chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from infra.gateway.errors import GatewayError
+from infra.gateway.routing import RouteTable, Target
+
+RETRYABLE = (aiohttp.ClientError, TimeoutError, OSError)
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_s: float = 5.0
+    first_byte_s: float = 120.0
+    idle_s: float = 30.0
+
+
+@dataclass
+class Opened:
+    target: Target
+    response: aiohttp.ClientResponse
+    first: bytes  # the first body chunk (streams) or the whole body (non-streaming)
+
+
+RequestBuilder = Callable[[Target], tuple[str, bytes, dict[str, str]]]
+
+
+class Upstreams:
+    def __init__(self, routes: RouteTable, timeouts: Timeouts) -> None:
+        self.routes = routes
+        self.timeouts = timeouts
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=4096, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def open(self, targets: list[Target], build: RequestBuilder, stream: bool) -> Opened:
+        """The first target that answers usefully; raises 502/503/504 naming what each target did."""
+        assert self.session is not None, "gateway not started"
+        if not targets:
+            raise GatewayError(503, "no upstream serves this model right now", "upstream_error", code="no_upstream",
+                               headers={"Retry-After": "30"})  # fmt: skip
+        tried: list[str] = []
+        timed_out = False
+        for target in targets:
+            breaker = self.routes.breaker(target)
+            if not breaker.allow():
+                tried.append(f"{target.name}: circuit open")
+                continue
+            url, payload, headers = build(target)
+            response: aiohttp.ClientResponse | None = None
+            try:
+                async with asyncio.timeout(self.timeouts.first_byte_s):
+                    response = await self.session.post(url, data=payload, headers=headers)
+                    if response.status >= 500 or response.status == 429:
+                        await response.content.read(ERROR_BODY_LIMIT)
+                        tried.append(f"{target.name}: HTTP {response.status}")
+                        breaker.failure()
+                        response.release()
+                        continue
+                    if response.status >= 400 or not stream:
+                        body = await _read_all(response, self.timeouts.idle_s)
+                        breaker.success()
+                        return Opened(target, response, body)
+                    first = await response.content.readany()
+                    if not first:
+                        raise aiohttp.ServerDisconnectedError("empty response body")
+            except RETRYABLE as exc:
+                timed_out = timed_out or isinstance(exc, TimeoutError)
+                tried.append(
+                    f"{target.name}: {'timeout' if isinstance(exc, TimeoutError) else type(exc).__name__}"
+                )
+                breaker.failure()
+                if response is not None:
+                    response.close()
+                continue
+            breaker.success()
+            return Opened(target, response, first)
+        status = (
+            504
+            if timed_out and len(tried) == 1
+            else (503 if all("circuit open" in t for t in tried) else 502)
+        )
+        raise GatewayError(status, "upstream failed: " + "; ".join(tried), "upstream_error", code="upstream_failed",
+                           headers={"Retry-After": "5"} if status == 503 else None)  # fmt: skip
+
+    async def chunks(self, opened: Opened) -> Any:
+        """The rest of a streamed body, chunk by chunk, each within the idle timeout."""
+        content = opened.response.content
+        while True:
+            async with asyncio.timeout(self.timeouts.idle_s):
+                chunk = await content.readany()
+            if not chunk:
+                return
+            yield chunk
+
+
+async def _read_all(response: aiohttp.ClientResponse, idle_s: float) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        async with asyncio.timeout(idle_s):
+            chunk = await response.content.readany()
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+
+
+def openai_headers(target: Target) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if target.api_key:
+        headers["Authorization"] = f"Bearer {target.api_key}"
+    return headers
+
+
+def anthropic_headers(target: Target, version: str) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "anthropic-version": version}
+    if target.api_key:
+        headers["x-api-key"] = target.api_key
+    return headers
+
+
+class UsageScanner:
+    """Finds token usage in an OpenAI SSE stream (the chunk with ``usage``), tolerating split lines."""
+
+    __slots__ = ("completion_tokens", "done", "prompt_tokens", "tail")
+
+    def __init__(self) -> None:
+        self.tail = b""
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.done = False
+
+    def feed(self, chunk: bytes) -> None:
+        data = self.tail + chunk
+        cut = data.rfind(b"\n")
+        self.tail = data[cut + 1 :][-65536:] if cut >= 0 else data[-65536:]
+        if cut < 0:
+            return
+        lines = data[:cut]
+        if b"[DONE]" in lines:
+            self.done = True
+        if b'"usage"' not in lines:
+            return
+        for line in lines.split(b"\n"):
+            if line.startswith(b"data:") and b'"usage"' in line:
+                try:
+                    usage = orjson.loads(line[5:]).get("usage")
+                except (orjson.JSONDecodeError, AttributeError):
+                    continue
+                if isinstance(usage, dict):
+                    self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                    self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+
+def sse_events(buffer: bytearray, chunk: bytes) -> list[bytes]:
+    """Complete SSE ``data:`` payloads from ``buffer + chunk`` (the buffer keeps any partial event)."""
+    buffer += chunk
+    out: list[bytes] = []
+    while True:
+        cut = buffer.find(b"\n\n")
+        if cut < 0:
+            return out
+        event = bytes(buffer[:cut])
+        del buffer[: cut + 2]
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:"):
+                out.append(line[5:].strip())

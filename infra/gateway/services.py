@@ -1,0 +1,254 @@
+"""Embeddings, rerank, speech to text and text to speech: OpenAI-format upstreams, the spec's shapes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from infra.catalog import ApiFormat, Task
+from infra.gateway.asgi import Request
+from infra.gateway.errors import GatewayError, bad_request
+from infra.gateway.inference import pass_upstream_error, resolve_model, with_call
+from infra.gateway.keys import KeyRecord
+from infra.gateway.proxy import openai_headers
+from infra.gateway.routing import Target
+
+if TYPE_CHECKING:
+    from infra.gateway.app import Call, Gateway
+
+DEFAULT_MODELS = {
+    Task.EMBED: "bge-m3",
+    Task.RERANK: "bge-reranker-v2-m3",
+    Task.TRANSCRIBE: "whisper-large-v3-turbo",
+    Task.SPEECH: "minimax-speech-02-hd",
+}
+
+
+def _model(gw: Gateway, value: Any, task: Task) -> str:
+    if value is None:
+        return DEFAULT_MODELS[task]
+    if not isinstance(value, str) or not value:
+        raise bad_request("model: must be a non-empty string", param="model")
+    known = gw.catalog.models.get(value)
+    if known is not None and known.task is not task:
+        raise bad_request(f"model {value} is a {known.task.value} model, not {task.value}", param="model")
+    return value
+
+
+def _openai_targets(targets: list[Target]) -> list[Target]:
+    return [t for t in targets if t.format is ApiFormat.OPENAI]
+
+
+async def _json_call(
+    gw: Gateway, req: Request, key: KeyRecord, model: str, path: str, payload: dict[str, Any], estimate: int
+) -> bytes | None:
+    """POST ``payload`` (model rewritten per target) to ``path``; returns the upstream's JSON body."""
+    targets, dep = resolve_model(gw, key, model)
+    result: dict[str, bytes] = {}
+
+    def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
+        return t.base_url + path, orjson.dumps({**payload, "model": t.upstream_model}), openai_headers(t)
+
+    async def run(call: Call) -> None:
+        opened = await gw.upstreams.open(_openai_targets(targets), build, stream=False)
+        call.target = opened.target
+        try:
+            if opened.response.status >= 400:
+                await pass_upstream_error(req, opened, call)
+                return
+            try:
+                usage = orjson.loads(opened.first).get("usage") or {}
+                call.prompt_tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
+            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+                pass
+            result["body"] = opened.first
+        finally:
+            opened.response.release()
+
+    await with_call(gw, req, key, model, dep, estimate, run)
+    return result.get("body")
+
+
+async def embeddings(gw: Gateway, req: Request) -> None:
+    key = await gw.authenticate(req)
+    body = await req.json_object(gw.config.max_body_bytes)
+    inp = body.get("input")
+    valid = (isinstance(inp, str) and inp) or (
+        isinstance(inp, list) and inp and all(isinstance(x, str) and x for x in inp)
+    )
+    if not valid:
+        raise bad_request("input: required, a non-empty string or array of non-empty strings", param="input")
+    model = _model(gw, body.get("model"), Task.EMBED)
+    payload: dict[str, Any] = {"input": inp}
+    for option in ("encoding_format", "dimensions", "user"):
+        if option in body:
+            payload[option] = body[option]
+    out = await _json_call(gw, req, key, model, "/embeddings", payload, len(req.raw) // 4)
+    if out is not None:
+        await req.respond(200, out)
+
+
+async def rerank(gw: Gateway, req: Request) -> None:
+    key = await gw.authenticate(req)
+    body = await req.json_object(gw.config.max_body_bytes)
+    query, documents, top_n = body.get("query"), body.get("documents"), body.get("top_n")
+    if not isinstance(query, str) or not query:
+        raise bad_request("query: required, a non-empty string", param="query")
+    if not isinstance(documents, list) or not documents or len(documents) > 1000:
+        raise bad_request("documents: required, an array of 1 to 1000 items", param="documents")
+    texts = []
+    for i, d in enumerate(documents):
+        text = d.get("text") if isinstance(d, dict) else d
+        if not isinstance(text, str):
+            raise bad_request(
+                f"documents[{i}]: must be a string or {{'text': string}}", param=f"documents[{i}]"
+            )
+        texts.append(text)
+    if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1):
+        raise bad_request("top_n: must be a positive integer", param="top_n")
+    model = _model(gw, body.get("model"), Task.RERANK)
+    limit = top_n or len(texts)
+    payload = {"query": query, "documents": texts, "top_n": limit}
+    out = await _json_call(gw, req, key, model, "/rerank", payload, sum(len(t) for t in texts) // 4)
+    if out is None:
+        return
+    try:
+        data = orjson.loads(out)
+        results = []
+        for r in data.get("results") or []:
+            idx = int(r["index"])
+            score = float(r.get("relevance_score", r.get("score", 0.0)))
+            results.append({"index": idx, "relevance_score": score, "document": texts[idx]})
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError, IndexError):
+        raise GatewayError(
+            502, "upstream answered rerank with an unexpected shape", "upstream_error"
+        ) from None
+    results.sort(key=lambda r: -float(r["relevance_score"]))  # type: ignore[arg-type]
+    await req.json({"object": "list", "model": model, "results": results[:limit], "usage": data.get("usage")})
+
+
+def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, str | None, bytes]]:
+    """name -> (filename, content type, data), with python-multipart's streaming parser (bounded input)."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    ctype, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if ctype != b"multipart/form-data" or not boundary:
+        raise GatewayError(415, "send multipart/form-data with a boundary", code="unsupported_media_type")
+    parts: dict[str, tuple[str | None, str | None, bytes]] = {}
+    current: dict[str, Any] = {}
+
+    def on_part_begin() -> None:
+        current.clear()
+        current.update(headers={}, data=bytearray(), field=b"", value=b"")
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        current["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        current["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        current["headers"][current["field"].lower()] = current["value"]
+        current["field"], current["value"] = b"", b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        current["data"] += data[start:end]
+
+    def on_part_end() -> None:
+        _, disp = parse_options_header(current["headers"].get(b"content-disposition", b""))
+        name = disp.get(b"name", b"").decode("utf-8", "replace")
+        filename = disp.get(b"filename")
+        ct = current["headers"].get(b"content-type")
+        if name and name not in parts:
+            parts[name] = (filename.decode("utf-8", "replace") if filename else None,
+                           ct.decode("latin-1") if ct else None, bytes(current["data"]))  # fmt: skip
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_part_data": on_part_data, "on_part_end": on_part_end})  # fmt: skip
+    try:
+        parser.write(body)
+        parser.finalize()
+    except Exception as exc:  # python-multipart raises several error types on malformed input
+        raise bad_request(f"malformed multipart body: {type(exc).__name__}") from None
+    return parts
+
+
+async def transcriptions(gw: Gateway, req: Request) -> None:
+    key = await gw.authenticate(req)
+    raw = await req.body(gw.config.max_upload_bytes)
+    parts = parse_multipart(raw, req.header(b"content-type") or "")
+    if "file" not in parts or not parts["file"][2]:
+        raise bad_request("file: required, the audio to transcribe", param="file")
+    model_part = parts.get("model")
+    model = _model(gw, model_part[2].decode("utf-8", "replace") if model_part else None, Task.TRANSCRIBE)
+    targets, dep = resolve_model(gw, key, model)
+    fields = {
+        k: v[2].decode("utf-8", "replace")
+        for k, v in parts.items()
+        if k not in ("file", "model") and v[0] is None
+    }
+    filename, ctype, audio = parts["file"]
+    result: dict[str, tuple[bytes, str]] = {}
+
+    def build(t: Target) -> tuple[str, Any, dict[str, str]]:
+        form = aiohttp.FormData()
+        form.add_field("model", t.upstream_model)
+        for name, value in fields.items():
+            form.add_field(name, value)
+        form.add_field(
+            "file", audio, filename=filename or "audio", content_type=ctype or "application/octet-stream"
+        )
+        headers = {k: v for k, v in openai_headers(t).items() if k != "Content-Type"}
+        return t.base_url + "/audio/transcriptions", form, headers
+
+    async def run(call: Call) -> None:
+        opened = await gw.upstreams.open(_openai_targets(targets), build, stream=False)  # type: ignore[arg-type]
+        call.target = opened.target
+        try:
+            if opened.response.status >= 400:
+                await pass_upstream_error(req, opened, call)
+                return
+            result["out"] = (opened.first, opened.response.headers.get("Content-Type", "application/json"))
+        finally:
+            opened.response.release()
+
+    await with_call(gw, req, key, model, dep, len(audio) // 1000, run)
+    if "out" in result:
+        await req.respond(200, result["out"][0], result["out"][1].encode())
+
+
+async def tts(gw: Gateway, req: Request) -> None:
+    key = await gw.authenticate(req)
+    body = await req.json_object(gw.config.max_body_bytes)
+    text = body.get("input")
+    if not isinstance(text, str) or not text or len(text) > 10_000:
+        raise bad_request("input: required, a string of 1 to 10000 characters", param="input")
+    voice = body.get("voice", "en_female_1")
+    if not isinstance(voice, str):
+        raise bad_request("voice: must be a string", param="voice")
+    model = _model(gw, body.get("model"), Task.SPEECH)
+    targets, dep = resolve_model(gw, key, model)
+    result: dict[str, tuple[bytes, str]] = {}
+
+    def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
+        payload = {"model": t.upstream_model, "input": text, "voice": voice, "response_format": "mp3"}
+        return t.base_url + "/audio/speech", orjson.dumps(payload), openai_headers(t)
+
+    async def run(call: Call) -> None:
+        opened = await gw.upstreams.open(_openai_targets(targets), build, stream=False)
+        call.target = opened.target
+        try:
+            if opened.response.status >= 400:
+                await pass_upstream_error(req, opened, call)
+                return
+            result["out"] = (opened.first, opened.response.headers.get("Content-Type", "audio/mpeg"))
+        finally:
+            opened.response.release()
+
+    await with_call(gw, req, key, model, dep, len(text) // 4, run)
+    if "out" in result:
+        await req.respond(200, result["out"][0], result["out"][1].encode())

@@ -1,0 +1,163 @@
+"""`agentcloud gateway ...`: run the gateway locally and manage orgs, keys, members, grants and routes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from infra.gateway.config import GatewayConfig
+from infra.gateway.keys import KINDS
+from infra.gateway.store import Store, StoreError
+
+
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    return GatewayConfig.from_env(database=args.database, redis_url=getattr(args, "redis", None),
+                                  routes_file=getattr(args, "routes", None))  # fmt: skip
+
+
+def _store(args: argparse.Namespace) -> tuple[Store, GatewayConfig]:
+    config = _config(args)
+    return Store(config.database), config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from infra.gateway.server import build, serve
+
+    gateway = build(_config(args), upstream=args.upstream, upstream_models=args.model)
+    print(f"gateway on http://{args.host}:{args.port} (store: {gateway.config.database})", flush=True)
+    serve(gateway, args.host, args.port)
+    return 0
+
+
+def cmd_org_create(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    print(store.create_org(args.name, org_id=args.id))
+    return 0
+
+
+def cmd_key_create(args: argparse.Namespace) -> int:
+    store, config = _store(args)
+    expires = time.time() + args.expires_days * 86400 if args.expires_days else None
+    key_id, token = store.create_key(config.pepper, args.org, args.name, args.plan, args.kind, expires,
+                                     args.rpm, args.tpm)  # fmt: skip
+    out = {"id": key_id, "key": token, "org_id": args.org, "plan": args.plan, "kind": args.kind}
+    print(json.dumps(out) if args.json else f"{key_id}\n{token}\n(shown once: store it now)")
+    return 0
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    if not store.revoke_key(args.key_id):
+        print(f"no key {args.key_id}")
+        return 1
+    print(f"revoked {args.key_id} (gateways drop it within their key-cache TTL)")
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    for k in store.list_keys(args.org):
+        state = "revoked" if k.revoked_at else "active"
+        print(f"{k.id}  {k.prefix}...  org={k.org_id}  plan={k.plan}  kind={k.kind}  {state}  {k.name}")
+    return 0
+
+
+def cmd_member_add(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    store.add_member(args.org, args.key_id, args.permission)
+    print(f"{args.key_id} is a member of {args.org} with {', '.join(args.permission)}")
+    return 0
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    if args.revoke:
+        ok = store.revoke_grant(args.deployment, args.key_id)
+        print("revoked" if ok else "no such grant")
+        return 0 if ok else 1
+    store.grant(args.deployment, args.key_id)
+    print(f"{args.key_id} may invoke {args.deployment}")
+    return 0
+
+
+def cmd_route_add(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    routes: dict[str, Any] = {"endpoints": args.endpoint, "concurrency_limit": args.concurrency_limit}
+    if args.api_key_env:
+        routes["api_key_env"] = args.api_key_env
+    store.upsert_deployment(args.id, args.org, args.name or args.id, args.model, "active", {}, routes)
+    print(f"deployment {args.id} ({args.model}) routes to {', '.join(args.endpoint)}")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    g = sub.add_parser("gateway", help="run the routing gateway locally; manage orgs, keys and grants")
+    g.add_argument("--database", help="SQLite path or postgresql:// URL (default: ~/.local/share/agentcloud)")
+    gs = g.add_subparsers(dest="gateway_command", required=True)
+
+    s = gs.add_parser("serve", help="serve the gateway (uvicorn, uvloop, httptools)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--routes", help="routes file: dedicated deployments and extra upstreams")
+    s.add_argument("--redis", help="redis:// URL for limits shared by several gateway processes")
+    s.add_argument("--upstream", help="an OpenAI-compatible base URL (…/v1) to route --model names to")
+    s.add_argument(
+        "--model", action="append", default=[], help="model name served by --upstream (repeatable)"
+    )
+    s.set_defaults(func=cmd_serve)
+
+    o = gs.add_parser("orgs", help="organisations")
+    o.add_argument("action", choices=["create"])
+    o.add_argument("name")
+    o.add_argument("--id", help="explicit org id (default: generated)")
+    o.set_defaults(func=cmd_org_create)
+
+    k = gs.add_parser("keys", help="API keys")
+    ks = k.add_subparsers(dest="keys_command", required=True)
+    kc = ks.add_parser("create", help="create a key (printed once)")
+    kc.add_argument("--org", required=True)
+    kc.add_argument("--plan", default="free")
+    kc.add_argument("--kind", choices=KINDS, default="standard")
+    kc.add_argument("--name", default="key")
+    kc.add_argument("--expires-days", type=float)
+    kc.add_argument("--rpm", type=int, help="requests/min override")
+    kc.add_argument("--tpm", type=int, help="tokens/min override")
+    kc.add_argument("--json", action="store_true")
+    kc.set_defaults(func=cmd_key_create)
+    kr = ks.add_parser("revoke")
+    kr.add_argument("key_id")
+    kr.set_defaults(func=cmd_key_revoke)
+    kl = ks.add_parser("list")
+    kl.add_argument("--org")
+    kl.set_defaults(func=cmd_key_list)
+
+    m = gs.add_parser("members", help="org membership of keys")
+    m.add_argument("action", choices=["add"])
+    m.add_argument("org")
+    m.add_argument("key_id")
+    m.add_argument("--permission", action="append", default=["deployment:invoke"])
+    m.set_defaults(func=cmd_member_add)
+
+    gr = gs.add_parser("grants", help="per-deployment grants for (scoped) keys")
+    gr.add_argument("deployment")
+    gr.add_argument("key_id")
+    gr.add_argument("--revoke", action="store_true")
+    gr.set_defaults(func=cmd_grant)
+
+    r = gs.add_parser("routes", help="register a dedicated deployment's endpoints with the gateway")
+    r.add_argument("action", choices=["add"])
+    r.add_argument("--id", required=True, help="deployment id, e.g. dep_prod")
+    r.add_argument("--org", required=True)
+    r.add_argument("--model", required=True)
+    r.add_argument("--name")
+    r.add_argument(
+        "--endpoint", action="append", required=True, help="engine base URL, e.g. http://10.0.0.5:8000/v1"
+    )
+    r.add_argument("--api-key-env", help="environment variable holding the engine's API key")
+    r.add_argument("--concurrency-limit", type=int)
+    r.set_defaults(func=cmd_route_add)
+
+
+__all__ = ["StoreError", "add_parser"]

@@ -1,0 +1,135 @@
+"""Run a real gateway under uvicorn on 127.0.0.1 (in a thread) with a store, orgs, keys and routes for tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from infra.catalog import ApiFormat, Catalog
+from infra.gateway.app import Gateway
+from infra.gateway.config import GatewayConfig
+from infra.gateway.routing import Deployment, RouteTable, Target
+from infra.gateway.store import Store
+from tests.sshd import free_port
+
+PEPPER = b"test-pepper-0123456789abcdef"
+CHAT_MODEL = "llama-3.1-8b-instruct"
+
+
+def target(base_url: str, name: str = "fake", upstream_model: str | None = None, deployment_id: str | None = None,
+           fmt: ApiFormat = ApiFormat.OPENAI) -> Target:  # fmt: skip
+    return Target(name=name, base_url=base_url, format=fmt, upstream_model=upstream_model or CHAT_MODEL,
+                  api_key="upstream-secret", usd_per_mtok_in=1.0, usd_per_mtok_out=2.0, deployment_id=deployment_id)  # fmt: skip
+
+
+@dataclass
+class Keys:
+    admin: str
+    standard: str
+    basic: str
+    scoped: str
+    scoped_other: str
+    other_org: str
+    member: str
+    member_read_only: str
+    revoked: str
+    expired: str
+    ids: dict[str, str]
+
+
+def seed(store: Store) -> Keys:
+    """Two orgs, deployments dep_a (org_a) and dep_b (org_b), and one key of every kind."""
+    store.reset()
+    store.create_org("Org A", org_id="org_a")
+    store.create_org("Org B", org_id="org_b")
+    ids: dict[str, str] = {}
+    tokens: dict[str, str] = {}
+
+    def make(name: str, org: str, plan: str = "free", kind: str = "standard", **kw: Any) -> None:
+        ids[name], tokens[name] = store.create_key(PEPPER, org, name, plan, kind, **kw)
+
+    make("admin", "org_a", "professional", "admin")
+    make("standard", "org_a")
+    make("basic", "org_a", "basic")
+    make("scoped", "org_a", kind="scoped")
+    make("scoped_other", "org_a", kind="scoped")
+    make("other_org", "org_b", "professional")
+    make("member", "org_b")
+    make("member_read_only", "org_b")
+    make("revoked", "org_a")
+    make("expired", "org_a", expires_at=time.time() - 10)
+    store.revoke_key(ids["revoked"])
+    store.grant("dep_a", ids["scoped"])
+    store.add_member("org_a", ids["member"], ["deployment:invoke"])
+    store.add_member("org_a", ids["member_read_only"], ["deployment:read"])
+    return Keys(ids=ids, **tokens)
+
+
+def routes_for(upstream_url: str, concurrency_limit: int | None = None) -> RouteTable:
+    table = RouteTable()
+    table.models[CHAT_MODEL] = [target(upstream_url)]
+    for model in (
+        "bge-m3",
+        "bge-reranker-v2-m3",
+        "whisper-large-v3-turbo",
+        "minimax-speech-02-hd",
+        "gemma-3-27b-it",
+    ):
+        table.models[model] = [target(upstream_url, upstream_model=model)]
+    for dep_id, org in (("dep_a", "org_a"), ("dep_b", "org_b")):
+        table.add_deployment(Deployment(dep_id, org, dep_id, CHAT_MODEL, (target(upstream_url, dep_id, deployment_id=dep_id),),
+                                        concurrency_limit=concurrency_limit))  # fmt: skip
+    return table
+
+
+@dataclass
+class Running:
+    gateway: Gateway
+    url: str
+    server: uvicorn.Server
+
+    def openai(self, key: str, **kw: Any) -> Any:
+        import openai
+
+        return openai.OpenAI(
+            base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=kw.pop("timeout", 15), **kw
+        )
+
+    def anthropic(self, key: str) -> Any:
+        import anthropic
+
+        return anthropic.Anthropic(base_url=self.url, api_key=key, max_retries=0, timeout=15)
+
+
+@contextmanager
+def running(gateway: Gateway) -> Iterator[Running]:
+    port = free_port()
+    config = uvicorn.Config(gateway, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="on",
+                            log_level="warning", access_log=False)  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.01)
+    try:
+        yield Running(gateway, f"http://127.0.0.1:{port}", server)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def make_gateway(
+    catalog: Catalog, store: Store, routes: RouteTable, tmp: Path | None = None, **config: Any
+) -> Gateway:
+    cfg = GatewayConfig(database=":memory:", pepper=PEPPER, usage_flush_s=0.05, **config)
+    return Gateway(cfg, catalog=catalog, store=store, routes=routes)
