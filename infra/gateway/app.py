@@ -249,16 +249,33 @@ class Gateway:
         tpm = key.tokens_per_minute or (plan.tokens_per_minute if plan else None)
         return rpm, tpm
 
-    async def admit(self, req: Request, key: KeyRecord, estimate_tokens: int) -> None:
-        """Rate-limit check; its headers go on whatever response follows, 429 included."""
-        rpm, tpm = self.plan_limits(key)
-        decision = await self.limiter.check(key.id, rpm, tpm, estimate_tokens)
+    async def admit(self, req: Request, key: KeyRecord) -> None:
+        """Count the request against the plan's requests/min, before its body is even read (bad requests count
+        too). The headers go on whatever response follows, 429 included."""
+        rpm, _ = self.plan_limits(key)
+        decision = await self.limiter.check(key.id, rpm, None, 0)
         if decision is None:
             return
         req.extra_headers = decision.headers()
         if not decision.allowed:
-            raise GatewayError(429, "rate limit exceeded for this key's plan; retry after the Retry-After seconds",
+            raise GatewayError(429, "request rate limit exceeded for this key's plan; retry after Retry-After seconds",
                                "rate_limit_error", code="rate_limit_exceeded")  # fmt: skip
+
+    async def reserve_tokens(self, req: Request, key: KeyRecord, estimate_tokens: int) -> None:
+        """Reserve the token estimate against tokens/min; settled with real usage in account()."""
+        _, tpm = self.plan_limits(key)
+        decision = await self.limiter.check(key.id, None, tpm, estimate_tokens)
+        if decision is None:
+            return
+        if not req.extra_headers:  # a plan with a token rate only
+            req.extra_headers = decision.headers()
+        if not decision.allowed:
+            retry = next(v for k, v in decision.headers() if k == b"retry-after")
+            req.extra_headers = [h for h in req.extra_headers if h[0] != b"retry-after"] + [
+                (b"retry-after", retry)
+            ]
+            raise GatewayError(429, "token rate limit exceeded for this key's plan; retry after Retry-After seconds",
+                               "rate_limit_error", code="token_rate_limit_exceeded")  # fmt: skip
 
     async def account(self, call: Call) -> None:
         """Settle tokens, record metrics and usage. Runs on every exit path, cancellation included."""

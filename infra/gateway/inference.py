@@ -59,6 +59,13 @@ CHAT_PARAMS = frozenset(
 )
 
 
+async def caller(gw: Gateway, req: Request) -> KeyRecord:
+    """Authenticate, then count the request against the key's plan."""
+    key = await gw.authenticate(req)
+    await gw.admit(req, key)
+    return key
+
+
 def chat_fields(body: dict[str, Any], default_max_tokens: int) -> tuple[str | None, bool, int]:
     unknown = sorted(set(body) - CHAT_PARAMS)
     if unknown:
@@ -113,7 +120,7 @@ async def with_call(
     """Admission (rate limit, deployment concurrency), then ``run(call)``, then accounting on every exit."""
     from infra.gateway.app import Call
 
-    await gw.admit(req, key, estimate)
+    await gw.reserve_tokens(req, key, estimate)
     lease = None
     if dep is not None and dep.concurrency_limit:
         lease = await gw.concurrency.acquire(dep.id, dep.concurrency_limit)
@@ -174,7 +181,7 @@ async def stream_error(req: Request, call: Call, exc: BaseException, anthropic_f
 
 # -- OpenAI chat completions -----------------------------------------------------------------------------
 async def chat(gw: Gateway, req: Request) -> None:
-    key = await gw.authenticate(req)
+    key = await caller(gw, req)
     body = await req.json_object(gw.config.max_body_bytes)
     model, stream, max_tokens = chat_fields(body, gw.config.default_max_tokens)
     targets, dep = resolve_model(gw, key, model)
@@ -182,7 +189,7 @@ async def chat(gw: Gateway, req: Request) -> None:
 
 
 async def chat_deployment(gw: Gateway, req: Request) -> None:
-    key = await gw.authenticate(req)
+    key = await caller(gw, req)
     dep_id = req.params["deployment_id"]
     dep = authz.invoke_deployment(key, gw.routes.deployments.get(dep_id), dep_id)
     body = await req.json_object(gw.config.max_body_bytes)
@@ -191,7 +198,7 @@ async def chat_deployment(gw: Gateway, req: Request) -> None:
 
 
 async def chat_org(gw: Gateway, req: Request) -> None:
-    key = await gw.authenticate(req)
+    key = await caller(gw, req)
     dep_id, org_id = req.params["deployment_id"], req.params["org_id"]
     dep = authz.invoke_org_deployment(key, org_id, gw.routes.deployments.get(dep_id), dep_id)
     body = await req.json_object(gw.config.max_body_bytes)
@@ -271,7 +278,7 @@ async def _pipe_openai(gw: Gateway, req: Request, opened: Opened, call: Call) ->
 
 # -- Anthropic messages ------------------------------------------------------------------------------------
 async def messages(gw: Gateway, req: Request) -> None:
-    key = await gw.authenticate(req)
+    key = await caller(gw, req)
     body = await req.json_object(gw.config.max_body_bytes)
     model = body.get("model")
     if not isinstance(model, str) or not model:

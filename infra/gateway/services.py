@@ -10,7 +10,7 @@ import orjson
 from infra.catalog import ApiFormat, Task
 from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError, bad_request
-from infra.gateway.inference import pass_upstream_error, resolve_model, with_call
+from infra.gateway.inference import caller, pass_upstream_error, resolve_model, with_call
 from infra.gateway.keys import KeyRecord
 from infra.gateway.proxy import openai_headers
 from infra.gateway.routing import Target
@@ -72,7 +72,7 @@ async def _json_call(
 
 
 async def embeddings(gw: Gateway, req: Request) -> None:
-    key = await gw.authenticate(req)
+    key = await caller(gw, req)
     body = await req.json_object(gw.config.max_body_bytes)
     inp = body.get("input")
     valid = (isinstance(inp, str) and inp) or (
@@ -91,7 +91,7 @@ async def embeddings(gw: Gateway, req: Request) -> None:
 
 
 async def rerank(gw: Gateway, req: Request) -> None:
-    key = await gw.authenticate(req)
+    key = await caller(gw, req)
     body = await req.json_object(gw.config.max_body_bytes)
     query, documents, top_n = body.get("query"), body.get("documents"), body.get("top_n")
     if not isinstance(query, str) or not query:
@@ -178,7 +178,7 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | Non
 
 
 async def transcriptions(gw: Gateway, req: Request) -> None:
-    key = await gw.authenticate(req)
+    key = await caller(gw, req)
     raw = await req.body(gw.config.max_upload_bytes)
     parts = parse_multipart(raw, req.header(b"content-type") or "")
     if "file" not in parts or not parts["file"][2]:
@@ -222,7 +222,7 @@ async def transcriptions(gw: Gateway, req: Request) -> None:
 
 
 async def tts(gw: Gateway, req: Request) -> None:
-    key = await gw.authenticate(req)
+    key = await caller(gw, req)
     body = await req.json_object(gw.config.max_body_bytes)
     text = body.get("input")
     if not isinstance(text, str) or not text or len(text) > 10_000:

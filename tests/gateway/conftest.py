@@ -39,7 +39,13 @@ def gw(catalog: Catalog, store: Store, keys: Keys, upstream: FakeUpstream) -> It
 def assert_counters_released(r: Running) -> None:
     """Every test ends with nothing in flight: concurrency leases and active gauges back at zero."""
     from infra.gateway.limits import MemoryConcurrency
+    from tests.gateway.harness import wait_for
 
+    wait_for(
+        lambda: all(
+            s.active == 0 for s in {**r.gateway.metrics.models, **r.gateway.metrics.deployments}.values()
+        )
+    )
     conc = r.gateway.concurrency
     if isinstance(conc, MemoryConcurrency):
         assert conc._active == {}, f"leaked concurrency leases: {conc._active}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,16 @@ def target(base_url: str, name: str = "fake", upstream_model: str | None = None,
                   api_key="upstream-secret", usd_per_mtok_in=1.0, usd_per_mtok_out=2.0, deployment_id=deployment_id)  # fmt: skip
 
 
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    """Bounded wait for the gateway's bookkeeping, which finishes just after the client has its answer."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
 @dataclass
 class Keys:
     admin: str
@@ -44,8 +54,9 @@ class Keys:
     ids: dict[str, str]
 
 
-def seed(store: Store) -> Keys:
-    """Two orgs, deployments dep_a (org_a) and dep_b (org_b), and one key of every kind."""
+def seed(store: Store, requests_per_minute: int | None = None) -> Keys:
+    """Two orgs, deployments dep_a (org_a) and dep_b (org_b), and one key of every kind (with an optional
+    requests/min override, for tests that are not about limits)."""
     store.reset()
     store.create_org("Org A", org_id="org_a")
     store.create_org("Org B", org_id="org_b")
@@ -53,6 +64,7 @@ def seed(store: Store) -> Keys:
     tokens: dict[str, str] = {}
 
     def make(name: str, org: str, plan: str = "free", kind: str = "standard", **kw: Any) -> None:
+        kw.setdefault("requests_per_minute", requests_per_minute)
         ids[name], tokens[name] = store.create_key(PEPPER, org, name, plan, kind, **kw)
 
     make("admin", "org_a", "professional", "admin")

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from tests.gateway.fake_upstream import FakeUpstream
-from tests.gateway.harness import CHAT_MODEL, Keys, Running
+from tests.gateway.harness import CHAT_MODEL, Keys, Running, wait_for
 
 
 def test_chat_non_streaming(gw: Running, keys: Keys, upstream: FakeUpstream) -> None:
@@ -34,7 +34,7 @@ def test_chat_streaming_with_usage(gw: Running, keys: Keys, upstream: FakeUpstre
     assert text == "echo: one two three"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
     assert upstream.stats.bodies[-1]["stream_options"] == {"include_usage": True}
-    assert upstream.stats.completed_streams == 1
+    assert wait_for(lambda: upstream.stats.completed_streams == 1)
 
 
 def test_tool_calls(gw: Running, keys: Keys) -> None:
@@ -54,7 +54,7 @@ def test_deployment_route_via_sdk(gw: Running, keys: Keys) -> None:
     )
     resp = client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}])
     assert resp.choices[0].message.content == "echo: hi"
-    assert gw.gateway.metrics.deployments["dep_a"].requests == 1
+    assert wait_for(lambda: gw.gateway.metrics.deployments["dep_a"].requests == 1)
 
 
 def test_anthropic_messages(gw: Running, keys: Keys, upstream: FakeUpstream) -> None:
