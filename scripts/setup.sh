@@ -3,6 +3,8 @@
 #  1. Debian packages the tests start for real: OpenSSH server (SFTP delivery), Redis (shared rate limits),
 #     PostgreSQL (shared gateway store), and a C++ toolchain for llama.cpp.
 #  2. A virtualenv (.venv) with the package and its dev tools.
+#  3. llama.cpp's llama-server, built from source once per version into ~/.cache/agentcloud (about 7 minutes
+#     the first time on 2 cores; instant afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +29,11 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
+
+# llama.cpp's llama-server for the gateway's real-engine tests: built once, cached outside the repo by version.
+if command -v cmake >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1; then
+  PYTHON=.venv/bin/python bash scripts/build-llama-server.sh >/dev/null
+else
+  echo "warning: no cmake/g++; llama.cpp tests are skipped" >&2
+fi
 echo "setup done; run the tests with: .venv/bin/python -m pytest"

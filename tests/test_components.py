@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pulumi
@@ -21,9 +22,14 @@ VPC = "digitalocean:index/vpc:Vpc"
 
 @pytest.fixture
 def mocks() -> Iterator[RecordingMocks]:
+    # Pulumi's test runtime uses the main thread's current event loop; other tests' asyncio.run() unset it.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     m = RecordingMocks()
     pulumi.runtime.set_mocks(m, project="agent-cloud", stack="test", preview=False)
     yield m
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 def _spec(**kw: object) -> DeploymentSpec:

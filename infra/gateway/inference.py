@@ -161,6 +161,10 @@ def _error_message(body: bytes) -> str:
 
 async def pass_upstream_error(req: Request, opened: Opened, call: Call) -> None:
     status = opened.response.status
+    if status in (401, 403):  # the upstream refused the gateway's own credentials: not the caller's fault
+        call.status = 502
+        raise GatewayError(502, f"upstream {opened.target.name} rejected the gateway's credentials ({status})",
+                           "upstream_error", code="upstream_auth")  # fmt: skip
     call.status = status
     if req.anthropic or opened.target.format is not ApiFormat.OPENAI:
         raise GatewayError(status, _error_message(opened.first), code="upstream_rejected")

@@ -61,12 +61,13 @@ def test_fallback_on_connection_refused(
 
 
 def test_all_upstreams_failing_is_502_naming_each(catalog: Catalog, store: Store, keys: Keys) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     with (
         fake_upstream(defaults={"fault": "500"}) as a,
-        gateway_over(catalog, store, [a.base_url, f"http://127.0.0.1:{free_port()}/v1"]) as r,
+        gateway_over(catalog, store, [a.base_url, dead]) as r,
+        pytest.raises(openai.APIStatusError) as err,
     ):
-        with pytest.raises(openai.APIStatusError) as err:
-            ask(r, keys.standard)
+        ask(r, keys.standard)
     assert err.value.status_code == 502
     assert "t0: HTTP 500" in err.value.message and "t1: ClientConnectorError" in err.value.message
 

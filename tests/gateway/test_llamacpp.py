@@ -1,0 +1,115 @@
+"""The gateway in front of a real llama.cpp server (built by scripts/build-llama-server.sh) serving a tiny GGUF
+that the tests generate: chat, streaming, the Anthropic translation, and the engine's API key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+
+from infra.catalog import Catalog
+from infra.gateway.routing import RouteTable
+from infra.gateway.store import Store
+from tests.gateway.conftest import assert_counters_released
+from tests.gateway.harness import Keys, Running, make_gateway, running, target
+from tests.sshd import free_port
+from tests.tiny_gguf import write_tiny_gguf
+
+LLAMA_VERSION = os.environ.get("LLAMA_CPP_PYTHON_VERSION", "0.3.36")
+CACHE = Path(os.environ.get("AGENTCLOUD_CACHE", Path.home() / ".cache" / "agentcloud"))
+LLAMA_SERVER = Path(
+    os.environ.get(
+        "AGENTCLOUD_LLAMA_SERVER", CACHE / f"llama-server-{LLAMA_VERSION}" / "bin" / "llama-server"
+    )
+)
+ENGINE_KEY = "engine-key-for-tests"
+MODEL = "tiny-llama"
+
+
+def start_llama_server(
+    gguf: Path, api_key: str = ENGINE_KEY, alias: str = MODEL
+) -> tuple[subprocess.Popen[bytes], str]:
+    if not LLAMA_SERVER.exists():
+        pytest.skip(
+            f"llama-server not built at {LLAMA_SERVER}: run scripts/build-llama-server.sh (setup does it)"
+        )
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(LLAMA_SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", "1024", "-np", "2",
+         "--jinja", "--metrics", "--alias", alias, "--api-key", api_key, "-t", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{base}/health", timeout=1).status_code == 200:
+                return proc, f"{base}/v1"
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("llama-server did not become healthy")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    gguf = write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+    proc, base_url = start_llama_server(gguf)
+    try:
+        yield base_url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+@pytest.fixture
+def llama_gw(catalog: Catalog, store: Store, keys: Keys, llama: str) -> Iterator[Running]:
+    table = RouteTable()
+    t = target(llama, name="llama.cpp", upstream_model=MODEL)
+    table.models[MODEL] = [t.__class__(**{**t.__dict__, "api_key": ENGINE_KEY})]
+    table.models["tiny-wrong-key"] = [t]  # harness targets carry a different key
+    with running(make_gateway(catalog, store, table)) as r:
+        yield r
+    assert_counters_released(r)
+
+
+def test_chat_and_stream_through_llamacpp(llama_gw: Running, keys: Keys) -> None:
+    client = llama_gw.openai(keys.admin, timeout=60)
+    resp = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=8
+    )
+    assert isinstance(resp.choices[0].message.content, str) and resp.choices[0].finish_reason == "length"
+    assert resp.usage is not None and resp.usage.completion_tokens == 8 and resp.usage.prompt_tokens > 0
+    chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=6, stream=True))  # fmt: skip
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 1
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    series = llama_gw.gateway.metrics.models[MODEL]
+    assert series.completion_tokens >= 14 and series.ttft.count >= 1
+
+
+def test_anthropic_sdk_through_llamacpp(llama_gw: Running, keys: Keys) -> None:
+    client = llama_gw.anthropic(keys.admin)
+    msg = client.messages.create(
+        model=MODEL, max_tokens=5, system="be brief", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == 5
+    with client.messages.stream(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "hi"}]) as s:
+        final = s.get_final_message()
+    assert final.stop_reason == "max_tokens" and final.content and final.content[0].type == "text"
+
+
+def test_engine_rejecting_the_gateway_key_is_a_502(llama_gw: Running, keys: Keys) -> None:
+    with pytest.raises(openai.APIStatusError) as err:
+        llama_gw.openai(keys.admin).chat.completions.create(
+            model="tiny-wrong-key", messages=[{"role": "user", "content": "x"}], max_tokens=2
+        )
+    assert err.value.status_code == 502 and "rejected the gateway's credentials" in err.value.message
