@@ -8,6 +8,7 @@ from infra import PULUMI_PROJECT
 from infra.catalog import load_catalog
 from infra.components.gpu_deployment import GpuDeployment, GpuDeploymentArgs
 from infra.document import Document, load_document
+from infra.errors import InfraError
 from infra.planner import ServingPlan, plan
 from infra.spec import DEPLOYMENT_KEY, STACKS_DIR, parse_stack
 
@@ -26,7 +27,34 @@ def plan_from_config() -> ServingPlan:
     return plan(parse_stack(doc, load_catalog()), load_catalog())
 
 
-def run() -> GpuDeployment:
+def run() -> pulumi.ComponentResource:
+    """A stack holds either one deployment or the gateway."""
+    if pulumi.Config(PULUMI_PROJECT).get_object("gateway") is not None:
+        return run_gateway()
+    return run_deployment()
+
+
+def run_gateway() -> pulumi.ComponentResource:
+    from infra.components.gateway_host import GatewayHost, GatewayHostArgs
+    from infra.gateway_stack import GatewaySpec
+
+    raw = pulumi.Config(PULUMI_PROJECT).require_object("gateway")
+    try:
+        spec = GatewaySpec.model_validate(raw)
+    except ValueError as exc:
+        raise InfraError(f"stacks/Pulumi.{pulumi.get_stack()}.yaml: agent-cloud:gateway: {exc}") from None
+    host = GatewayHost(spec.name, GatewayHostArgs(spec=spec))
+    pulumi.export("url", host.url)
+    pulumi.export("droplet_ids", [d.id for d in host.droplets])
+    pulumi.export("host_public_key", host.host_key.public_openssh)
+    pulumi.export("gateway_tag", spec.tag)
+    if host.postgres is not None and host.redis is not None:
+        pulumi.export("database_url", pulumi.Output.secret(host.postgres.private_uri))
+        pulumi.export("redis_url", pulumi.Output.secret(host.redis.private_uri))
+    return host
+
+
+def run_deployment() -> GpuDeployment:
     serving = plan_from_config()
     deployment = GpuDeployment(serving.name, GpuDeploymentArgs(plan=serving))
     pulumi.export("endpoints", deployment.endpoints)

@@ -24,7 +24,12 @@ STACKS_DIR = PROJECT_ROOT / "stacks"
 DEPLOYMENT_KEY = f"{PULUMI_PROJECT}:deployment"
 MAX_REPLICAS = 16
 # Config keys in our namespace besides the deployment (all optional; the secrets are set with --secret).
-KNOWN_PROJECT_KEYS = {DEPLOYMENT_KEY, f"{PULUMI_PROJECT}:hfToken", f"{PULUMI_PROJECT}:engineApiKey"}
+KNOWN_PROJECT_KEYS = {
+    DEPLOYMENT_KEY,
+    f"{PULUMI_PROJECT}:gateway",
+    f"{PULUMI_PROJECT}:hfToken",
+    f"{PULUMI_PROJECT}:engineApiKey",
+}
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")]
 Replicas = Annotated[int, Field(ge=0, le=MAX_REPLICAS)]

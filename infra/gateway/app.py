@@ -229,11 +229,11 @@ class Gateway:
         token = bearer_token(req)
         if token is None:
             raise unauthorized("missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
-        if not keymod.well_formed(token):
-            raise unauthorized("invalid API key")
         digest = keymod.digest(self.config.pepper, token)
         record = self.key_cache.get(digest, MISSING)
         if record is MISSING:  # negative answers are cached too, so a flood of bad keys stays off the store
+            if not keymod.well_formed(token):  # a typo or a random string: no store lookup at all
+                raise unauthorized("invalid API key")
             record = await asyncio.to_thread(self.store.key_by_hash, digest)
             self.key_cache.put(digest, record)
         if record is None:
@@ -281,8 +281,12 @@ class Gateway:
         """Settle tokens, record metrics and usage. Runs on every exit path, cancellation included."""
         elapsed = time.perf_counter() - call.started_s
         _, tpm = self.plan_limits(call.key)
-        used = call.prompt_tokens + call.completion_tokens
-        await asyncio.shield(self.limiter.settle(call.key.id, tpm, used - call.estimate_tokens))
+        delta = call.prompt_tokens + call.completion_tokens - call.estimate_tokens
+        if tpm and delta:
+            if isinstance(self.limiter, MemoryRateLimiter):
+                self.limiter.settle_now(call.key.id, tpm, delta)
+            else:  # a network call: finish it even if this request is being cancelled
+                await asyncio.shield(self.limiter.settle(call.key.id, tpm, delta))
         series = self.metrics.series_for(call.model_id, call.deployment.id if call.deployment else None)
         self.metrics.finished(series, call.status, elapsed, call.ttft_s, call.prompt_tokens, call.completion_tokens,
                               call.cost_usd)  # fmt: skip

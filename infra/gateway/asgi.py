@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,11 @@ import orjson
 
 from infra.gateway.errors import GatewayError, bad_request
 
+_PROCESS = secrets.token_hex(
+    4
+)  # request ids: unique per process start, then a counter (no syscall per request)
+_COUNTER = itertools.count(1)
+WATCH_AFTER_S = 0.5
 Scope = dict[str, Any]
 Headers = list[tuple[bytes, bytes]]
 JSON_CT = (b"content-type", b"application/json")
@@ -25,12 +31,12 @@ class Request:
     anthropic: bool = False  # error bodies in Anthropic's shape (/v1/messages)
     headers: dict[bytes, bytes] = field(default_factory=dict)
     extra_headers: Headers = field(default_factory=list)  # added to every response (rate-limit headers)
-    request_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    request_id: str = field(default_factory=lambda: f"{_PROCESS}-{next(_COUNTER):x}")
     started: bool = False  # response start sent: from here on, errors go into the body
     finished: bool = False
     disconnected: bool = False
     raw: bytes = b""
-    watcher: asyncio.Task[None] | None = None
+    watcher: asyncio.Task[None] | asyncio.TimerHandle | None = None
 
     @property
     def method(self) -> str:
@@ -62,19 +68,26 @@ class Request:
                 return self.raw
 
     def _watch_disconnect(self) -> None:
-        """Once the body is read, a client disconnect cancels the handler (and so its upstream request)."""
-        handler = asyncio.current_task()
+        """Once the body is read, a client disconnect cancels the handler (and so its upstream request).
 
+        The watcher starts after WATCH_AFTER_S: most requests are over by then, and a timer is much cheaper than
+        a task per request; a client that leaves a long generation or stream is noticed within that delay."""
+        handler = asyncio.current_task()
+        if handler is not None:
+            self.watcher = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start_watch, handler)
+
+    def _start_watch(self, handler: asyncio.Task[Any]) -> None:
         async def watch() -> None:
             while True:
                 message = await self.receive()
                 if message["type"] == "http.disconnect":
-                    if not self.finished and handler is not None:
+                    if not self.finished:
                         self.disconnected = True
                         handler.cancel()
                     return
 
-        self.watcher = asyncio.get_running_loop().create_task(watch())
+        if not self.finished:
+            self.watcher = asyncio.get_running_loop().create_task(watch())
 
     def stop_watching(self) -> None:
         if self.watcher is not None:

@@ -6,7 +6,6 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from infra.catalog import ApiFormat
@@ -20,7 +19,7 @@ from infra.gateway.routing import Deployment, Target
 if TYPE_CHECKING:
     from infra.gateway.app import Call, Gateway
 
-STREAM_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+STREAM_ERRORS = (TimeoutError, OSError)
 # OpenAI chat parameters, plus the sampling extras vLLM and llama.cpp accept. Anything else is refused (400).
 CHAT_PARAMS = frozenset(
     [
@@ -169,7 +168,7 @@ async def pass_upstream_error(req: Request, opened: Opened, call: Call) -> None:
     if req.anthropic or opened.target.format is not ApiFormat.OPENAI:
         raise GatewayError(status, _error_message(opened.first), code="upstream_rejected")
     await req.respond(
-        status, opened.first, opened.response.headers.get("Content-Type", "application/json").encode()
+        status, opened.first, opened.response.headers.get("content-type", "application/json").encode()
     )
 
 

@@ -89,6 +89,9 @@ class MemoryRateLimiter:
         return _decision(allowed, rpm, tpm, req, tok)
 
     async def settle(self, key: str, tpm: int | None, delta_tokens: int) -> None:
+        self.settle_now(key, tpm, delta_tokens)
+
+    def settle_now(self, key: str, tpm: int | None, delta_tokens: int) -> None:
         if tpm and delta_tokens:
             k = f"t:{key}"
             self._set(k, max(self.clock(), self._get(k)) + delta_tokens * PERIOD_S / tpm)

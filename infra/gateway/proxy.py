@@ -1,4 +1,4 @@
-"""Talking to upstreams: one shared aiohttp session, fallback before the first byte, timeouts, usage scanning.
+"""Talking to upstreams: one shared connection pool, fallback before the first byte, timeouts, usage scanning.
 
 The commit point is the first byte sent to the client. Until then a failing target (connection refused or
 reset, 5xx, 429, a timeout, an empty body) is skipped for the next one; after it, the caller ends the client's
@@ -13,14 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from infra.gateway.errors import GatewayError
+from infra.gateway.http_client import HttpPool, Response
 from infra.gateway.routing import RouteTable, Target
 
-RETRYABLE = (aiohttp.ClientError, TimeoutError, OSError)
-ERROR_BODY_LIMIT = 64 * 1024
+RETRYABLE = (TimeoutError, OSError)  # connection refused or reset, TLS and protocol errors are OSErrors
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class Timeouts:
 @dataclass
 class Opened:
     target: Target
-    response: aiohttp.ClientResponse
+    response: Response
     first: bytes  # the first body chunk (streams) or the whole body (non-streaming)
 
 
@@ -44,27 +43,19 @@ class Upstreams:
     def __init__(self, routes: RouteTable, timeouts: Timeouts) -> None:
         self.routes = routes
         self.timeouts = timeouts
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: HttpPool | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=4096, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-        )
+        self.pool = HttpPool(connect_timeout_s=self.timeouts.connect_s)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     async def open(self, targets: list[Target], build: RequestBuilder, stream: bool) -> Opened:
         """The first target that answers usefully; raises 502/503/504 naming what each target did."""
-        assert self.session is not None, "gateway not started"
+        assert self.pool is not None, "gateway not started"
         if not targets:
             raise GatewayError(503, "no upstream serves this model right now", "upstream_error", code="no_upstream",
                                headers={"Retry-After": "30"})  # fmt: skip
@@ -76,23 +67,22 @@ class Upstreams:
                 tried.append(f"{target.name}: circuit open")
                 continue
             url, payload, headers = build(target)
-            response: aiohttp.ClientResponse | None = None
+            response: Response | None = None
             try:
                 async with asyncio.timeout(self.timeouts.first_byte_s):
-                    response = await self.session.post(url, data=payload, headers=headers)
+                    response = await self.pool.request(url, payload, headers)
                     if response.status >= 500 or response.status == 429:
-                        await response.content.read(ERROR_BODY_LIMIT)
                         tried.append(f"{target.name}: HTTP {response.status}")
                         breaker.failure()
-                        response.release()
+                        response.release()  # not read to the end: the connection is closed, not reused
                         continue
                     if response.status >= 400 or not stream:
-                        body = await _read_all(response, self.timeouts.idle_s)
+                        body = await response.read()
                         breaker.success()
                         return Opened(target, response, body)
-                    first = await response.content.readany()
+                    first = await response.read_chunk()
                     if not first:
-                        raise aiohttp.ServerDisconnectedError("empty response body")
+                        raise ConnectionResetError("empty response body")
             except RETRYABLE as exc:
                 timed_out = timed_out or isinstance(exc, TimeoutError)
                 tried.append(
@@ -100,7 +90,7 @@ class Upstreams:
                 )
                 breaker.failure()
                 if response is not None:
-                    response.close()
+                    response.release()
                 continue
             breaker.success()
             return Opened(target, response, first)
@@ -114,23 +104,13 @@ class Upstreams:
 
     async def chunks(self, opened: Opened) -> Any:
         """The rest of a streamed body, chunk by chunk, each within the idle timeout."""
-        content = opened.response.content
+        response = opened.response
         while True:
             async with asyncio.timeout(self.timeouts.idle_s):
-                chunk = await content.readany()
+                chunk = await response.read_chunk()
             if not chunk:
                 return
             yield chunk
-
-
-async def _read_all(response: aiohttp.ClientResponse, idle_s: float) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        async with asyncio.timeout(idle_s):
-            chunk = await response.content.readany()
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
 
 
 def openai_headers(target: Target) -> dict[str, str]:

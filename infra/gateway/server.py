@@ -41,6 +41,7 @@ def serve(gateway: Gateway, host: str, port: int) -> None:
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,
         log_level="warning",
         timeout_keep_alive=75,
         backlog=4096,

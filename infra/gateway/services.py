@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from infra.catalog import ApiFormat, Task
@@ -129,6 +129,28 @@ async def rerank(gw: Gateway, req: Request) -> None:
     await req.json({"object": "list", "model": model, "results": results[:limit], "usage": data.get("usage")})
 
 
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def encode_multipart(fields: dict[str, str], file: tuple[str, str, str, bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body: text fields, then one file part."""
+    boundary = secrets.token_hex(16)
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(k)}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    name, filename, content_type, data = file
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"; filename="{_quote(filename)}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
 def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, str | None, bytes]]:
     """name -> (filename, content type, data), with python-multipart's streaming parser (bounded input)."""
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -194,19 +216,13 @@ async def transcriptions(gw: Gateway, req: Request) -> None:
     filename, ctype, audio = parts["file"]
     result: dict[str, tuple[bytes, str]] = {}
 
-    def build(t: Target) -> tuple[str, Any, dict[str, str]]:
-        form = aiohttp.FormData()
-        form.add_field("model", t.upstream_model)
-        for name, value in fields.items():
-            form.add_field(name, value)
-        form.add_field(
-            "file", audio, filename=filename or "audio", content_type=ctype or "application/octet-stream"
-        )
-        headers = {k: v for k, v in openai_headers(t).items() if k != "Content-Type"}
-        return t.base_url + "/audio/transcriptions", form, headers
+    def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
+        body, content_type = encode_multipart({"model": t.upstream_model, **fields},
+                                              ("file", filename or "audio", ctype or "application/octet-stream", audio))  # fmt: skip
+        return t.base_url + "/audio/transcriptions", body, {**openai_headers(t), "Content-Type": content_type}
 
     async def run(call: Call) -> None:
-        opened = await gw.upstreams.open(_openai_targets(targets), build, stream=False)  # type: ignore[arg-type]
+        opened = await gw.upstreams.open(_openai_targets(targets), build, stream=False)
         call.target = opened.target
         try:
             if opened.response.status >= 400:

@@ -124,7 +124,7 @@ class Running:
 def running(gateway: Gateway) -> Iterator[Running]:
     port = free_port()
     config = uvicorn.Config(gateway, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="on",
-                            log_level="warning", access_log=False)  # fmt: skip
+                            log_level="warning", access_log=False, proxy_headers=False)  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
