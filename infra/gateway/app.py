@@ -12,11 +12,11 @@ import contextlib
 import logging
 import re
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from infra.catalog import Catalog, load_catalog
 from infra.gateway import keys as keymod
@@ -40,6 +40,7 @@ from infra.gateway.store import Store, UsageRow
 
 log = logging.getLogger("agentcloud.gateway")
 Handler = Callable[["Gateway", Request], Awaitable[None]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -118,9 +119,12 @@ class Gateway:
             self.routes,
             Timeouts(config.connect_timeout_s, config.first_byte_timeout_s, config.idle_timeout_s),
         )
-        self.usage: deque[UsageRow] = deque(maxlen=config.usage_queue_max)
+        # (minute, key, org, model, deployment) -> [requests, errors, prompt, completion, cost, latency ms]
+        self.usage: dict[tuple[float, str, str, str, str | None], list[float]] = {}
         self.usage_dropped = 0
         self.background: list[asyncio.Task[None]] = []
+        # One thread for every store call: the store's connection is serialized anyway.
+        self.store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentcloud-store")
         self.router = Router()
         self.extensions: list[
             Callable[[Gateway], Awaitable[None]]
@@ -152,6 +156,7 @@ class Gateway:
         self.background.clear()
         await self.flush_usage()
         await self.upstreams.close()
+        self.store_thread.shutdown(wait=True)
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -161,6 +166,10 @@ class Gateway:
             entry = {**routes, "id": row["id"], "org_id": row["org_id"], "name": row["name"],
                      "model_id": routes.get("model_id", row["model_id"]), "status": row["status"]}  # fmt: skip
             self.routes.add_deployment(deployment_from(entry))
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store call on the store thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.store_thread, fn, *args)
 
     async def _flush_usage_forever(self) -> None:
         while True:
@@ -173,12 +182,17 @@ class Gateway:
     async def flush_usage(self) -> None:
         if not self.usage:
             return
-        batch = list(self.usage)
-        self.usage.clear()
+        batch, self.usage = self.usage, {}
+        rows = [
+            UsageRow(*k, int(v[0]), int(v[1]), int(v[2]), int(v[3]), v[4], v[5]) for k, v in batch.items()
+        ]
         try:
-            await asyncio.to_thread(self.store.add_usage, batch)
+            await self.db(self.store.add_usage, rows)
         except Exception:
-            self.usage.extendleft(reversed(batch))
+            for k, v in batch.items():  # keep the counts for the next flush
+                acc = self.usage.setdefault(k, [0, 0, 0, 0, 0.0, 0.0])
+                for i, x in enumerate(v):
+                    acc[i] += x
             raise
 
     # -- ASGI --------------------------------------------------------------------------------------------
@@ -234,7 +248,7 @@ class Gateway:
         if record is MISSING:  # negative answers are cached too, so a flood of bad keys stays off the store
             if not keymod.well_formed(token):  # a typo or a random string: no store lookup at all
                 raise unauthorized("invalid API key")
-            record = await asyncio.to_thread(self.store.key_by_hash, digest)
+            record = await self.db(self.store.key_by_hash, digest)
             self.key_cache.put(digest, record)
         if record is None:
             raise unauthorized("invalid API key")
@@ -290,22 +304,21 @@ class Gateway:
         series = self.metrics.series_for(call.model_id, call.deployment.id if call.deployment else None)
         self.metrics.finished(series, call.status, elapsed, call.ttft_s, call.prompt_tokens, call.completion_tokens,
                               call.cost_usd)  # fmt: skip
-        if len(self.usage) == self.usage.maxlen:
-            self.usage_dropped += 1
-        self.usage.append(
-            UsageRow(
-                time.time(),
-                call.key.id,
-                call.key.org_id,
-                call.model_id,
-                call.deployment.id if call.deployment else None,
-                call.prompt_tokens,
-                call.completion_tokens,
-                call.cost_usd,
-                call.status,
-                elapsed * 1000,
-            )
-        )
+        dep_id = call.deployment.id if call.deployment else None
+        slot = (time.time() // 60 * 60, call.key.id, call.key.org_id, call.model_id, dep_id)
+        acc = self.usage.get(slot)
+        if acc is None:
+            if len(self.usage) >= self.config.usage_queue_max:  # the store is down for long: bounded memory
+                self.usage_dropped += 1
+                return
+            acc = self.usage[slot] = [0, 0, 0, 0, 0.0, 0.0]
+        acc[0] += 1
+        if call.status >= 400:
+            acc[1] += 1
+        acc[2] += call.prompt_tokens
+        acc[3] += call.completion_tokens
+        acc[4] += call.cost_usd
+        acc[5] += elapsed * 1000
 
     def invalidate_keys(self) -> None:
         self.key_cache.clear()

@@ -29,7 +29,7 @@ class GatewayConfig:
     key_cache_ttl_s: float = 30.0
     key_cache_size: int = 10_000
     usage_flush_s: float = 1.0
-    usage_queue_max: int = 100_000
+    usage_queue_max: int = 100_000  # distinct (minute, key, model, deployment) usage slots held in memory
     default_max_tokens: int = 512
     metrics_token: str | None = None
     anthropic_version: str = "2023-06-01"

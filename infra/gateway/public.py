@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +59,7 @@ async def models_available(gw: Gateway, req: Request) -> None:
 
 async def inference_metrics(gw: Gateway, req: Request) -> None:
     key = await gw.authenticate(req)
-    usage = await asyncio.to_thread(gw.store.usage_totals, key.org_id)
+    usage = await gw.db(gw.store.usage_totals, key.org_id)
     latency = {
         name: s.snapshot() for name, s in gw.metrics.models.items() if name in usage or key.kind == "admin"
     }
@@ -98,9 +97,9 @@ async def grant(gw: Gateway, req: Request) -> None:
         raise bad_request("api_key_id: required, a string", param="api_key_id")
     if role != "inference":
         raise bad_request("role: only 'inference' is supported", param="role")
-    if await asyncio.to_thread(gw.store.key_by_id, api_key_id) is None:
+    if await gw.db(gw.store.key_by_id, api_key_id) is None:
         raise not_found(f"API key {api_key_id} not found", code="api_key_not_found")
-    await asyncio.to_thread(gw.store.grant, dep.id, api_key_id, role)
+    await gw.db(gw.store.grant, dep.id, api_key_id, role)
     gw.invalidate_keys()
     await req.json({"deployment_id": dep.id, "api_key_id": api_key_id, "role": role}, status=201)
 
@@ -109,7 +108,7 @@ async def revoke(gw: Gateway, req: Request) -> None:
     key = await gw.authenticate(req)
     dep_id, api_key_id = req.params["deployment_id"], req.params["api_key_id"]
     dep = authz.manage_deployment(key, gw.routes.deployments.get(dep_id), dep_id)
-    if not await asyncio.to_thread(gw.store.revoke_grant, dep.id, api_key_id):
+    if not await gw.db(gw.store.revoke_grant, dep.id, api_key_id):
         raise not_found(f"API key {api_key_id} has no grant on {dep.id}", code="grant_not_found")
     gw.invalidate_keys()
     await req.json({"deployment_id": dep.id, "api_key_id": api_key_id, "deleted": True})

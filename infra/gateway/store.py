@@ -37,11 +37,12 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS grants (
         deployment_id TEXT NOT NULL, key_id TEXT NOT NULL REFERENCES api_keys(id), role TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (deployment_id, key_id))""",
+    # Per-minute rollups, not one row per request: a minute may have several rows (one per flush); sums are exact.
     """CREATE TABLE IF NOT EXISTS usage (
-        ts DOUBLE PRECISION NOT NULL, key_id TEXT NOT NULL, org_id TEXT NOT NULL, model_id TEXT NOT NULL,
-        deployment_id TEXT, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-        cost_usd DOUBLE PRECISION NOT NULL, status INTEGER NOT NULL, latency_ms DOUBLE PRECISION NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS usage_org_ts ON usage (org_id, ts)",
+        minute DOUBLE PRECISION NOT NULL, key_id TEXT NOT NULL, org_id TEXT NOT NULL, model_id TEXT NOT NULL,
+        deployment_id TEXT, requests BIGINT NOT NULL, errors BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL, cost_usd DOUBLE PRECISION NOT NULL, latency_ms_sum DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS usage_org_minute ON usage (org_id, minute)",
 ]
 
 
@@ -51,16 +52,19 @@ class StoreError(Exception):
 
 @dataclass(frozen=True)
 class UsageRow:
-    ts: float
+    """Usage of one key on one model (and deployment) within one minute."""
+
+    minute: float
     key_id: str
     org_id: str
     model_id: str
     deployment_id: str | None
+    requests: int
+    errors: int
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
-    status: int
-    latency_ms: float
+    latency_ms_sum: float
 
 
 class Store:
@@ -258,23 +262,23 @@ class Store:
     def add_usage(self, rows: Sequence[UsageRow]) -> None:
         if rows:
             self._many(
-                "INSERT INTO usage (ts, key_id, org_id, model_id, deployment_id, prompt_tokens, completion_tokens, "
-                "cost_usd, status, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO usage (minute, key_id, org_id, model_id, deployment_id, requests, errors, prompt_tokens, "
+                "completion_tokens, cost_usd, latency_ms_sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (r.ts, r.key_id, r.org_id, r.model_id, r.deployment_id, r.prompt_tokens, r.completion_tokens,
-                     r.cost_usd, r.status, r.latency_ms)
+                    (r.minute, r.key_id, r.org_id, r.model_id, r.deployment_id, r.requests, r.errors, r.prompt_tokens,
+                     r.completion_tokens, r.cost_usd, r.latency_ms_sum)
                     for r in rows
                 ],
             )  # fmt: skip
 
     def usage_totals(self, org_id: str, since: float = 0.0) -> dict[str, dict[str, float]]:
         rows = self._exec(
-            "SELECT model_id, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), "
-            "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) FROM usage WHERE org_id = ? AND ts >= ? GROUP BY model_id",
+            "SELECT model_id, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), SUM(errors) "
+            "FROM usage WHERE org_id = ? AND minute >= ? GROUP BY model_id",
             (org_id, since),
         )
         return {
-            r[0]: {"requests": r[1], "prompt_tokens": r[2] or 0, "completion_tokens": r[3] or 0,
-                   "cost_usd": float(r[4] or 0), "errors": r[5] or 0}
+            r[0]: {"requests": int(r[1]), "prompt_tokens": int(r[2] or 0), "completion_tokens": int(r[3] or 0),
+                   "cost_usd": float(r[4] or 0), "errors": int(r[5] or 0)}
             for r in rows
         }  # fmt: skip

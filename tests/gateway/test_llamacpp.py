@@ -84,12 +84,12 @@ def llama_gw(catalog: Catalog, store: Store, keys: Keys, llama: str) -> Iterator
 def test_chat_and_stream_through_llamacpp(llama_gw: Running, keys: Keys) -> None:
     client = llama_gw.openai(keys.admin, timeout=60)
     resp = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=8
+        model=MODEL, messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0
     )
     assert isinstance(resp.choices[0].message.content, str) and resp.choices[0].finish_reason == "length"
     assert resp.usage is not None and resp.usage.completion_tokens == 8 and resp.usage.prompt_tokens > 0
     chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                                                 max_tokens=6, stream=True))  # fmt: skip
+                                                 max_tokens=6, stream=True, temperature=0))  # fmt: skip
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 1
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
     series = llama_gw.gateway.metrics.models[MODEL]
@@ -98,11 +98,19 @@ def test_chat_and_stream_through_llamacpp(llama_gw: Running, keys: Keys) -> None
 
 def test_anthropic_sdk_through_llamacpp(llama_gw: Running, keys: Keys) -> None:
     client = llama_gw.anthropic(keys.admin)
+    # Greedy decoding: the random tiny model would otherwise sometimes sample its end token early.
+    greedy = {"temperature": 0}
     msg = client.messages.create(
-        model=MODEL, max_tokens=5, system="be brief", messages=[{"role": "user", "content": "hi"}]
+        model=MODEL,
+        max_tokens=5,
+        system="be brief",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body=greedy,
     )
     assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == 5
-    with client.messages.stream(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "hi"}]) as s:
+    with client.messages.stream(
+        model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "hi"}], extra_body=greedy
+    ) as s:
         final = s.get_final_message()
     assert final.stop_reason == "max_tokens" and final.content and final.content[0].type == "text"
 

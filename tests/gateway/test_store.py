@@ -55,8 +55,8 @@ def test_grants_and_members(store: Store) -> None:
 def test_usage_batches_and_totals(store: Store) -> None:
     org = store.create_org("acme")
     now = time.time()
-    rows = [UsageRow(now, "key_1", org, "m1", None, 10, 5, 0.001, 200, 12.5) for _ in range(500)]
-    rows.append(UsageRow(now, "key_1", org, "m1", "dep_1", 1, 0, 0.0, 502, 3.0))
+    rows = [UsageRow(now, "key_1", org, "m1", None, 2, 0, 10, 5, 0.001, 25.0) for _ in range(250)]
+    rows.append(UsageRow(now, "key_1", org, "m1", "dep_1", 1, 1, 1, 0, 0.0, 3.0))
     store.add_usage(rows)
     totals = store.usage_totals(org)
     assert totals["m1"]["requests"] == 501 and totals["m1"]["prompt_tokens"] == 5001
