@@ -15,6 +15,7 @@ import yaml
 from jinja2 import meta, nodes
 
 from infra.catalog import Catalog
+from infra.gateway_stack import GatewayView
 from infra.errors import PlanError
 from infra.planner import ServingPlan, plan
 from infra.render import TEMPLATES_DIR, EngineView, HostKey, environment, render, vllm_config
@@ -38,7 +39,8 @@ def test_template_parses_and_uses_only_the_view(name: str) -> None:
     source = (TEMPLATES_DIR / name).read_text()
     ast = env.parse(source)
     assert meta.find_undeclared_variables(ast) <= {"view"}
-    fields = set(EngineView.__dataclass_fields__)
+    view_class = GatewayView if "agentcloud-gateway" in name else EngineView
+    fields = set(view_class.__dataclass_fields__)
     used = {
         n.attr
         for n in ast.find_all(nodes.Getattr)

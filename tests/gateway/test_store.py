@@ -59,8 +59,8 @@ def test_usage_batches_and_totals(store: Store) -> None:
     rows.append(UsageRow(now, "key_1", org, "m1", "dep_1", 1, 1, 1, 0, 0.0, 3.0))
     store.add_usage(rows)
     totals = store.usage_totals(org)
-    assert totals["m1"]["requests"] == 501 and totals["m1"]["prompt_tokens"] == 5001
-    assert totals["m1"]["errors"] == 1 and totals["m1"]["cost_usd"] == pytest.approx(0.5)
+    assert totals["m1"]["requests"] == 501 and totals["m1"]["prompt_tokens"] == 2501
+    assert totals["m1"]["errors"] == 1 and totals["m1"]["cost_usd"] == pytest.approx(0.25)
 
 
 def test_deployments(store: Store) -> None:
