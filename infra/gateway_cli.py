@@ -92,6 +92,45 @@ def cmd_route_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def routes_from_outputs(outputs: dict[str, Any], engine_key_env: str | None) -> dict[str, Any]:
+    """A deployment stack's outputs as gateway routes: the engines' private addresses (the gateway sits in the
+    VPC; the engine port is firewalled to it), the served model, the SLA's concurrency limit."""
+    plan = outputs.get("plan") or {}
+    endpoints = [
+        f"http://{e['private_ip']}:{e['port']}/v1"
+        for e in outputs.get("endpoints") or []
+        if e.get("private_ip")
+    ]
+    routes: dict[str, Any] = {"endpoints": endpoints, "model_id": plan.get("model_id")}
+    if plan.get("concurrency_limit"):
+        routes["concurrency_limit"] = plan["concurrency_limit"]
+    if engine_key_env:
+        routes["api_key_env"] = engine_key_env
+    return routes
+
+
+def cmd_route_from_stack(args: argparse.Namespace) -> int:
+    from infra import automation
+
+    store, _ = _store(args)
+    outputs = automation.outputs(args.stack)
+    routes = routes_from_outputs(outputs, args.api_key_env)
+    if not routes["model_id"]:
+        print(
+            f"stack {args.stack} has no plan output: is it a deployment stack that has been `pulumi up`-ed?"
+        )
+        return 1
+    dep_id = args.id or f"dep_{args.stack.replace('-', '_')}"
+    status = "active" if routes["endpoints"] else "inactive"
+    store.upsert_deployment(
+        dep_id, args.org, args.stack, routes["model_id"], status, {"stack": args.stack}, routes
+    )
+    print(
+        f"deployment {dep_id} ({routes['model_id']}, {status}) routes to {', '.join(routes['endpoints']) or 'nothing'}"
+    )
+    return 0
+
+
 def add_parser(sub: Any) -> None:
     g = sub.add_parser("gateway", help="run the routing gateway locally; manage orgs, keys and grants")
     g.add_argument("--database", help="SQLite path or postgresql:// URL (default: ~/.local/share/agentcloud)")
@@ -145,6 +184,15 @@ def add_parser(sub: Any) -> None:
     gr.add_argument("key_id")
     gr.add_argument("--revoke", action="store_true")
     gr.set_defaults(func=cmd_grant)
+
+    fs = gs.add_parser(
+        "routes-from-stack", help="register a deployment stack's engines (Automation API outputs)"
+    )
+    fs.add_argument("stack")
+    fs.add_argument("--org", required=True)
+    fs.add_argument("--id", help="deployment id (default: dep_<stack>)")
+    fs.add_argument("--api-key-env", help="environment variable holding the engine's API key on the gateway")
+    fs.set_defaults(func=cmd_route_from_stack)
 
     r = gs.add_parser("routes", help="register a dedicated deployment's endpoints with the gateway")
     r.add_argument("action", choices=["add"])

@@ -121,6 +121,7 @@ class ServingPlan:
             "hourly_usd": self.hourly_usd,
             "monthly_usd": self.monthly_usd,
             "contract_only": self.gpu.contract_only,
+            "concurrency_limit": self.sla.concurrency_limit if self.sla else None,
             "notes": list(self.notes),
         }
 

@@ -15,8 +15,8 @@ import yaml
 from jinja2 import meta, nodes
 
 from infra.catalog import Catalog
-from infra.gateway_stack import GatewayView
 from infra.errors import PlanError
+from infra.gateway_stack import GatewayView
 from infra.planner import ServingPlan, plan
 from infra.render import TEMPLATES_DIR, EngineView, HostKey, environment, render, vllm_config
 from infra.spec import STACKS_DIR, load_stack

@@ -29,13 +29,20 @@ KEY="$("$AC" gateway keys create --org org_bench --plan enterprise --rpm 1000000
   | "$ROOT/.venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
 
 # shellcheck disable=SC2086
-bash "$HARNESS/run.sh" --proxy-name agentcloud --out "$OUT/$STAMP-agentcloud" \
+[ -n "${BASELINE_RUN:-}" ] || bash "$HARNESS/run.sh" --proxy-name agentcloud --out "$OUT/$STAMP-agentcloud" \
   --proxy-cmd "exec $AC gateway serve --port 4000 --upstream {upstream_v1} --model fake-model" \
   --proxy-url http://127.0.0.1:4000 --model fake-model --api-key "$KEY" \
   --proxy-version-cmd "git -C $ROOT rev-parse --short HEAD" ${HARNESS_ARGS:-}
 
+# BASELINE_RUN=<stamp> reuses an earlier run's agentcloud results and runs only LiteLLM against its baseline.
+if [ -n "${BASELINE_RUN:-}" ]; then
+  STAMP="$BASELINE_RUN"
+fi
 if [ -z "${SKIP_LITELLM:-}" ]; then
-  bash "$HARNESS/proxies/litellm/setup.sh"
+  # The harness's setup ends with `pip show | head` under pipefail, which can fail on a broken pipe: check the
+  # binary instead of its exit status.
+  bash "$HARNESS/proxies/litellm/setup.sh" || true
+  [ -x "$LITELLM_BIN" ] || { echo "LiteLLM did not install into $LITELLM_VENV" >&2; exit 1; }
   # shellcheck disable=SC2086
   bash "$HARNESS/run.sh" --proxy-name litellm-w1 --out "$OUT/$STAMP-litellm" \
     --proxy-cmd "exec $HARNESS/proxies/litellm/start.sh 4000 1" \

@@ -43,6 +43,11 @@ SCHEMA = [
         deployment_id TEXT, requests BIGINT NOT NULL, errors BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL,
         completion_tokens BIGINT NOT NULL, cost_usd DOUBLE PRECISION NOT NULL, latency_ms_sum DOUBLE PRECISION NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS usage_org_minute ON usage (org_id, minute)",
+    """CREATE TABLE IF NOT EXISTS uploads (
+        id TEXT PRIMARY KEY, org_id TEXT NOT NULL, key_id TEXT NOT NULL, name TEXT NOT NULL,
+        deployment_id TEXT NOT NULL, status TEXT NOT NULL, size BIGINT, received BIGINT NOT NULL,
+        sha256 TEXT, reason TEXT, info TEXT, created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL)""",
 ]
 
 
@@ -119,7 +124,7 @@ class Store:
 
     def reset(self) -> None:
         """Delete every row (tests)."""
-        for table in ("usage", "grants", "org_members", "deployments", "api_keys", "orgs"):
+        for table in ("uploads", "usage", "grants", "org_members", "deployments", "api_keys", "orgs"):
             self._exec(f"DELETE FROM {table}")
 
     # -- orgs and keys ---------------------------------------------------------------------------------
@@ -257,6 +262,42 @@ class Store:
              "routes": json.loads(r[6])}
             for r in rows
         ]  # fmt: skip
+
+    # -- model uploads -----------------------------------------------------------------------------------
+    UPLOAD_FIELDS = ("id", "org_id", "key_id", "name", "deployment_id", "status", "size", "received", "sha256",
+                     "reason", "info", "created_at", "updated_at")  # fmt: skip
+
+    def create_upload(self, upload_id: str, org_id: str, key_id: str, name: str, deployment_id: str,
+                      size: int | None) -> None:  # fmt: skip
+        now = time.time()
+        self._exec(
+            "INSERT INTO uploads (id, org_id, key_id, name, deployment_id, status, size, received, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, 'pending_upload', ?, 0, ?, ?)",
+            (upload_id, org_id, key_id, name, deployment_id, size, now, now),
+        )
+
+    def update_upload(self, upload_id: str, **fields: Any) -> None:
+        if "info" in fields and fields["info"] is not None:
+            fields["info"] = json.dumps(fields["info"])
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self._exec(
+            f"UPDATE uploads SET {sets}, updated_at = ? WHERE id = ?",
+            (*fields.values(), time.time(), upload_id),
+        )
+
+    def upload(self, upload_id: str) -> dict[str, Any] | None:
+        rows = self._exec(f"SELECT {', '.join(self.UPLOAD_FIELDS)} FROM uploads WHERE id = ?", (upload_id,))
+        if not rows:
+            return None
+        record = dict(zip(self.UPLOAD_FIELDS, rows[0], strict=True))
+        record["info"] = json.loads(record["info"]) if record["info"] else None
+        return record
+
+    def upload_named(self, org_id: str, name: str) -> dict[str, Any] | None:
+        rows = self._exec(
+            "SELECT id FROM uploads WHERE org_id = ? AND name = ? AND status != 'failed'", (org_id, name)
+        )
+        return self.upload(rows[0][0]) if rows else None
 
     # -- usage -----------------------------------------------------------------------------------------
     def add_usage(self, rows: Sequence[UsageRow]) -> None:

@@ -78,3 +78,32 @@ def test_bad_input(store: Store) -> None:
     org = store.create_org("acme")
     with pytest.raises(StoreError, match="unknown key kind"):
         store.create_key(PEPPER, org, "k", "free", "root")
+
+
+def test_routes_from_stack_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, catalog: object) -> None:
+    """`agentcloud gateway routes-from-stack` turns a deployment stack's outputs into gateway routes."""
+    from infra import automation
+    from infra.cli import main
+    from infra.gateway.routing import deployment_from
+
+    outputs = {
+        "endpoints": [{"private_ip": "10.10.0.5", "public_ip": "198.51.100.5", "port": 8000, "droplet_id": "1"},
+                      {"private_ip": "10.10.0.6", "public_ip": "198.51.100.6", "port": 8000, "droplet_id": "2"}],
+        "plan": {"model_id": "llama-3.3-70b-instruct", "concurrency_limit": 50},
+    }  # fmt: skip
+    monkeypatch.setattr(automation, "outputs", lambda stack: outputs if stack == "prod-inference" else {})
+    db = str(tmp_path / "gw.sqlite3")
+    Store(db).create_org("acme", org_id="org_acme")
+    assert main(["gateway", "--database", db, "routes-from-stack", "prod-inference", "--org", "org_acme",
+                 "--api-key-env", "PROD_KEY"]) == 0  # fmt: skip
+    (row,) = Store(db).deployments()
+    dep = deployment_from(
+        {**row["routes"], "id": row["id"], "org_id": row["org_id"], "status": row["status"]}
+    )
+    assert (
+        dep.id == "dep_prod_inference"
+        and dep.model_id == "llama-3.3-70b-instruct"
+        and dep.concurrency_limit == 50
+    )
+    assert [t.base_url for t in dep.targets] == ["http://10.10.0.5:8000/v1", "http://10.10.0.6:8000/v1"]
+    assert main(["gateway", "--database", db, "routes-from-stack", "other", "--org", "org_acme"]) == 1
