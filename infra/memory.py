@@ -29,6 +29,7 @@ class Fit:
     kv_budget_gib: float
     max_kv_tokens: int
     required_kv_tokens: int
+    deferred: bool = False  # an uploaded model: checked when its GGUF arrives
 
     @property
     def fits(self) -> bool:
@@ -36,6 +37,8 @@ class Fit:
 
     @property
     def verdict(self) -> str:
+        if self.deferred:
+            return "at upload"
         if self.fits:
             return "fits"
         if self.kv_budget_gib <= 0:
@@ -70,12 +73,20 @@ def fit(
     required_kv_tokens: int,
     with_draft: bool = False,
 ) -> Fit:
-    w = weights_gib(model, precision, with_draft)
-    budget = gpu.gpus * (gpu.vram_gib_per_gpu * utilization - OVERHEAD_GIB_PER_GPU) - w
-    per_token = kv_bytes_per_token(model, kv_dtype)
+    return fit_bytes(
+        weights_gib(model, precision, with_draft), kv_bytes_per_token(model, kv_dtype), gpu, utilization,
+        required_kv_tokens,
+    )  # fmt: skip
+
+
+def fit_bytes(
+    weights: float, per_token: int, gpu: GpuType, utilization: float, required_kv_tokens: int
+) -> Fit:
+    """The fit from raw figures: weights in GiB and KV bytes per token (GGUF uploads have no catalog entry)."""
+    budget = gpu.gpus * (gpu.vram_gib_per_gpu * utilization - OVERHEAD_GIB_PER_GPU) - weights
     tokens = max(0, math.floor(budget * GIB / per_token)) if budget > 0 else 0
     return Fit(
-        weights_gib=round(w, 2),
+        weights_gib=round(weights, 2),
         kv_bytes_per_token=per_token,
         kv_budget_gib=round(budget, 2),
         max_kv_tokens=tokens,

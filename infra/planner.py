@@ -93,7 +93,13 @@ class ServingPlan:
         return self.gpu.vendor.value
 
     @property
+    def byom(self) -> bool:
+        return self.model_id.startswith(BYOM_PREFIX)
+
+    @property
     def quantization_label(self) -> str:
+        if self.byom:
+            return "gguf (uploaded)"
         if self.engine == "llamacpp":
             return f"gguf {self.model.gguf_bits_per_weight} bpw"
         return self.quantization or self.dtype
@@ -232,15 +238,35 @@ def alternatives(
     return chosen[:limit]
 
 
+BYOM_PREFIX = "byom:"
+
+
+def uploaded_model(spec: DeploymentSpec, preset: Preset) -> Model:
+    """A stand-in catalog entry for a deployment that serves an uploaded GGUF (bring your own model)."""
+    return Model(
+        display_name=f"uploaded GGUF {spec.model_id.removeprefix(BYOM_PREFIX)}",
+        task=Task.GENERATE,
+        tier="free",
+        context_window=spec.max_model_len or preset.max_model_len,
+        gguf_file="(uploaded)",
+        gguf_bits_per_weight=16.0,
+    )
+
+
 def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
     """Plan one deployment. The spec must come from parse_stack (names already checked)."""
     notes: list[str] = []
-    model = catalog.models[spec.model_id]
+    byom = spec.model_id.startswith(BYOM_PREFIX)
+    model = uploaded_model(spec, catalog.presets[spec.preset]) if byom else catalog.models[spec.model_id]
     preset = catalog.presets[spec.preset]
     gpu_name = gpu_type_of(spec, catalog)
     assert gpu_name is not None
     gpu = catalog.gpu_types[gpu_name]
     engine: Engine = "llamacpp" if model.is_gguf else "vllm"
+    if byom and spec.gpu_type is None:
+        notes.append(
+            f"gpu type {gpu_name} from the preset: set gpu_type to size it for the model you will upload"
+        )
     _check_tensor_parallel(model, gpu, engine, gpu_name)
     precision = _precision(spec, preset, model, notes)
 
@@ -252,7 +278,15 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
         )
     max_model_len = min(wanted_len, model.context_window)
 
-    f = _fit_for(model, gpu, preset, precision, engine, max_model_len)
+    if byom:
+        usable = gpu.gpus * (gpu.vram_gib_per_gpu * preset.gpu_memory_utilization - 3.0)
+        f = Fit(weights_gib=0.0, kv_bytes_per_token=1, kv_budget_gib=round(usable, 2), max_kv_tokens=0,
+                required_kv_tokens=0, deferred=True)  # fmt: skip
+        notes.append(
+            "the model is uploaded later (POST /api/v1/public/models/upload); its fit is checked then"
+        )
+    else:
+        f = _fit_for(model, gpu, preset, precision, engine, max_model_len)
     if not f.fits:
         alts = alternatives(spec, catalog, model, max_model_len)
         if f.kv_budget_gib <= 0:
@@ -271,7 +305,7 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
             f"{spec.model_id} does not fit {gpu_name} ({gpu.description}): {why}.\nAlternatives that fit:\n{lines}",
             alternatives=alts,
         )
-    if f.max_kv_tokens < max_model_len:
+    if not f.deferred and f.max_kv_tokens < max_model_len:
         capped = max(CONTEXT_STEP, f.max_kv_tokens // CONTEXT_STEP * CONTEXT_STEP)
         notes.append(
             f"max_model_len capped from {max_model_len} to {capped}: the KV cache holds {f.max_kv_tokens:,} tokens"
@@ -293,7 +327,7 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
         )
         notes.append(f"scale to zero after {scaling.idle_timeout_seconds} s idle (from the preset)")
     volumes = max(spec.replicas, scaling.max_replicas if scaling else 0, 1)
-    disk = spec.cache_disk_gib or cache_disk_gib(model)
+    disk = spec.cache_disk_gib or (100 if byom else cache_disk_gib(model))
     volume_monthly = volumes * disk * catalog.volume_usd_per_gib_month
     hourly = round(gpu.hourly_usd * spec.replicas + volume_monthly / catalog.hours_per_month, 2)
 

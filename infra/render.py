@@ -23,6 +23,8 @@ from infra.planner import ServingPlan
 
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 ENV_FILE = "/etc/agentcloud/engine.env"
+BYOM_ENV_FILE = "/etc/agentcloud/byom.env"  # an uploaded model's llama-server settings, written on delivery
+BYOM_DIR = "byom"  # under the model cache: uploaded GGUF files
 VLLM_CONFIG_PATH = "/etc/agentcloud/vllm.yaml"
 MOUNT_POINT = "/mnt/agentcloud-models"
 CONTAINER = "agentcloud-engine"
@@ -68,6 +70,7 @@ class EngineView:
     mount_point: str
     volume_label: str
     llama_args: tuple[str, ...]
+    byom_env: str | None
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,10 @@ def engine_view(plan: ServingPlan) -> EngineView:
         cache_dir=f"{MOUNT_POINT}/{subdir}",
         mount_point=MOUNT_POINT,
         volume_label=VOLUME_LABEL,
-        llama_args=llama_server_args(plan) if plan.engine == "llamacpp" else (),
+        llama_args=llama_server_args(plan)
+        if plan.engine == "llamacpp" and not plan.byom
+        else ("--host 0.0.0.0", f"--port {plan.engine_port}"),
+        byom_env=BYOM_ENV_FILE if plan.byom else None,
     )
 
 

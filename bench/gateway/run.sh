@@ -23,6 +23,7 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 export AGENTCLOUD_DATABASE="$WORK/gateway.sqlite3"
 export AGENTCLOUD_KEY_PEPPER="bench-pepper-$STAMP"
+export AGENTCLOUD_UPLOAD_DIR="$WORK/models"
 AC="$ROOT/.venv/bin/agentcloud"
 "$AC" gateway orgs create bench --id org_bench >/dev/null
 KEY="$("$AC" gateway keys create --org org_bench --plan enterprise --rpm 100000000 --tpm 2000000000 --json \

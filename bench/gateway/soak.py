@@ -50,7 +50,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100_000)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp())
-    env = {**os.environ, "AGENTCLOUD_DATABASE": str(work / "gw.sqlite3"), "AGENTCLOUD_KEY_PEPPER": "soak"}
+    env = {**os.environ, "AGENTCLOUD_DATABASE": str(work / "gw.sqlite3"), "AGENTCLOUD_KEY_PEPPER": "soak",
+           "AGENTCLOUD_UPLOAD_DIR": str(work / "models")}  # fmt: skip
     ac = str(ROOT / ".venv/bin/agentcloud")
     subprocess.run(
         [ac, "gateway", "orgs", "create", "soak", "--id", "org_soak"],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import re
 import time
@@ -125,6 +127,12 @@ class Gateway:
         self.background: list[asyncio.Task[None]] = []
         # One thread for every store call: the store's connection is serialized anyway.
         self.store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentcloud-store")
+        from infra.gateway.uploads import Uploads
+
+        delivery = config.delivery
+        if config.ssh_key and delivery.identity_file is None:
+            delivery = dataclasses.replace(delivery, identity_file=config.ssh_key)
+        self.uploads = Uploads(self, Path(config.upload_dir), config.max_model_bytes, delivery)
         self.router = Router()
         self.extensions: list[
             Callable[[Gateway], Awaitable[None]]
@@ -167,9 +175,11 @@ class Gateway:
                      "model_id": routes.get("model_id", row["model_id"]), "status": row["status"]}  # fmt: skip
             self.routes.add_deployment(deployment_from(entry))
 
-    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call on the store thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.store_thread, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.store_thread, functools.partial(fn, *args, **kwargs)
+        )
 
     async def _flush_usage_forever(self) -> None:
         while True:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.catalog import DEFAULT_CATALOG
+from infra.gateway.delivery import DeliveryConfig
 
 
 def _data_dir() -> Path:
@@ -33,6 +34,11 @@ class GatewayConfig:
     default_max_tokens: int = 512
     metrics_token: str | None = None
     anthropic_version: str = "2023-06-01"
+    # bring your own model
+    upload_dir: str = field(default_factory=lambda: str(_data_dir() / "models"))
+    max_model_bytes: int = 200 * 1024**3
+    ssh_key: str | None = None  # the gateway's SSH private key for model delivery
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
     @staticmethod
     def from_env(**overrides: object) -> GatewayConfig:
@@ -40,6 +46,7 @@ class GatewayConfig:
         values: dict[str, object] = {}
         for name, kind in (
             ("database", str), ("redis_url", str), ("catalog", str), ("routes_file", str), ("metrics_token", str),
+            ("upload_dir", str), ("max_model_bytes", int), ("ssh_key", str),
             ("max_body_bytes", int), ("max_upload_bytes", int), ("connect_timeout_s", float),
             ("first_byte_timeout_s", float), ("idle_timeout_s", float), ("key_cache_ttl_s", float),
             ("default_max_tokens", int),

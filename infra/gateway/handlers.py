@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from infra.gateway import inference, public, services
 
 if TYPE_CHECKING:
-    from infra.gateway.app import Router
+    from infra.gateway.app import Gateway, Handler, Router
+    from infra.gateway.asgi import Request
 
 API = "/api/v1/public"
 
@@ -34,5 +35,16 @@ def register(router: Router) -> None:
     add("GET", f"{API}/deployments/{{deployment_id}}/metrics", public.deployment_metrics)
     add("POST", f"{API}/deployments/{{deployment_id}}/permissions", public.grant)
     add("DELETE", f"{API}/deployments/{{deployment_id}}/permissions/{{api_key_id}}", public.revoke)
+    add("POST", f"{API}/models/upload", lambda gw, req: gw.uploads.multipart(req))
+    add("POST", f"{API}/models/uploads", lambda gw, req: gw.uploads.create(req))
+    for method, action in (("PATCH", "append"), ("GET", "status"), ("HEAD", "status"), ("DELETE", "cancel")):
+        add(method, f"{API}/models/uploads/{{upload_id}}", _upload_route(action))
     add("GET", "/metrics", public.prometheus)
     add("GET", "/health", public.health)
+
+
+def _upload_route(action: str) -> Handler:
+    async def handle(gw: Gateway, req: Request) -> None:
+        await getattr(gw.uploads, action)(req)
+
+    return handle

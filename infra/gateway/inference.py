@@ -96,10 +96,18 @@ def chat_fields(body: dict[str, Any], default_max_tokens: int) -> tuple[str | No
 def resolve_model(gw: Gateway, key: KeyRecord, model: str | None) -> tuple[list[Target], Deployment | None]:
     if not model:
         raise bad_request("model: required", param="model")
-    if model.startswith("byom:"):
-        dep = next((d for d in gw.routes.deployments.values() if d.model_id == model), None)
-        dep = authz.invoke_deployment(key, dep, model)
-        return list(dep.targets), dep
+    if model.startswith("byom:"):  # names are unique per org: the caller's own (or granted) deployment wins
+        error: GatewayError = not_found(
+            f"model {model} does not exist or is not served here", code="model_not_found"
+        )
+        for candidate in (d for d in gw.routes.deployments.values() if d.model_id == model):
+            try:
+                dep = authz.invoke_deployment(key, candidate, model)
+            except GatewayError as err:
+                error = err if err.status == 403 else error
+                continue
+            return deployment_targets(dep), dep
+        raise error
     if model not in gw.routes.models:
         raise not_found(f"model {model} does not exist or is not served here", code="model_not_found")
     authz.invoke_model(key, gw.catalog, model)

@@ -31,6 +31,16 @@ class Target:
 
 
 @dataclass(frozen=True)
+class SshHost:
+    """A droplet the gateway may SSH into (model delivery), with the host key pinned for it."""
+
+    host: str
+    host_public_key: str
+    port: int = 22
+    username: str = "root"
+
+
+@dataclass(frozen=True)
 class Deployment:
     id: str
     org_id: str
@@ -39,6 +49,9 @@ class Deployment:
     targets: tuple[Target, ...]
     concurrency_limit: int | None = None
     status: str = "active"
+    gpu_type: str | None = None
+    preset: str | None = None
+    hosts: tuple[SshHost, ...] = ()
 
 
 class RoutesError(Exception):
@@ -156,6 +169,12 @@ def deployment_from(entry: dict[str, Any]) -> Deployment:
         for i, url in enumerate(endpoints)
     )
     limit = entry.get("concurrency_limit")
+    hosts = tuple(
+        SshHost(
+            str(h["host"]), str(h["host_public_key"]), int(h.get("port", 22)), str(h.get("username", "root"))
+        )
+        for h in entry.get("hosts") or []
+    )
     return Deployment(
         id=dep_id,
         org_id=str(entry["org_id"]),
@@ -164,6 +183,9 @@ def deployment_from(entry: dict[str, Any]) -> Deployment:
         targets=targets,
         concurrency_limit=int(limit) if limit else None,
         status=str(entry.get("status", "active")),
+        gpu_type=entry.get("gpu_type"),
+        preset=entry.get("preset"),
+        hosts=hosts,
     )
 
 

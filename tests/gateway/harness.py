@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -143,5 +144,9 @@ def running(gateway: Gateway) -> Iterator[Running]:
 def make_gateway(
     catalog: Catalog, store: Store, routes: RouteTable, tmp: Path | None = None, **config: Any
 ) -> Gateway:
+    # uploads go to the test's own folder, never to the user's data directory
+    config.setdefault(
+        "upload_dir", str(tmp / "uploads") if tmp else tempfile.mkdtemp(prefix="agentcloud-uploads-")
+    )
     cfg = GatewayConfig(database=":memory:", pepper=PEPPER, usage_flush_s=0.05, **config)
     return Gateway(cfg, catalog=catalog, store=store, routes=routes)

@@ -129,7 +129,8 @@ def test_deployment_concurrency_limit(
 
 
 def _serve(port: int, db: Path, routes: Path, redis_url: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "AGENTCLOUD_DATABASE": str(db), "AGENTCLOUD_KEY_PEPPER": PEPPER.decode()}
+    env = {**os.environ, "AGENTCLOUD_DATABASE": str(db), "AGENTCLOUD_KEY_PEPPER": PEPPER.decode(),
+           "AGENTCLOUD_UPLOAD_DIR": str(db.parent / f"uploads-{port}")}  # fmt: skip
     exe = Path(sys.executable).parent / "agentcloud"
     return subprocess.Popen(
         [str(exe), "gateway", "serve", "--port", str(port), "--routes", str(routes), "--redis", redis_url],

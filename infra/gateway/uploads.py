@@ -1,0 +1,403 @@
+"""Model uploads (bring your own model): multipart as in the spec, and a resumable offset-based upload.
+
+Bodies are streamed to a temporary file in the upload directory with a size cap and a sha256 computed while
+writing; nothing is buffered in memory and no user-supplied path part is ever used (files are named by upload
+id). A complete file is checked by the bounded GGUF reader and against the deployment's GPU, renamed into place,
+then delivered to the deployment's droplets in the background. Statuses: pending_upload -> uploading -> ready,
+or failed with a reason. Anything refused leaves nothing on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infra.byom import check_name, plan_gguf
+from infra.errors import PlanError
+from infra.gateway import authz
+from infra.gateway.asgi import Request
+from infra.gateway.delivery import DeliveryConfig, deliver
+from infra.gateway.errors import GatewayError, bad_request, not_found
+from infra.gateway.keys import KeyRecord, new_id
+from infra.gateway.routing import Deployment
+from infra.gguf import GGUFError, read_gguf_path
+
+if TYPE_CHECKING:
+    from infra.gateway.app import Gateway
+
+log = logging.getLogger("agentcloud.gateway.uploads")
+MAX_FIELD_BYTES = 1024
+OFFSET_CT = "application/offset+octet-stream"
+
+
+class Sink:
+    """An upload's temporary file: append-only, size-capped, hashed as written."""
+
+    def __init__(self, path: Path, limit: int, resume: bool = False) -> None:
+        self.path = path
+        self.limit = limit
+        self.hash = hashlib.sha256()
+        self.size = 0
+        if resume and path.exists():
+            with open(path, "rb") as f:  # a restarted gateway: rebuild the hash of what is already there
+                while chunk := f.read(1 << 20):
+                    self.hash.update(chunk)
+                    self.size += len(chunk)
+        self.file = open(path, "ab")  # noqa: SIM115 (closed by close())
+
+    def write(self, data: bytes) -> None:
+        if self.size + len(data) > self.limit:
+            raise GatewayError(413, f"upload exceeds {self.limit} bytes", code="upload_too_large")
+        self.file.write(data)
+        self.hash.update(data)
+        self.size += len(data)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def discard(self) -> None:
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class Uploads:
+    def __init__(self, gw: Gateway, directory: Path, max_bytes: int, delivery: DeliveryConfig) -> None:
+        self.gw = gw
+        self.dir = directory
+        self.incoming = directory / ".incoming"
+        self.max_bytes = max_bytes
+        self.delivery = delivery
+        self.sinks: dict[str, Sink] = {}
+        self.busy: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.incoming.mkdir(parents=True, exist_ok=True)
+
+    # -- shared steps ------------------------------------------------------------------------------------
+    def _deployment(self, key: KeyRecord, dep_id: Any) -> Deployment:
+        if not isinstance(dep_id, str) or not dep_id:
+            raise bad_request("deployment_id: required", param="deployment_id")
+        dep = authz.manage_deployment(key, self.gw.routes.deployments.get(dep_id), dep_id)
+        if not dep.hosts:
+            raise GatewayError(409, f"deployment {dep.id} has no droplets the gateway can deliver to (scaled to "
+                               "zero, or registered without hosts)", code="deployment_unavailable")  # fmt: skip
+        return dep
+
+    def _name(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise bad_request("name: required", param="name")
+        try:
+            return check_name(value)
+        except ValueError as exc:
+            raise bad_request(str(exc), param="name", code="invalid_name") from None
+
+    async def _check_unique(self, key: KeyRecord, name: str, own_id: str | None = None) -> None:
+        existing = await self.gw.db(self.gw.store.upload_named, key.org_id, name)
+        if existing is not None and existing["id"] != own_id:
+            raise GatewayError(409, f"a model named {name} already exists ({existing['id']}, {existing['status']})",
+                               code="name_taken")  # fmt: skip
+
+    def _validate(self, path: Path, dep: Deployment, name: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """Header check and fit; raises GatewayError 422 with the reason."""
+        try:
+            info = read_gguf_path(str(path))
+        except GGUFError as exc:
+            raise GatewayError(422, f"not an acceptable GGUF: {exc}", code="invalid_gguf") from None
+        catalog = self.gw.catalog
+        gpu_name = dep.gpu_type or ""
+        if gpu_name not in catalog.gpu_types or (dep.preset or "balanced") not in catalog.presets:
+            raise GatewayError(
+                409, f"deployment {dep.id} does not say which gpu type it runs on", code="unknown_gpu"
+            )
+        try:
+            serving = plan_gguf(info, catalog.gpu_types[gpu_name], gpu_name, catalog.presets[dep.preset or "balanced"],
+                                f"{self.delivery.container_dir}/{name}.gguf", f"byom:{name}")  # fmt: skip
+        except PlanError as exc:
+            raise GatewayError(422, str(exc), code="does_not_fit") from None
+        summary = {**info.summary(), "ctx_size": serving.ctx_size, "parallel": serving.parallel,
+                   "max_kv_tokens": serving.fit.max_kv_tokens}  # fmt: skip
+        return summary, serving.env()
+
+    async def _finish(
+        self, upload_id: str, sink: Sink, dep: Deployment, name: str, expected_sha: str | None
+    ) -> dict[str, Any]:
+        """The body is complete: validate, keep, deliver in the background. On refusal nothing stays on disk."""
+        sink.close()
+        digest = sink.hash.hexdigest()
+        try:
+            if expected_sha and expected_sha.lower() != digest:
+                raise GatewayError(
+                    422,
+                    f"sha256 mismatch: declared {expected_sha}, received {digest}",
+                    code="sha256_mismatch",
+                )
+            summary, settings = await asyncio.to_thread(self._validate, sink.path, dep, name)
+        except GatewayError as err:
+            sink.discard()
+            await self.gw.db(
+                self.gw.store.update_upload, upload_id, status="failed", reason=err.message, sha256=digest
+            )
+            raise
+        final = self.dir / f"{upload_id}.gguf"
+        os.replace(sink.path, final)  # atomic: same directory tree, same filesystem
+        await self.gw.db(self.gw.store.update_upload, upload_id, status="uploading", sha256=digest, info=summary,
+                         received=sink.size)  # fmt: skip
+        task = asyncio.get_running_loop().create_task(
+            self._deliver(upload_id, final, dep, name, settings, digest)
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return await self.status_of(upload_id)
+
+    async def _deliver(self, upload_id: str, path: Path, dep: Deployment, name: str, settings: dict[str, str],
+                       digest: str) -> None:  # fmt: skip
+        try:
+            for host in dep.hosts:
+                remote = await asyncio.to_thread(
+                    deliver, host, str(path), f"{name}.gguf", settings, self.delivery
+                )
+                if remote != digest:
+                    raise RuntimeError(f"{host.host} holds sha256 {remote}, expected {digest}")
+            await self._wait_healthy(dep)
+        except Exception as exc:  # any failure: recorded for the poller, never raised into the loop
+            reason = f"delivery failed: {exc}"
+            log.warning("upload %s: %s", upload_id, reason)
+            await self.gw.db(self.gw.store.update_upload, upload_id, status="failed", reason=reason)
+            return
+        model_id = f"byom:{name}"
+        targets = tuple(dataclasses.replace(t, upstream_model=model_id) for t in dep.targets)
+        self.gw.routes.add_deployment(
+            dataclasses.replace(dep, model_id=model_id, targets=targets, status="active")
+        )
+        await self.gw.db(self.gw.store.update_upload, upload_id, status="ready", reason=None)
+
+    async def _wait_healthy(self, dep: Deployment) -> None:
+        pool = self.gw.upstreams.pool
+        assert pool is not None
+        deadline = time.monotonic() + self.delivery.health_timeout_s
+        for target in dep.targets:
+            url = target.base_url.removesuffix("/v1") + "/health"
+            while True:
+                try:
+                    async with asyncio.timeout(5):
+                        response = await pool.request(url, b"", {}, method="GET")
+                        await response.read()
+                        response.release()
+                    if response.status == 200:
+                        break
+                except (OSError, TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{url} did not answer 200 within {self.delivery.health_timeout_s:.0f} s"
+                    )
+                await asyncio.sleep(0.5)
+
+    async def status_of(self, upload_id: str) -> dict[str, Any]:
+        record = await self.gw.db(self.gw.store.upload, upload_id)
+        assert record is not None
+        return {
+            "id": record["id"], "object": "model.upload", "name": record["name"], "model": f"byom:{record['name']}",
+            "deployment_id": record["deployment_id"], "status": record["status"], "size": record["size"],
+            "offset": record["received"], "sha256": record["sha256"], "reason": record["reason"], "gguf": record["info"],
+        }  # fmt: skip
+
+    # -- multipart (the spec's route) -----------------------------------------------------------------------
+    async def multipart(self, req: Request) -> None:
+        from python_multipart.multipart import MultipartParser, parse_options_header
+
+        key = await self.gw.authenticate(req)
+        length = req.header(b"content-length")
+        if length and length.isdigit() and int(length) > self.max_bytes + 64 * 1024:
+            raise GatewayError(413, f"upload exceeds {self.max_bytes} bytes", code="upload_too_large")
+        ctype, options = parse_options_header(req.header(b"content-type") or "")
+        boundary = options.get(b"boundary")
+        if ctype != b"multipart/form-data" or not boundary:
+            raise GatewayError(
+                415, "send multipart/form-data (file, name, deployment_id)", code="unsupported_media_type"
+            )
+        upload_id = new_id("upl")
+        sink = Sink(self.incoming / f"{upload_id}.part", self.max_bytes)
+        fields: dict[str, bytes] = {}
+        part: dict[str, Any] = {}
+        files = 0
+
+        def on_part_begin() -> None:
+            part.clear()
+            part.update(headers={}, field=b"", value=b"", name=None, is_file=False, data=bytearray())
+
+        def on_header_field(data: bytes, start: int, end: int) -> None:
+            part["field"] += data[start:end]
+
+        def on_header_value(data: bytes, start: int, end: int) -> None:
+            part["value"] += data[start:end]
+
+        def on_header_end() -> None:
+            part["headers"][part["field"].lower()] = part["value"]
+            part["field"], part["value"] = b"", b""
+
+        def on_headers_finished() -> None:
+            nonlocal files
+            _, disp = parse_options_header(part["headers"].get(b"content-disposition", b""))
+            part["name"] = disp.get(b"name", b"").decode("utf-8", "replace")
+            part["is_file"] = part["name"] == "file"
+            if part["is_file"]:
+                files += 1
+                if files > 1:
+                    raise GatewayError(400, "send exactly one file part", code="too_many_files")
+
+        def on_part_data(data: bytes, start: int, end: int) -> None:
+            if part["is_file"]:
+                sink.write(data[start:end])
+            else:
+                part["data"] += data[start:end]
+                if len(part["data"]) > MAX_FIELD_BYTES:
+                    raise GatewayError(400, f"form field {part['name']!r} is too long", code="field_too_long")
+
+        def on_part_end() -> None:
+            if not part["is_file"] and part["name"] in ("name", "deployment_id", "sha256"):
+                fields[part["name"]] = bytes(part["data"])
+
+        parser = MultipartParser(boundary, {
+            "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+            "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data, "on_part_end": on_part_end})  # fmt: skip
+        try:
+            while True:
+                message = await req.receive()
+                if message["type"] == "http.disconnect":
+                    req.disconnected = True
+                    raise asyncio.CancelledError
+                try:
+                    parser.write(message.get("body", b""))
+                except GatewayError:
+                    raise
+                except Exception as exc:
+                    raise bad_request(f"malformed multipart body: {type(exc).__name__}") from None
+                if not message.get("more_body", False):
+                    break
+            parser.finalize()
+            if files != 1 or sink.size == 0:
+                raise bad_request("file: required, the GGUF to upload", param="file")
+            name = self._name(fields.get("name", b"").decode("utf-8", "replace"))
+            dep = self._deployment(key, fields.get("deployment_id", b"").decode("utf-8", "replace"))
+            await self._check_unique(key, name)
+        except BaseException:
+            sink.discard()
+            raise
+        await self.gw.db(self.gw.store.create_upload, upload_id, key.org_id, key.id, name, dep.id, sink.size)
+        sha = fields.get("sha256", b"").decode() or None
+        await req.json(await self._finish(upload_id, sink, dep, name, sha), status=202)
+
+    # -- resumable ------------------------------------------------------------------------------------------
+    async def create(self, req: Request) -> None:
+        key = await self.gw.authenticate(req)
+        body = await req.json_object(self.gw.config.max_body_bytes)
+        name = self._name(body.get("name"))
+        dep = self._deployment(key, body.get("deployment_id"))
+        size = body.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= self.max_bytes:
+            raise bad_request(
+                f"size: required, 1 to {self.max_bytes} bytes", param="size", code="invalid_size"
+            )
+        sha = body.get("sha256")
+        if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
+            raise bad_request("sha256: 64 hex characters", param="sha256")
+        await self._check_unique(key, name)
+        upload_id = new_id("upl")
+        await self.gw.db(self.gw.store.create_upload, upload_id, key.org_id, key.id, name, dep.id, size)
+        if sha:
+            await self.gw.db(self.gw.store.update_upload, upload_id, info={"expected_sha256": sha.lower()})
+        (self.incoming / f"{upload_id}.part").touch()
+        status = await self.status_of(upload_id)
+        await req.json({**status, "upload_url": f"/api/v1/public/models/uploads/{upload_id}"}, status=201)
+
+    async def _owned(self, req: Request, key: KeyRecord) -> dict[str, Any]:
+        record = await self.gw.db(self.gw.store.upload, req.params["upload_id"])
+        if record is None or record["org_id"] != key.org_id:
+            raise not_found(f"upload {req.params['upload_id']} not found", code="upload_not_found")
+        return record
+
+    async def append(self, req: Request) -> None:
+        key = await self.gw.authenticate(req)
+        record = await self._owned(req, key)
+        upload_id = record["id"]
+        if record["status"] not in ("pending_upload", "uploading") or record["sha256"]:
+            raise GatewayError(
+                409, f"upload {upload_id} is {record['status']}; nothing more to send", code="upload_closed"
+            )
+        if (req.header(b"content-type") or "").split(";")[0].strip() != OFFSET_CT:
+            raise GatewayError(415, f"send the bytes as {OFFSET_CT}", code="unsupported_media_type")
+        offset_text = req.header(b"upload-offset") or ""
+        if not offset_text.isdigit():
+            raise bad_request("Upload-Offset header: required, the byte offset this chunk starts at")
+        if upload_id in self.busy:
+            raise GatewayError(409, "another request is writing this upload", code="upload_busy")
+        self.busy.add(upload_id)
+        try:
+            sink = self.sinks.get(upload_id) or Sink(
+                self.incoming / f"{upload_id}.part", int(record["size"]), resume=True
+            )
+            self.sinks[upload_id] = sink
+            if int(offset_text) != sink.size:
+                raise GatewayError(409, f"offset mismatch: the upload is at {sink.size}", code="offset_mismatch",
+                                   headers={"Upload-Offset": str(sink.size)})  # fmt: skip
+            if record["status"] == "pending_upload":
+                await self.gw.db(self.gw.store.update_upload, upload_id, status="uploading")
+            try:
+                while True:
+                    message = await req.receive()
+                    if message["type"] == "http.disconnect":
+                        break  # keep what arrived: the client resumes from Upload-Offset
+                    sink.write(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+            finally:
+                sink.file.flush()
+                await self.gw.db(self.gw.store.update_upload, upload_id, received=sink.size)
+            if sink.size < int(record["size"]):
+                await req.respond(204, b"", extra=[(b"upload-offset", str(sink.size).encode())])
+                return
+            del self.sinks[upload_id]
+            dep = self.gw.routes.deployments.get(record["deployment_id"])
+            if dep is None:
+                sink.discard()
+                raise GatewayError(
+                    409, f"deployment {record['deployment_id']} is gone", code="deployment_unavailable"
+                )
+            expected = (record["info"] or {}).get("expected_sha256")
+            await req.json(await self._finish(upload_id, sink, dep, record["name"], expected), status=202)
+        finally:
+            self.busy.discard(upload_id)
+
+    async def status(self, req: Request) -> None:
+        key = await self.gw.authenticate(req)
+        record = await self._owned(req, key)
+        status = await self.status_of(record["id"])
+        await req.respond(
+            200,
+            __import__("orjson").dumps(status),
+            extra=[(b"upload-offset", str(status["offset"]).encode())],
+        )
+
+    async def cancel(self, req: Request) -> None:
+        key = await self.gw.authenticate(req)
+        record = await self._owned(req, key)
+        if record["status"] not in ("pending_upload", "uploading") or record["sha256"]:
+            raise GatewayError(409, f"upload {record['id']} is {record['status']}", code="upload_closed")
+        sink = self.sinks.pop(record["id"], None)
+        if sink is not None:
+            sink.discard()
+        with contextlib.suppress(FileNotFoundError):
+            (self.incoming / f"{record['id']}.part").unlink()
+        await self.gw.db(
+            self.gw.store.update_upload, record["id"], status="failed", reason="cancelled by the client"
+        )
+        await req.json(await self.status_of(record["id"]))
