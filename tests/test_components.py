@@ -94,7 +94,7 @@ def test_firewall_admits_only_gateway_and_ssh_cidrs(mocks: RecordingMocks, catal
         ssh = [r for r in rules if r["portRange"] == "22"]
         assert len(engine) == 1 and engine[0]["sourceTags"] == ["agentcloud-gateway"]
         assert "sourceAddresses" not in engine[0]  # closed to the world
-        assert ssh[0]["sourceAddresses"] == ["203.0.113.0/24"]
+        assert ssh[0]["sourceAddresses"] == ["203.0.113.0/24"] and ssh[0]["sourceTags"] == ["agentcloud-gateway"]
         for rule in rules:
             assert not set(rule.get("sourceAddresses", [])) & {"0.0.0.0/0", "::/0"}
         assert sorted(fw.inputs["dropletIds"]) == sorted(int(i) for i in droplet_ids)
@@ -105,12 +105,14 @@ def test_firewall_admits_only_gateway_and_ssh_cidrs(mocks: RecordingMocks, catal
 
 
 @pulumi.runtime.test
-def test_no_ssh_rule_without_cidrs(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+def test_ssh_only_from_the_gateway_without_cidrs(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
     dep = _deploy(catalog, _spec(ssh=Ssh(), replicas=1))
 
     def check(_: object) -> None:
         (fw,) = mocks.of_type(FIREWALL)
-        assert [r["portRange"] for r in fw.inputs["inboundRules"]] == ["8000"]
+        rules = {r["portRange"]: r for r in fw.inputs["inboundRules"]}
+        assert set(rules) == {"8000", "22"}
+        assert rules["22"]["sourceTags"] == ["agentcloud-gateway"] and "sourceAddresses" not in rules["22"]
 
     return settled(dep).apply(check)
 

@@ -43,12 +43,15 @@ class EngineFirewall(pulumi.ComponentResource):
                 source_addresses=list(args.gateway_cidrs) or None,
             )
         ]
-        if args.ssh_cidrs:
-            inbound.append(
-                do.FirewallInboundRuleArgs(
-                    protocol="tcp", port_range="22", source_addresses=list(args.ssh_cidrs)
-                )
+        # SSH: the gateway (it delivers uploaded models and secrets) and the operators' CIDRs, never the world.
+        inbound.append(
+            do.FirewallInboundRuleArgs(
+                protocol="tcp",
+                port_range="22",
+                source_tags=[gateway_tag.name],
+                source_addresses=list(args.ssh_cidrs) or None,
             )
+        )
         outbound = [
             do.FirewallOutboundRuleArgs(protocol="tcp", port_range="1-65535", destination_addresses=WORLD),
             do.FirewallOutboundRuleArgs(protocol="udp", port_range="1-65535", destination_addresses=WORLD),
