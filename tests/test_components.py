@@ -94,7 +94,9 @@ def test_firewall_admits_only_gateway_and_ssh_cidrs(mocks: RecordingMocks, catal
         ssh = [r for r in rules if r["portRange"] == "22"]
         assert len(engine) == 1 and engine[0]["sourceTags"] == ["agentcloud-gateway"]
         assert "sourceAddresses" not in engine[0]  # closed to the world
-        assert ssh[0]["sourceAddresses"] == ["203.0.113.0/24"] and ssh[0]["sourceTags"] == ["agentcloud-gateway"]
+        assert ssh[0]["sourceAddresses"] == ["203.0.113.0/24"] and ssh[0]["sourceTags"] == [
+            "agentcloud-gateway"
+        ]
         for rule in rules:
             assert not set(rule.get("sourceAddresses", [])) & {"0.0.0.0/0", "::/0"}
         assert sorted(fw.inputs["dropletIds"]) == sorted(int(i) for i in droplet_ids)

@@ -125,6 +125,7 @@ class Gateway:
         self.usage: dict[tuple[float, str, str, str, str | None], list[float]] = {}
         self.usage_dropped = 0
         self.background: list[asyncio.Task[None]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None  # set at startup
         # One thread for every store call: the store's connection is serialized anyway.
         self.store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentcloud-store")
         from infra.gateway.uploads import Uploads
@@ -133,6 +134,10 @@ class Gateway:
         if config.ssh_key and delivery.identity_file is None:
             delivery = dataclasses.replace(delivery, identity_file=config.ssh_key)
         self.uploads = Uploads(self, Path(config.upload_dir), config.max_model_bytes, delivery)
+        from infra.gateway.webhooks import Policy, WebhookSender
+
+        self.webhooks = WebhookSender(self, Policy(config.webhooks_allow_http, config.webhooks_allow_loopback),
+                                      config.webhook_backoff_s, config.webhook_tick_s)  # fmt: skip
         self.router = Router()
         self.extensions: list[
             Callable[[Gateway], Awaitable[None]]
@@ -143,6 +148,7 @@ class Gateway:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def startup(self) -> None:
+        self.loop = asyncio.get_running_loop()
         if self.config.redis_url:
             import redis.asyncio as aioredis
 
@@ -152,6 +158,7 @@ class Gateway:
         self.refresh_deployments_from_store()
         await self.upstreams.start()
         self.background.append(asyncio.create_task(self._flush_usage_forever()))
+        self.background.append(asyncio.create_task(self.webhooks.run_forever()))
         for hook in self.extensions:
             await hook(self)
 

@@ -39,6 +39,11 @@ class GatewayConfig:
     max_model_bytes: int = 200 * 1024**3
     ssh_key: str | None = None  # the gateway's SSH private key for model delivery
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    # webhooks: http and loopback targets only for local development and tests
+    webhooks_allow_http: bool = False
+    webhooks_allow_loopback: bool = False
+    webhook_backoff_s: float = 5.0
+    webhook_tick_s: float = 1.0
 
     @staticmethod
     def from_env(**overrides: object) -> GatewayConfig:

@@ -35,6 +35,7 @@ def register(router: Router) -> None:
     add("GET", f"{API}/deployments/{{deployment_id}}/metrics", public.deployment_metrics)
     add("POST", f"{API}/deployments/{{deployment_id}}/permissions", public.grant)
     add("DELETE", f"{API}/deployments/{{deployment_id}}/permissions/{{api_key_id}}", public.revoke)
+    add("POST", f"{API}/deployments/{{deployment_id}}/webhooks", public.create_webhook)
     add("POST", f"{API}/models/upload", lambda gw, req: gw.uploads.multipart(req))
     add("POST", f"{API}/models/uploads", lambda gw, req: gw.uploads.create(req))
     for method, action in (("PATCH", "append"), ("GET", "status"), ("HEAD", "status"), ("DELETE", "cancel")):

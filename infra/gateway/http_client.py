@@ -232,12 +232,12 @@ class HttpPool:
         else:
             conn.close()
 
-    async def _connect(self, ep: Endpoint) -> _Connection:
+    async def _connect(self, ep: Endpoint, address: str | None = None) -> _Connection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.connect_timeout_s):
             _, conn = await loop.create_connection(
-                lambda: _Connection(self, ep.key),
-                ep.host,
+                lambda: _Connection(self, ep.key if address is None else (ep.scheme, address, ep.port)),
+                address or ep.host,
                 ep.port,
                 ssl=self._tls if ep.scheme == "https" else None,
                 server_hostname=ep.host if ep.scheme == "https" else None,
@@ -246,13 +246,23 @@ class HttpPool:
         return conn
 
     async def request(
-        self, url: str, body: bytes, headers: Mapping[str, str], method: str = "POST"
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        method: str = "POST",
+        address: str | None = None,
     ) -> Response:
-        """Send; return once the status and headers are in. The caller must release() the response."""
+        """Send; return once the status and headers are in. The caller must release() the response.
+        ``address`` pins the IP to connect to (the Host header and TLS name stay the URL's): checked webhook
+        targets use it, so DNS cannot change between the check and the connection; such connections are not
+        pooled."""
         ep = self.endpoint(url)
         head = [f"{method} {ep.path} HTTP/1.1\r\nHost: {ep.host}\r\nContent-Length: {len(body)}\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in headers.items()]
         data = "".join(head).encode("latin-1") + b"\r\n" + body
+        if address is not None:
+            return await self._exchange(await self._connect(ep, address), data)
         idle = self._idle.get(ep.key)
         while idle:
             conn = idle.pop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import TYPE_CHECKING, Any
 
@@ -116,3 +117,36 @@ async def revoke(gw: Gateway, req: Request) -> None:
 
 async def health(gw: Gateway, req: Request) -> None:
     await req.json({"status": "ok"})
+
+
+async def create_webhook(gw: Gateway, req: Request) -> None:
+    import secrets
+
+    from infra.gateway.keys import new_id
+    from infra.gateway.webhooks import EVENTS, UnsafeURL, check_url, seal
+
+    key = await gw.authenticate(req)
+    dep_id = req.params["deployment_id"]
+    dep = authz.manage_deployment(key, gw.routes.deployments.get(dep_id), dep_id)
+    body = await req.json_object(gw.config.max_body_bytes)
+    url, events = body.get("url"), body.get("events", list(EVENTS))
+    if not isinstance(url, str) or len(url) > 2048:
+        raise bad_request("url: required, a string", param="url")
+    if (
+        not isinstance(events, list)
+        or not events
+        or not set(events) <= set(EVENTS)
+        or len(set(events)) != len(events)
+    ):
+        raise bad_request(f"events: a list of distinct events among {', '.join(EVENTS)}", param="events")
+    try:
+        await asyncio.to_thread(check_url, url, gw.webhooks.policy)
+    except UnsafeURL as exc:
+        raise bad_request(f"url refused: {exc}", param="url", code="unsafe_url") from None
+    secret = secrets.token_hex(32)
+    hook_id = new_id("whk")
+    await gw.db(
+        gw.store.create_webhook, hook_id, dep.org_id, dep.id, url, events, seal(gw.config.pepper, secret)
+    )
+    await req.json({"id": hook_id, "deployment_id": dep.id, "url": url, "events": events, "secret": secret,
+                    "signature_header": "X-AINative-Signature"}, status=201)  # fmt: skip

@@ -48,6 +48,16 @@ SCHEMA = [
         deployment_id TEXT NOT NULL, status TEXT NOT NULL, size BIGINT, received BIGINT NOT NULL,
         sha256 TEXT, reason TEXT, info TEXT, created_at DOUBLE PRECISION NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS webhooks (
+        id TEXT PRIMARY KEY, org_id TEXT NOT NULL, deployment_id TEXT NOT NULL, url TEXT NOT NULL,
+        events TEXT NOT NULL, secret TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS webhook_outbox (
+        id TEXT PRIMARY KEY, webhook_id TEXT NOT NULL, event_id TEXT NOT NULL, body TEXT NOT NULL,
+        attempts INTEGER NOT NULL, next_attempt_at DOUBLE PRECISION NOT NULL, delivered_at DOUBLE PRECISION,
+        dead BOOLEAN NOT NULL, last_error TEXT, created_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS outbox_due ON webhook_outbox (delivered_at, dead, next_attempt_at)",
+    """CREATE TABLE IF NOT EXISTS leases (
+        name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
 ]
 
 
@@ -124,7 +134,18 @@ class Store:
 
     def reset(self) -> None:
         """Delete every row (tests)."""
-        for table in ("uploads", "usage", "grants", "org_members", "deployments", "api_keys", "orgs"):
+        for table in (
+            "leases",
+            "webhook_outbox",
+            "webhooks",
+            "uploads",
+            "usage",
+            "grants",
+            "org_members",
+            "deployments",
+            "api_keys",
+            "orgs",
+        ):
             self._exec(f"DELETE FROM {table}")
 
     # -- orgs and keys ---------------------------------------------------------------------------------
@@ -298,6 +319,75 @@ class Store:
             "SELECT id FROM uploads WHERE org_id = ? AND name = ? AND status != 'failed'", (org_id, name)
         )
         return self.upload(rows[0][0]) if rows else None
+
+    # -- webhooks and their outbox ----------------------------------------------------------------------
+    def create_webhook(
+        self, hook_id: str, org_id: str, deployment_id: str, url: str, events: list[str], sealed_secret: str
+    ) -> None:
+        self._exec(
+            "INSERT INTO webhooks (id, org_id, deployment_id, url, events, secret, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (hook_id, org_id, deployment_id, url, json.dumps(events), sealed_secret, time.time()),
+        )
+
+    def webhooks_for(self, deployment_id: str, event: str) -> list[tuple[str, str, str]]:
+        rows = self._exec(
+            "SELECT id, url, events, secret FROM webhooks WHERE deployment_id = ?", (deployment_id,)
+        )
+        return [(r[0], r[1], r[3]) for r in rows if event in json.loads(r[2])]
+
+    def webhook(self, hook_id: str) -> tuple[str, str] | None:
+        rows = self._exec("SELECT url, secret FROM webhooks WHERE id = ?", (hook_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def enqueue(self, rows: Sequence[tuple[str, str, str, str]], now: float) -> None:
+        """(outbox id, webhook id, event id, body) rows, due now."""
+        self._many(
+            "INSERT INTO webhook_outbox (id, webhook_id, event_id, body, attempts, next_attempt_at, dead, created_at) "
+            "VALUES (?, ?, ?, ?, 0, ?, FALSE, ?)",
+            [(*r, now, now) for r in rows],
+        )
+
+    def due(self, now: float, limit: int = 100) -> list[tuple[str, str, str, str, int, float]]:
+        return [
+            (r[0], r[1], r[2], r[3], int(r[4]), float(r[5]))
+            for r in self._exec(
+                "SELECT id, webhook_id, event_id, body, attempts, created_at FROM webhook_outbox "
+                "WHERE delivered_at IS NULL AND dead = FALSE AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+                (now, limit),
+            )
+        ]
+
+    def delivered(self, outbox_id: str, now: float) -> None:
+        self._exec(
+            "UPDATE webhook_outbox SET delivered_at = ?, attempts = attempts + 1 WHERE id = ?",
+            (now, outbox_id),
+        )
+
+    def retry_later(self, outbox_id: str, next_at: float, error: str, dead: bool) -> None:
+        self._exec(
+            "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, dead = ? WHERE id = ?",
+            (next_at, error[:500], dead, outbox_id),
+        )
+
+    def outbox(self) -> list[dict[str, Any]]:
+        rows = self._exec("SELECT id, event_id, attempts, delivered_at, dead, last_error FROM webhook_outbox")
+        return [
+            dict(zip(("id", "event_id", "attempts", "delivered_at", "dead", "last_error"), r, strict=True))
+            for r in rows
+        ]
+
+    # -- leases (one replica runs the webhook sender and the autoscaler) -----------------------------------
+    def acquire_lease(self, name: str, holder: str, ttl_s: float, now: float | None = None) -> bool:
+        """Take or renew ``name`` for ``holder`` until now + ttl; True when held. Atomic in one statement."""
+        now = time.time() if now is None else now
+        self._exec(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "holder = excluded.holder, expires_at = excluded.expires_at "
+            "WHERE leases.holder = excluded.holder OR leases.expires_at < ?",
+            (name, holder, now + ttl_s, now),
+        )
+        rows = self._exec("SELECT holder FROM leases WHERE name = ?", (name,))
+        return bool(rows) and rows[0][0] == holder
 
     # -- usage -----------------------------------------------------------------------------------------
     def add_usage(self, rows: Sequence[UsageRow]) -> None:

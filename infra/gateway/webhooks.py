@@ -1,0 +1,201 @@
+"""Deployment webhooks: SSRF-checked URLs, signed bodies, a durable outbox delivered at least once.
+
+Signature, exactly as the reference product's verify() expects:
+    X-AINative-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>
+The event id and a timestamp are inside the signed body and in X-AINative-Event-Id / X-AINative-Timestamp, so a
+receiver can refuse replays (timestamps older than 5 minutes, ids already seen). Events are written to the
+outbox in the store first, then sent with exponential backoff and jitter until a 2xx (redirects are not
+followed), for up to a day; a gateway restart loses nothing. One gateway replica sends at a time (a lease).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import logging
+import random
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from infra.gateway.keys import new_id
+
+if TYPE_CHECKING:
+    from infra.gateway.app import Gateway
+
+log = logging.getLogger("agentcloud.gateway.webhooks")
+EVENTS = ("deployment.active", "deployment.degraded", "deployment.sla_breach", "deployment.recovered",
+          "deployment.scaled")  # fmt: skip
+CGNAT = ipaddress.ip_network("100.64.0.0/10")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+METADATA = ipaddress.ip_address("169.254.169.254")
+GIVE_UP_AFTER_S = 24 * 3600
+
+
+class UnsafeURL(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Policy:
+    allow_http: bool = False  # local development only
+    allow_loopback: bool = False  # tests only
+
+
+def _refuse(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, policy: Policy) -> str | None:
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return _refuse(addr.ipv4_mapped, policy)
+        if addr in NAT64:  # 64:ff9b::a.b.c.d reaches a.b.c.d through a NAT64 gateway
+            return _refuse(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF), policy)
+        if addr.sixtofour is not None:
+            return _refuse(addr.sixtofour, policy)
+    if addr.is_loopback:
+        return None if policy.allow_loopback else "loopback"
+    if addr == METADATA:
+        return "the metadata service"
+    if isinstance(addr, ipaddress.IPv4Address) and addr in CGNAT:
+        return "carrier-grade NAT space"
+    if addr.is_link_local:
+        return "link-local"
+    if addr.is_private:
+        return "a private network"
+    if not addr.is_global or addr.is_multicast or addr.is_reserved or addr.is_unspecified:
+        return "not a public address"
+    return None
+
+
+def check_url(url: str, policy: Policy, resolve: Any = socket.getaddrinfo) -> tuple[str, str]:
+    """(url, the one address to connect to); raises UnsafeURL naming why."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not policy.allow_http):
+        raise UnsafeURL("webhook URLs must be https")
+    if not parts.hostname or parts.username or parts.password:
+        raise UnsafeURL("webhook URLs need a host and no credentials")
+    try:
+        infos = resolve(
+            parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
+        )
+    except OSError:
+        raise UnsafeURL(f"cannot resolve {parts.hostname}") from None
+    addresses = sorted({info[4][0] for info in infos})
+    if not addresses:
+        raise UnsafeURL(f"{parts.hostname} has no address")
+    for text in addresses:  # every address must be safe: DNS may hand out any of them
+        why = _refuse(ipaddress.ip_address(text.split("%")[0]), policy)
+        if why:
+            raise UnsafeURL(f"{parts.hostname} resolves to {text}, {why}")
+    return url, addresses[0]
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _box_key(pepper: bytes) -> bytes:
+    return hashlib.sha256(b"agentcloud webhook secrets\0" + pepper).digest()
+
+
+def seal(pepper: bytes, secret: str) -> str:
+    """Endpoint secrets are stored encrypted (AES-GCM, a key derived from the gateway's pepper)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = secrets.token_bytes(12)
+    return base64.b64encode(nonce + AESGCM(_box_key(pepper)).encrypt(nonce, secret.encode(), None)).decode()
+
+
+def unseal(pepper: bytes, sealed: str) -> str:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    raw = base64.b64decode(sealed)
+    return AESGCM(_box_key(pepper)).decrypt(raw[:12], raw[12:], None).decode()
+
+
+def backoff_s(attempts: int, base_s: float) -> float:
+    return float(min(base_s * 2**attempts, 3600.0) * random.uniform(0.5, 1.0))
+
+
+class WebhookSender:
+    def __init__(self, gw: Gateway, policy: Policy, base_backoff_s: float = 5.0, tick_s: float = 1.0,
+                 timeout_s: float = 15.0) -> None:  # fmt: skip
+        self.gw = gw
+        self.policy = policy
+        self.base_backoff_s = base_backoff_s
+        self.tick_s = tick_s
+        self.timeout_s = timeout_s
+        self.holder = secrets.token_hex(8)
+
+    async def emit(self, deployment_id: str, event: str, data: dict[str, Any]) -> list[str]:
+        """Write one signed body per subscribed webhook to the outbox; returns the event ids."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event}")
+        hooks = await self.gw.db(self.gw.store.webhooks_for, deployment_id, event)
+        now = time.time()
+        rows, ids = [], []
+        for hook_id, _, _ in hooks:
+            event_id = new_id("evt")
+            body = orjson.dumps({"id": event_id, "type": event, "created": int(now), "deployment_id": deployment_id,
+                                 "data": data}).decode()  # fmt: skip
+            rows.append((new_id("out"), hook_id, event_id, body))
+            ids.append(event_id)
+        if rows:
+            await self.gw.db(self.gw.store.enqueue, rows, now)
+        return ids
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                if await self.gw.db(
+                    self.gw.store.acquire_lease, "webhook-sender", self.holder, self.tick_s * 10
+                ):
+                    await self.send_due()
+            except Exception:  # the sender must outlive a store or network outage
+                log.exception("webhook sender tick failed")
+            await asyncio.sleep(self.tick_s)
+
+    async def send_due(self) -> int:
+        sent = 0
+        for outbox_id, hook_id, event_id, body, attempts, created in await self.gw.db(
+            self.gw.store.due, time.time()
+        ):
+            hook = await self.gw.db(self.gw.store.webhook, hook_id)
+            if hook is None:
+                await self.gw.db(self.gw.store.retry_later, outbox_id, time.time(), "webhook deleted", True)
+                continue
+            url, sealed = hook
+            error = await self._post(url, unseal(self.gw.config.pepper, sealed), event_id, body.encode())
+            now = time.time()
+            if error is None:
+                await self.gw.db(self.gw.store.delivered, outbox_id, now)
+                sent += 1
+            else:
+                dead = now - created > GIVE_UP_AFTER_S
+                await self.gw.db(self.gw.store.retry_later, outbox_id, now + backoff_s(attempts, self.base_backoff_s),
+                                 error, dead)  # fmt: skip
+        return sent
+
+    async def _post(self, url: str, secret: str, event_id: str, body: bytes) -> str | None:
+        pool = self.gw.upstreams.pool
+        assert pool is not None
+        try:
+            _, address = await asyncio.to_thread(check_url, url, self.policy)  # checked again at each attempt
+            headers = {"Content-Type": "application/json", "X-AINative-Signature": sign(secret, body),
+                       "X-AINative-Event-Id": event_id, "X-AINative-Timestamp": str(int(time.time())),
+                       "User-Agent": "agentcloud-webhooks"}  # fmt: skip
+            async with asyncio.timeout(self.timeout_s):
+                response = await pool.request(url, body, headers, address=address)
+                await response.read()
+                response.release()
+        except UnsafeURL as exc:
+            return f"refused: {exc}"
+        except (OSError, TimeoutError) as exc:
+            return f"{type(exc).__name__}"
+        return None if 200 <= response.status < 300 else f"HTTP {response.status}"

@@ -1,0 +1,1 @@
+"""Deployment lifecycle: the state machine, and (Automation API) stack operations behind it."""
