@@ -56,7 +56,10 @@ def run_gateway() -> pulumi.ComponentResource:
 
 def run_deployment() -> GpuDeployment:
     serving = plan_from_config()
-    deployment = GpuDeployment(serving.name, GpuDeploymentArgs(plan=serving))
+    keep = pulumi.Config(PULUMI_PROJECT).get_bool("keepModelCache")
+    deployment = GpuDeployment(
+        serving.name, GpuDeploymentArgs(plan=serving, keep_model_cache=keep is not False)
+    )
     pulumi.export("endpoints", deployment.endpoints)
     pulumi.export("droplet_ids", [d.id for d in deployment.droplets])
     pulumi.export("hourly_usd", serving.hourly_usd)

@@ -29,6 +29,7 @@ KNOWN_PROJECT_KEYS = {
     f"{PULUMI_PROJECT}:gateway",
     f"{PULUMI_PROJECT}:hfToken",
     f"{PULUMI_PROJECT}:engineApiKey",
+    f"{PULUMI_PROJECT}:keepModelCache",
 }
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")]

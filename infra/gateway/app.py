@@ -138,6 +138,15 @@ class Gateway:
 
         self.webhooks = WebhookSender(self, Policy(config.webhooks_allow_http, config.webhooks_allow_loopback),
                                       config.webhook_backoff_s, config.webhook_tick_s)  # fmt: skip
+        from infra.gateway.deployments_api import DeploymentsApi
+        from infra.lifecycle.jobs import JobRunner
+        from infra.lifecycle.operations import PulumiStackOps, StackOps
+        from infra.spec import STACKS_DIR
+
+        self.stack_ops: StackOps = PulumiStackOps()
+        self.stacks_dir = STACKS_DIR
+        self.jobs = JobRunner()
+        self.deployments_api = DeploymentsApi(self)
         self.router = Router()
         self.extensions: list[
             Callable[[Gateway], Awaitable[None]]

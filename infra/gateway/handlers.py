@@ -36,6 +36,16 @@ def register(router: Router) -> None:
     add("POST", f"{API}/deployments/{{deployment_id}}/permissions", public.grant)
     add("DELETE", f"{API}/deployments/{{deployment_id}}/permissions/{{api_key_id}}", public.revoke)
     add("POST", f"{API}/deployments/{{deployment_id}}/webhooks", public.create_webhook)
+    for method, path, action in (
+        ("POST", f"{API}/deployments", "create"),
+        ("GET", f"{API}/deployments", "list"),
+        ("GET", f"{API}/deployments/{{deployment_id}}", "get"),
+        ("DELETE", f"{API}/deployments/{{deployment_id}}", "delete"),
+        ("PATCH", f"{API}/deployments/{{deployment_id}}/scaling", "scaling"),
+        ("PATCH", f"{API}/deployments/{{deployment_id}}/sla", "set_sla"),
+        ("GET", f"{API}/deployments/{{deployment_id}}/sla", "get_sla"),
+    ):
+        add(method, path, _api_route(action))
     add("POST", f"{API}/models/upload", lambda gw, req: gw.uploads.multipart(req))
     add("POST", f"{API}/models/uploads", lambda gw, req: gw.uploads.create(req))
     for method, action in (("PATCH", "append"), ("GET", "status"), ("HEAD", "status"), ("DELETE", "cancel")):
@@ -47,5 +57,12 @@ def register(router: Router) -> None:
 def _upload_route(action: str) -> Handler:
     async def handle(gw: Gateway, req: Request) -> None:
         await getattr(gw.uploads, action)(req)
+
+    return handle
+
+
+def _api_route(action: str) -> Handler:
+    async def handle(gw: Gateway, req: Request) -> None:
+        await getattr(gw.deployments_api, action)(req)
 
     return handle

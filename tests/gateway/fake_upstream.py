@@ -181,6 +181,9 @@ class FakeUpstream:
         body = await request.json()
         return web.Response(body=b"ID3" + body["input"].encode()[:32], content_type="audio/mpeg")
 
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"object": "list", "data": [{"id": self.model_name or "fake", "object": "model"}]}
@@ -197,6 +200,7 @@ class FakeUpstream:
         app.router.add_post("/v1/audio/transcriptions", self.transcriptions)
         app.router.add_post("/v1/audio/speech", self.speech)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
         self._runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)

@@ -1,0 +1,92 @@
+"""Stack operations for a deployment, through the Pulumi Automation API (needs the `pulumi` CLI).
+
+create = write the stack file + `up`; scale = rewrite replicas/scaling + `up`; refresh = `refresh` (drift);
+teardown = `destroy` (the model-cache volumes are protected: kept unless asked, then unprotected by an `up` with
+agent-cloud:keepModelCache=false first). The backend is a local directory by default
+(PULUMI_BACKEND_URL=file://~/.agentcloud-state); any Pulumi backend works.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from infra import PROJECT_ROOT
+from infra.automation import require_cli
+from infra.catalog import Catalog
+from infra.document import Document
+from infra.planner import plan
+from infra.spec import DEPLOYMENT_KEY, STACKS_DIR, DeploymentSpec, parse_stack
+
+Progress = Callable[[str], None]
+DEFAULT_BACKEND = f"file://{Path.home() / '.agentcloud-state'}"
+
+
+class StackOps(Protocol):
+    def up(self, stack: str, progress: Progress) -> dict[str, Any]: ...
+
+    def refresh(self, stack: str, progress: Progress) -> dict[str, Any]: ...
+
+    def destroy(self, stack: str, keep_model_cache: bool, progress: Progress) -> None: ...
+
+
+def validate_deployment(data: dict[str, Any], catalog: Catalog, file: str = "request") -> DeploymentSpec:
+    """The same checks as a stack file (names, types, fit); raises SpecError or PlanError."""
+    spec = parse_stack(Document(file=file, data={"config": {DEPLOYMENT_KEY: data}}), catalog)
+    plan(spec, catalog)
+    return spec
+
+
+def write_stack_file(spec: DeploymentSpec, directory: Path = STACKS_DIR) -> Path:
+    """Write (or update) stacks/Pulumi.<name>.yaml, keeping every other config key already there."""
+    path = directory / f"Pulumi.{spec.name}.yaml"
+    data: dict[str, Any] = {}
+    if path.exists():
+        data = yaml.safe_load(path.read_text()) or {}
+    config = data.setdefault("config", {})
+    config[DEPLOYMENT_KEY] = spec.model_dump(mode="json", exclude_defaults=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+class PulumiStackOps:
+    def __init__(self, work_dir: Path = PROJECT_ROOT, backend_url: str | None = None) -> None:
+        self.work_dir = work_dir
+        self.backend_url = backend_url or os.environ.get("PULUMI_BACKEND_URL", DEFAULT_BACKEND)
+
+    def _stack(self, name: str) -> Any:
+        require_cli()
+        from pulumi import automation as auto
+
+        env = {"PULUMI_BACKEND_URL": self.backend_url}
+        opts = auto.LocalWorkspaceOptions(work_dir=str(self.work_dir), env_vars=env)
+        return auto.create_or_select_stack(stack_name=name, work_dir=str(self.work_dir), opts=opts)
+
+    @staticmethod
+    def _outputs(stack: Any) -> dict[str, Any]:
+        return {k: v.value for k, v in stack.outputs().items()}
+
+    def up(self, stack: str, progress: Progress) -> dict[str, Any]:
+        s = self._stack(stack)
+        s.up(on_output=progress)
+        return self._outputs(s)
+
+    def refresh(self, stack: str, progress: Progress) -> dict[str, Any]:
+        s = self._stack(stack)
+        s.refresh(on_output=progress)
+        return self._outputs(s)
+
+    def destroy(self, stack: str, keep_model_cache: bool, progress: Progress) -> None:
+        from pulumi import automation as auto
+
+        s = self._stack(stack)
+        if not keep_model_cache:
+            s.set_config("agent-cloud:keepModelCache", auto.ConfigValue("false"))
+            s.up(on_output=progress)  # lifts the volumes' protection
+        s.destroy(on_output=progress, exclude_protected=keep_model_cache)

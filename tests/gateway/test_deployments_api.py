@@ -1,0 +1,196 @@
+"""The management API over a fake StackOps (no Pulumi CLI here): jobs, 409 on a busy stack, the state machine,
+health-gated `active`, the stack file as the source of truth, and who may do what."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from infra.catalog import Catalog
+from infra.gateway.routing import RouteTable
+from infra.gateway.store import Store
+from infra.lifecycle.operations import PulumiStackOps
+from tests.gateway.fake_upstream import FakeUpstream
+from tests.gateway.harness import Keys, Running, make_gateway, running, wait_for
+
+API = "/api/v1/public/deployments"
+SPEC = {"name": "api-8b", "model_id": "llama-3.1-8b-instruct", "gpu_type": "h100", "region": "tor1", "replicas": 1,
+        "preset": "speed"}  # fmt: skip
+
+
+class FakeOps:
+    """Answers like a stack: one endpoint per replica in the stack file, all at the fake upstream."""
+
+    def __init__(self, port: int, stacks: Path) -> None:
+        self.port, self.stacks = port, stacks
+        self.calls: list[tuple[str, str, Any]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def up(self, stack: str, progress: Any) -> dict[str, Any]:
+        progress(f"Updating ({stack})")
+        self.gate.wait(10)
+        cfg = yaml.safe_load((self.stacks / f"Pulumi.{stack}.yaml").read_text())["config"][
+            "agent-cloud:deployment"
+        ]
+        self.calls.append(("up", stack, cfg.get("replicas", 1)))
+        endpoints = [{"private_ip": "127.0.0.1", "public_ip": "198.51.100.1", "port": self.port, "droplet_id": str(i)}
+                     for i in range(cfg.get("replicas", 1))]  # fmt: skip
+        return {"endpoints": endpoints, "host_public_key": "ssh-ed25519 AAAA",
+                "plan": {"model_id": cfg["model_id"], "gpu_type": cfg.get("gpu_type"), "preset": cfg.get("preset")}}  # fmt: skip
+
+    def refresh(self, stack: str, progress: Any) -> dict[str, Any]:
+        return self.up(stack, progress)
+
+    def destroy(self, stack: str, keep_model_cache: bool, progress: Any) -> None:
+        self.calls.append(("destroy", stack, keep_model_cache))
+
+
+@dataclass
+class Api:
+    r: Running
+    keys: Keys
+    ops: FakeOps
+    stacks: Path
+
+    def call(self, method: str, path: str, key: str | None = None, **kw: Any) -> requests.Response:
+        return requests.request(method, f"{self.r.url}{API}{path}", timeout=15,
+                                headers={"Authorization": f"Bearer {key or self.keys.admin}"}, **kw)  # fmt: skip
+
+    def wait_status(self, dep_id: str, status: str) -> dict[str, Any]:
+        assert wait_for(lambda: self.call("GET", f"/{dep_id}").json()["status"] == status, 15), self.call(
+            "GET", f"/{dep_id}"
+        ).json()
+        return dict(self.call("GET", f"/{dep_id}").json())
+
+
+@pytest.fixture
+def api(tmp_path: Path, catalog: Catalog, store: Store, keys: Keys, upstream: FakeUpstream) -> Iterator[Api]:
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    gateway = make_gateway(catalog, store, RouteTable(), tmp_path)
+    ops = FakeOps(int(upstream.base_url.split(":")[2].split("/")[0]), stacks)
+    gateway.stack_ops, gateway.stacks_dir = ops, stacks
+    with running(gateway) as r:
+        yield Api(r, keys, ops, stacks)
+
+
+def test_create_becomes_active_and_serves(api: Api) -> None:
+    resp = api.call("POST", "", json=SPEC)
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert (
+        body["id"].startswith("dep_")
+        and body["status"] == "provisioning"
+        and body["job"]["operation"] == "create"
+    )
+    dep = api.wait_status(body["id"], "active")
+    assert [h["to"] for h in dep["lifecycle"]["history"]] == ["provisioning", "active"]
+    stack = yaml.safe_load((api.stacks / "Pulumi.api-8b.yaml").read_text())["config"][
+        "agent-cloud:deployment"
+    ]
+    assert stack["model_id"] == "llama-3.1-8b-instruct" and stack["gpu_type"] == "h100"
+    chat = requests.post(f"{api.r.url}{API}/{body['id']}/chat/completions", timeout=15,
+                         headers={"Authorization": f"Bearer {api.keys.standard}"},
+                         json={"messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == "echo: hi"
+    listed = api.call("GET", "", key=api.keys.standard).json()["data"]
+    assert [d["id"] for d in listed] == [body["id"]]
+    assert api.call("GET", "", key=api.keys.other_org).json()["data"] == []
+
+
+def test_busy_stack_is_409_and_scale(api: Api) -> None:
+    api.ops.gate.clear()  # the create's `up` hangs until released
+    dep_id = api.call("POST", "", json=SPEC).json()["id"]
+    busy = api.call("PATCH", f"/{dep_id}/scaling", json={"min_replicas": 1, "max_replicas": 3})
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "operation_in_progress"
+    api.ops.gate.set()
+    api.wait_status(dep_id, "active")
+    scaled = api.call("PATCH", f"/{dep_id}/scaling", json={"min_replicas": 2, "max_replicas": 3})
+    assert scaled.status_code == 202 and scaled.json()["status"] == "scaling"
+    dep = api.wait_status(dep_id, "active")
+    assert len(dep["endpoints"]) == 2 and dep["scaling"]["min_replicas"] == 2
+    assert ("up", "api-8b", 2) in api.ops.calls
+    assert [h["to"] for h in dep["lifecycle"]["history"]] == ["provisioning", "active", "scaling", "active"]
+
+
+def test_teardown_keeps_or_deletes_the_model_cache(api: Api) -> None:
+    dep_id = api.call("POST", "", json=SPEC).json()["id"]
+    api.wait_status(dep_id, "active")
+    resp = api.call("DELETE", f"/{dep_id}?keep_model_cache=false")
+    assert resp.status_code == 202 and resp.json()["status"] == "teardown"
+    dep = api.wait_status(dep_id, "inactive")
+    assert ("destroy", "api-8b", False) in api.ops.calls and dep["endpoints"] == []
+    assert requests.post(f"{api.r.url}{API}/{dep_id}/chat/completions", headers={"Authorization": f"Bearer {api.keys.admin}"},
+                         json={"messages": [{"role": "user", "content": "x"}]}).status_code == 503  # fmt: skip
+
+
+def test_sla_targets(api: Api) -> None:
+    dep_id = api.call("POST", "", json=SPEC).json()["id"]
+    api.wait_status(dep_id, "active")
+    resp = api.call("PATCH", f"/{dep_id}/sla", json={"ttft_target_ms": 300, "concurrency_limit": 5})
+    assert resp.status_code == 200 and resp.json()["targets"] == {
+        "ttft_target_ms": 300,
+        "concurrency_limit": 5,
+    }
+    assert api.r.gateway.routes.deployments[dep_id].concurrency_limit == 5
+    assert api.call("GET", f"/{dep_id}/sla", key=api.keys.standard).json()["history"] == []
+    assert api.call("PATCH", f"/{dep_id}/sla", json={"ttft_target_ms": -1}).status_code == 400
+
+
+def test_bad_specs(api: Api) -> None:
+    bad = api.call("POST", "", json={**SPEC, "gpu_type": "h1000"})
+    assert bad.status_code == 400 and "gpu_type: unknown gpu type" in bad.json()["error"]["message"]
+    big = api.call(
+        "POST", "", json={**SPEC, "name": "big", "model_id": "llama-3.3-70b-instruct", "region": "nyc2"}
+    )
+    assert big.status_code == 422 and "Alternatives that fit" in big.json()["error"]["message"]
+    assert api.call("POST", "", json={**SPEC, "replicas": "two"}).status_code == 400
+
+
+def test_who_may_do_what(api: Api) -> None:
+    dep_id = api.call("POST", "", json=SPEC).json()["id"]
+    api.wait_status(dep_id, "active")
+    k = api.keys
+    # key -> (create another, read, scale, delete); the admin's delete meets its own scale job still running: 409
+    expected = {
+        "admin": (202, 200, 202, 409), "standard": (403, 200, 403, 403), "scoped": (403, 403, 403, 403),
+        "other_org": (403, 404, 404, 404), "member": (403, 200, 403, 403), "member_read_only": (403, 200, 403, 403),
+    }  # fmt: skip
+    wrong = []
+    for name, want in expected.items():
+        key = getattr(k, name)
+        got = (
+            api.call("POST", "", key=key, json={**SPEC, "name": f"x-{name.replace('_', '-')}"}).status_code,
+            api.call("GET", f"/{dep_id}", key=key).status_code,
+            api.call("PATCH", f"/{dep_id}/scaling", key=key, json={"max_replicas": 2}).status_code,
+            api.call("DELETE", f"/{dep_id}", key=key).status_code,
+        )
+        if got != want:
+            wrong.append(f"{name}: {got}, designed {want}")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.skipif(
+    shutil.which("pulumi") is None, reason="the pulumi CLI is not on PATH (not installable here)"
+)
+def test_automation_api_selects_a_stack_on_a_file_backend(tmp_path: Path) -> None:
+    ops = PulumiStackOps(backend_url=f"file://{tmp_path}")
+    stack = ops._stack("automation-test")
+    assert stack.name == "automation-test"
+
+
+def test_without_the_cli_operations_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.automation import PulumiUnavailable
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(PulumiUnavailable, match="pulumi CLI is not on PATH"):
+        PulumiStackOps().up("x", print)
