@@ -172,6 +172,14 @@ def cmd_secrets_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gitops(args: argparse.Namespace) -> int:
+    from infra.gitops import report
+
+    rows, table = report(args.files, args.base, load_catalog(args.catalog))
+    print(table)
+    return 1 if any(r["error"] for r in rows) else 0
+
+
 def cmd_catalog(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
     print(
@@ -219,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     from infra.gateway_cli import add_parser as add_gateway
 
     add_gateway(sub)
+
+    g = sub.add_parser("gitops", help="for pull requests: the $/h change of changed stack files")
+    g.add_argument("action", choices=["report"])
+    g.add_argument("files", nargs="*")
+    g.add_argument("--base", default="origin/main", help="git ref the change is compared with")
+    g.set_defaults(func=cmd_gitops)
 
     c = sub.add_parser("catalog", help="validate presets.yaml")
     c.add_argument("action", choices=["check"])
