@@ -224,9 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--remote-path", default=ENV_FILE, help=argparse.SUPPRESS)
     push.set_defaults(func=cmd_secrets_push)
 
+    from infra.deployments_cli import add_parser as add_deployments
     from infra.gateway_cli import add_parser as add_gateway
 
     add_gateway(sub)
+    add_deployments(sub)
 
     g = sub.add_parser("gitops", help="for pull requests: the $/h change of changed stack files")
     g.add_argument("action", choices=["report"])

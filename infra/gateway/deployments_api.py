@@ -252,6 +252,31 @@ class DeploymentsApi:
             go.set()
         await req.json(await self._public(dep_id), status=202)
 
+    async def refresh(self, req: Request) -> None:
+        """`pulumi refresh`: a droplet deleted outside Pulumi shows as drift, and the deployment as degraded."""
+        from infra.gateway_cli import routes_from_outputs
+
+        key = await self.gw.authenticate(req)
+        dep_id = req.params["deployment_id"]
+        dep = authz.manage_deployment(key, self.gw.routes.deployments.get(dep_id), dep_id)
+
+        async def work(job: Job) -> None:
+            outputs = await asyncio.to_thread(self.gw.stack_ops.refresh, dep.name, job.log.append)
+            row = await self._row(dep_id)
+            assert row is not None
+            wanted = int(row["spec"]["deployment"].get("replicas", 1))
+            found = len(routes_from_outputs(outputs, None)["endpoints"])
+            if found < wanted:
+                await self._move(dep_id, Status.DEGRADED, f"drift: {found} of {wanted} droplets exist")
+                await self.gw.webhooks.emit(dep_id, "deployment.degraded", {"reason": "drift", "found": found,
+                                                                             "wanted": wanted})  # fmt: skip
+            elif dep.status == Status.DEGRADED.value and await self._healthy(dep_id):
+                await self._move(dep_id, Status.ACTIVE, "refresh: no drift, engine healthy", healthy=True)
+
+        _, go = self._start(dep.name, "refresh", work)
+        go.set()
+        await req.json(await self._public(dep_id), status=202)
+
     async def set_sla(self, req: Request) -> None:
         key = await self.gw.authenticate(req)
         dep_id = req.params["deployment_id"]

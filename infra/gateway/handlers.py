@@ -42,6 +42,7 @@ def register(router: Router) -> None:
         ("GET", f"{API}/deployments/{{deployment_id}}", "get"),
         ("DELETE", f"{API}/deployments/{{deployment_id}}", "delete"),
         ("PATCH", f"{API}/deployments/{{deployment_id}}/scaling", "scaling"),
+        ("POST", f"{API}/deployments/{{deployment_id}}/refresh", "refresh"),
         ("PATCH", f"{API}/deployments/{{deployment_id}}/sla", "set_sla"),
         ("GET", f"{API}/deployments/{{deployment_id}}/sla", "get_sla"),
     ):

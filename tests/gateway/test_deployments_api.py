@@ -194,3 +194,42 @@ def test_without_the_cli_operations_say_so(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(PulumiUnavailable, match="pulumi CLI is not on PATH"):
         PulumiStackOps().up("x", print)
+
+
+def test_cli_lifecycle(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from infra.cli import main
+
+    stack = tmp_path / "Pulumi.cli-8b.yaml"
+    stack.write_text(yaml.safe_dump({"config": {"agent-cloud:deployment": {**SPEC, "name": "cli-8b"}}}))
+    base = ["deployments", "--url", api.r.url, "--key", api.keys.admin]
+    assert main([*base, "create", str(stack)]) == 0
+    out = capsys.readouterr().out
+    assert "cli-8b: provisioning" in out and "cli-8b: active" in out and "Updating (cli-8b)" in out
+    dep_id = out.split("created ")[1].split(" ")[0]
+    assert main([*base, "list"]) == 0 and dep_id in capsys.readouterr().out
+    assert main([*base, "scale", dep_id, "--min", "1", "--max", "2"]) == 0
+    assert "cli-8b: active" in capsys.readouterr().out
+    assert main([*base, "sla", dep_id, "--ttft-ms", "250"]) == 0
+    assert '"ttft_target_ms": 250' in capsys.readouterr().out
+    assert main([*base, "refresh", dep_id]) == 0
+    assert main([*base, "teardown", dep_id]) == 0
+    assert "cli-8b: inactive" in capsys.readouterr().out
+    assert ("destroy", "cli-8b", True) in api.ops.calls
+    with pytest.raises(SystemExit, match="404"):
+        main([*base, "get", "dep_nope"])
+
+
+def test_refresh_finds_drift(api: Api) -> None:
+    dep_id = api.call("POST", "", json={**SPEC, "name": "drift", "replicas": 2}).json()["id"]
+    api.wait_status(dep_id, "active")
+    original = api.ops.up
+
+    def one_droplet_gone(stack: str, progress: Any) -> dict[str, Any]:
+        out = original(stack, progress)
+        out["endpoints"] = out["endpoints"][:1]
+        return out
+
+    api.ops.refresh = one_droplet_gone  # type: ignore[method-assign]
+    assert api.call("POST", f"/{dep_id}/refresh").status_code == 202
+    dep = api.wait_status(dep_id, "degraded")
+    assert "drift: 1 of 2" in dep["lifecycle"]["history"][-1]["reason"]

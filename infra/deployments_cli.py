@@ -1,0 +1,135 @@
+"""`agentcloud deployments ...`: the lifecycle from the command line, through the gateway's management API.
+
+AGENTCLOUD_URL (default http://127.0.0.1:8080) and AGENTCLOUD_API_KEY (an admin key) say where and who.
+Long operations print their progress (status changes and the stack operation's log) until they finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import requests
+
+from infra.spec import DEPLOYMENT_KEY
+
+API = "/api/v1/public/deployments"
+
+
+class Client:
+    def __init__(self, url: str, key: str) -> None:
+        self.url, self.key = url.rstrip("/"), key
+
+    def call(self, method: str, path: str = "", **kw: Any) -> dict[str, Any]:
+        resp = requests.request(method, f"{self.url}{API}{path}", headers={"Authorization": f"Bearer {self.key}"},
+                                timeout=30, **kw)  # fmt: skip
+        body = resp.json() if resp.content else {}
+        if resp.status_code >= 400:
+            message = (body.get("error") or {}).get("message", resp.text)
+            raise SystemExit(f"error: {resp.status_code}: {message}")
+        return dict(body)
+
+
+def follow(client: Client, dep_id: str, timeout_s: float = 3600, interval_s: float = 2.0) -> dict[str, Any]:
+    """Print status changes and new log lines until no job runs; returns the final deployment."""
+    seen_status, seen_lines = None, 0
+    deadline = time.monotonic() + timeout_s
+    while True:
+        dep = client.call("GET", f"/{dep_id}")
+        if dep["status"] != seen_status:
+            seen_status = dep["status"]
+            print(f"{time.strftime('%H:%M:%S')} {dep['name']}: {seen_status}", flush=True)
+        job = dep.get("job")
+        lines = (job or {}).get("log_tail") or []
+        for line in lines[seen_lines:]:
+            print(f"    {line.rstrip()}", flush=True)
+        seen_lines = len(lines)
+        if job is None or time.monotonic() > deadline:
+            return dep
+        time.sleep(interval_s)
+
+
+def _stack_deployment(arg: str) -> dict[str, Any]:
+    from infra.cli import resolve_stack
+    from infra.document import load_document
+
+    doc = load_document(resolve_stack(arg))
+    return dict(doc.data["config"][DEPLOYMENT_KEY])
+
+
+def run(args: argparse.Namespace) -> int:
+    client = Client(args.url, args.key or "")
+    if not args.key:
+        print("error: set AGENTCLOUD_API_KEY (an admin key of your org) or pass --key", file=sys.stderr)
+        return 2
+    action = args.deployments_command
+    if action == "list":
+        rows = client.call("GET")["data"]
+        for d in rows:
+            print(f"{d['id']}  {d['name']:<20} {d['model_id']:<32} {d['gpu_type'] or '-':<9} {d['region'] or '-':<5} "
+                  f"x{d['replicas']}  {d['status']}")  # fmt: skip
+        return 0
+    if action == "get":
+        print(json.dumps(client.call("GET", f"/{args.id}"), indent=2))
+        return 0
+    if action == "create":
+        dep = client.call("POST", json=_stack_deployment(args.stack))
+        print(f"created {dep['id']} ({dep['name']})")
+    elif action == "scale":
+        body = {"min_replicas": args.min, "max_replicas": args.max, "scale_to_zero": args.scale_to_zero,
+                "idle_timeout_seconds": args.idle_timeout}  # fmt: skip
+        dep = client.call("PATCH", f"/{args.id}/scaling", json=body)
+    elif action == "sla":
+        targets = {k: v for k, v in (("ttft_target_ms", args.ttft_ms), ("throughput_target_tps", args.tps),
+                                     ("concurrency_limit", args.concurrency)) if v is not None}  # fmt: skip
+        out = (
+            client.call("PATCH", f"/{args.id}/sla", json=targets)
+            if targets
+            else client.call("GET", f"/{args.id}/sla")
+        )
+        print(json.dumps(out, indent=2))
+        return 0
+    elif action == "teardown":
+        flag = "false" if args.delete_model_cache else "true"
+        dep = client.call("DELETE", f"/{args.id}?keep_model_cache={flag}")
+    else:  # refresh
+        dep = client.call("POST", f"/{args.id}/refresh")
+    if args.no_wait:
+        print(f"{dep['id']}: {dep['status']} (job {(dep.get('job') or {}).get('id')})")
+        return 0
+    final = follow(client, dep["id"])
+    return 0 if final["status"] in ("active", "inactive") else 1
+
+
+def add_parser(sub: Any) -> None:
+    d = sub.add_parser("deployments", help="the deployment lifecycle through the gateway's management API")
+    d.add_argument("--url", default=os.environ.get("AGENTCLOUD_URL", "http://127.0.0.1:8080"))
+    d.add_argument("--key", default=os.environ.get("AGENTCLOUD_API_KEY"))
+    d.add_argument("--no-wait", action="store_true", help="return once the operation is accepted")
+    ds = d.add_subparsers(dest="deployments_command", required=True)
+    ds.add_parser("list")
+    for name in ("get", "refresh"):
+        ds.add_parser(name).add_argument("id")
+    c = ds.add_parser("create", help="create from a stack file (its agent-cloud:deployment object)")
+    c.add_argument("stack")
+    s = ds.add_parser("scale")
+    s.add_argument("id")
+    s.add_argument("--min", type=int, required=True)
+    s.add_argument("--max", type=int, required=True)
+    s.add_argument("--scale-to-zero", action="store_true")
+    s.add_argument("--idle-timeout", type=int, default=300)
+    sl = ds.add_parser("sla", help="show, or set with the flags")
+    sl.add_argument("id")
+    sl.add_argument("--ttft-ms", type=int)
+    sl.add_argument("--tps", type=float)
+    sl.add_argument("--concurrency", type=int)
+    t = ds.add_parser(
+        "teardown", help="destroy the droplets (billing stops); the model cache is kept unless asked"
+    )
+    t.add_argument("id")
+    t.add_argument("--delete-model-cache", action="store_true")
+    d.set_defaults(func=run)
