@@ -30,3 +30,22 @@ def redis_url() -> Iterator[str]:
 
     with redis_server() as url:
         yield url
+
+
+@pytest.fixture
+def mocks() -> Iterator[object]:
+    """Pulumi mocks that record every resource. Pulumi's test runtime uses the main thread's current event
+    loop, which other tests' asyncio.run() leave unset: give it one."""
+    import asyncio
+
+    import pulumi
+
+    from tests.pulumi_mocks import RecordingMocks
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    m = RecordingMocks()
+    pulumi.runtime.set_mocks(m, project="agent-cloud", stack="test", preview=False)
+    yield m
+    asyncio.set_event_loop(None)
+    loop.close()

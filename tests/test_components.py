@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-
 import pulumi
-import pytest
 
 from infra.catalog import Catalog
 from infra.planner import plan
@@ -18,18 +14,6 @@ VOLUME = "digitalocean:index/volume:Volume"
 ATTACH = "digitalocean:index/volumeAttachment:VolumeAttachment"
 FIREWALL = "digitalocean:index/firewall:Firewall"
 VPC = "digitalocean:index/vpc:Vpc"
-
-
-@pytest.fixture
-def mocks() -> Iterator[RecordingMocks]:
-    # Pulumi's test runtime uses the main thread's current event loop; other tests' asyncio.run() unset it.
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    m = RecordingMocks()
-    pulumi.runtime.set_mocks(m, project="agent-cloud", stack="test", preview=False)
-    yield m
-    asyncio.set_event_loop(None)
-    loop.close()
 
 
 def _spec(**kw: object) -> DeploymentSpec:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-
 import pulumi
 import pytest
 import yaml
@@ -12,17 +9,6 @@ import yaml
 from infra.gateway_stack import GatewaySpec, user_data
 from infra.spec import STACKS_DIR
 from tests.pulumi_mocks import RecordingMocks
-
-
-@pytest.fixture
-def mocks() -> Iterator[RecordingMocks]:
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    m = RecordingMocks()
-    pulumi.runtime.set_mocks(m, project="agent-cloud", stack="gateway", preview=False)
-    yield m
-    asyncio.set_event_loop(None)
-    loop.close()
 
 
 def _shipped() -> GatewaySpec:

@@ -15,6 +15,7 @@ from infra.errors import PlanError, SpecError
 from infra.gateway import authz
 from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError, bad_request, forbidden
+from infra.gateway.proxy import wait_healthy
 from infra.gateway.routing import Deployment, deployment_from
 from infra.lifecycle.jobs import Job, StackBusy
 from infra.lifecycle.operations import validate_deployment, write_stack_file
@@ -24,8 +25,6 @@ from infra.spec import Scaling, Sla
 
 if TYPE_CHECKING:
     from infra.gateway.app import Gateway
-
-HEALTH_TIMEOUT_S = 900.0
 
 
 def _record(dep: Deployment, row: dict[str, Any]) -> dict[str, Any]:
@@ -77,28 +76,12 @@ class DeploymentsApi:
 
     async def _healthy(self, dep_id: str) -> bool:
         """The engines answer /health over the network path the gateway itself uses for inference."""
-        pool = self.gw.upstreams.pool
         dep = self.gw.routes.deployments.get(dep_id)
-        if pool is None or dep is None or not dep.targets:
+        if self.gw.upstreams.pool is None or dep is None or not dep.targets:
             return False
-        deadline = time.monotonic() + self.gw.config.delivery.health_timeout_s
-        for target in dep.targets:
-            while True:
-                try:
-                    async with asyncio.timeout(5):
-                        r = await pool.request(
-                            target.base_url.removesuffix("/v1") + "/health", b"", {}, method="GET"
-                        )
-                        await r.read()
-                        r.release()
-                    if r.status == 200:
-                        break
-                except (OSError, TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    return False
-                await asyncio.sleep(0.5)
-        return True
+        return await wait_healthy(
+            self.gw.upstreams.pool, dep.targets, self.gw.config.delivery.health_timeout_s
+        )
 
     async def _converge(self, dep_id: str, job: Job, operation: str, stack: str) -> None:
         """`up`, register the engines, then active if healthy, else degraded (with the webhook either way)."""

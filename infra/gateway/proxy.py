@@ -9,6 +9,7 @@ and idle between chunks.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +112,27 @@ class Upstreams:
             if not chunk:
                 return
             yield chunk
+
+
+async def wait_healthy(pool: HttpPool, targets: tuple[Target, ...] | list[Target], timeout_s: float) -> bool:
+    """Every engine answers GET /health with 200 (polled) before the deadline, over the gateway's own path."""
+    deadline = time.monotonic() + timeout_s
+    for target in targets:
+        url = target.base_url.removesuffix("/v1") + "/health"
+        while True:
+            try:
+                async with asyncio.timeout(5):
+                    response = await pool.request(url, b"", {}, method="GET")
+                    await response.read()
+                    response.release()
+                if response.status == 200:
+                    break
+            except (OSError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.5)
+    return True
 
 
 def openai_headers(target: Target) -> dict[str, str]:

@@ -41,15 +41,13 @@ def _openai_targets(targets: list[Target]) -> list[Target]:
     return [t for t in targets if t.format is ApiFormat.OPENAI]
 
 
-async def _json_call(
-    gw: Gateway, req: Request, key: KeyRecord, model: str, path: str, payload: dict[str, Any], estimate: int
-) -> bytes | None:
-    """POST ``payload`` (model rewritten per target) to ``path``; returns the upstream's JSON body."""
+async def _forward(
+    gw: Gateway, req: Request, key: KeyRecord, model: str, estimate: int, build: Any, default_type: str
+) -> tuple[bytes, str] | None:
+    """One non-streaming call (fallback, limits, accounting): the upstream's body and content type, or None when
+    an upstream error has already been answered."""
     targets, dep = resolve_model(gw, key, model)
-    result: dict[str, bytes] = {}
-
-    def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
-        return t.base_url + path, orjson.dumps({**payload, "model": t.upstream_model}), openai_headers(t)
+    result: dict[str, tuple[bytes, str]] = {}
 
     async def run(call: Call) -> None:
         opened = await gw.upstreams.open(_openai_targets(targets), build, stream=False)
@@ -62,13 +60,25 @@ async def _json_call(
                 usage = orjson.loads(opened.first).get("usage") or {}
                 call.prompt_tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
             except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-                pass
-            result["body"] = opened.first
+                pass  # audio and other non-JSON answers carry no usage
+            result["out"] = (opened.first, opened.response.headers.get("content-type", default_type))
         finally:
             opened.response.release()
 
     await with_call(gw, req, key, model, dep, estimate, run)
-    return result.get("body")
+    return result.get("out")
+
+
+async def _json_call(
+    gw: Gateway, req: Request, key: KeyRecord, model: str, path: str, payload: dict[str, Any], estimate: int
+) -> bytes | None:
+    """POST ``payload`` (model rewritten per target) to ``path``; returns the upstream's JSON body."""
+
+    def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
+        return t.base_url + path, orjson.dumps({**payload, "model": t.upstream_model}), openai_headers(t)
+
+    out = await _forward(gw, req, key, model, estimate, build, "application/json")
+    return out[0] if out else None
 
 
 async def embeddings(gw: Gateway, req: Request) -> None:
@@ -207,34 +217,21 @@ async def transcriptions(gw: Gateway, req: Request) -> None:
         raise bad_request("file: required, the audio to transcribe", param="file")
     model_part = parts.get("model")
     model = _model(gw, model_part[2].decode("utf-8", "replace") if model_part else None, Task.TRANSCRIBE)
-    targets, dep = resolve_model(gw, key, model)
     fields = {
         k: v[2].decode("utf-8", "replace")
         for k, v in parts.items()
         if k not in ("file", "model") and v[0] is None
     }
     filename, ctype, audio = parts["file"]
-    result: dict[str, tuple[bytes, str]] = {}
 
     def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
         body, content_type = encode_multipart({"model": t.upstream_model, **fields},
                                               ("file", filename or "audio", ctype or "application/octet-stream", audio))  # fmt: skip
         return t.base_url + "/audio/transcriptions", body, {**openai_headers(t), "Content-Type": content_type}
 
-    async def run(call: Call) -> None:
-        opened = await gw.upstreams.open(_openai_targets(targets), build, stream=False)
-        call.target = opened.target
-        try:
-            if opened.response.status >= 400:
-                await pass_upstream_error(req, opened, call)
-                return
-            result["out"] = (opened.first, opened.response.headers.get("Content-Type", "application/json"))
-        finally:
-            opened.response.release()
-
-    await with_call(gw, req, key, model, dep, len(audio) // 1000, run)
-    if "out" in result:
-        await req.respond(200, result["out"][0], result["out"][1].encode())
+    out = await _forward(gw, req, key, model, len(audio) // 1000, build, "application/json")
+    if out is not None:
+        await req.respond(200, out[0], out[1].encode())
 
 
 async def tts(gw: Gateway, req: Request) -> None:
@@ -247,24 +244,11 @@ async def tts(gw: Gateway, req: Request) -> None:
     if not isinstance(voice, str):
         raise bad_request("voice: must be a string", param="voice")
     model = _model(gw, body.get("model"), Task.SPEECH)
-    targets, dep = resolve_model(gw, key, model)
-    result: dict[str, tuple[bytes, str]] = {}
 
     def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
         payload = {"model": t.upstream_model, "input": text, "voice": voice, "response_format": "mp3"}
         return t.base_url + "/audio/speech", orjson.dumps(payload), openai_headers(t)
 
-    async def run(call: Call) -> None:
-        opened = await gw.upstreams.open(_openai_targets(targets), build, stream=False)
-        call.target = opened.target
-        try:
-            if opened.response.status >= 400:
-                await pass_upstream_error(req, opened, call)
-                return
-            result["out"] = (opened.first, opened.response.headers.get("Content-Type", "audio/mpeg"))
-        finally:
-            opened.response.release()
-
-    await with_call(gw, req, key, model, dep, len(text) // 4, run)
-    if "out" in result:
-        await req.respond(200, result["out"][0], result["out"][1].encode())
+    out = await _forward(gw, req, key, model, len(text) // 4, build, "audio/mpeg")
+    if out is not None:
+        await req.respond(200, out[0], out[1].encode())

@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from infra.gateway.asgi import Request
 from infra.gateway.delivery import DeliveryConfig, deliver
 from infra.gateway.errors import GatewayError, bad_request, not_found
 from infra.gateway.keys import KeyRecord, new_id
+from infra.gateway.proxy import wait_healthy
 from infra.gateway.routing import Deployment
 from infra.gguf import GGUFError, read_gguf_path
 
@@ -179,26 +179,11 @@ class Uploads:
         await self.gw.db(self.gw.store.update_upload, upload_id, status="ready", reason=None)
 
     async def _wait_healthy(self, dep: Deployment) -> None:
-        pool = self.gw.upstreams.pool
-        assert pool is not None
-        deadline = time.monotonic() + self.delivery.health_timeout_s
-        for target in dep.targets:
-            url = target.base_url.removesuffix("/v1") + "/health"
-            while True:
-                try:
-                    async with asyncio.timeout(5):
-                        response = await pool.request(url, b"", {}, method="GET")
-                        await response.read()
-                        response.release()
-                    if response.status == 200:
-                        break
-                except (OSError, TimeoutError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"{url} did not answer 200 within {self.delivery.health_timeout_s:.0f} s"
-                    )
-                await asyncio.sleep(0.5)
+        assert self.gw.upstreams.pool is not None
+        if not await wait_healthy(self.gw.upstreams.pool, dep.targets, self.delivery.health_timeout_s):
+            raise TimeoutError(
+                f"the engine did not answer /health within {self.delivery.health_timeout_s:.0f} s"
+            )
 
     async def status_of(self, upload_id: str) -> dict[str, Any]:
         record = await self.gw.db(self.gw.store.upload, upload_id)

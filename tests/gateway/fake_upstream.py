@@ -179,7 +179,7 @@ class FakeUpstream:
     async def speech(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
         body = await request.json()
-        return web.Response(body=b"ID3" + body["input"].encode()[:32], content_type="audio/mpeg")
+        return web.Response(body=b"ID3" + body["input"].encode()[:32], content_type="audio/x-fake-mpeg")
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
