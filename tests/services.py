@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,20 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.sshd import free_port
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {port}")
+from tests.sshd import free_port, wait_for_port
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -63,7 +49,7 @@ def redis_server() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_port(port, proc, "redis-server")
+        wait_for_port(port, proc)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         _stop(proc)
@@ -113,7 +99,7 @@ def postgres_server() -> Iterator[str]:
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_port(port, proc, "postgres")
+            wait_for_port(port, proc, timeout_s=20)
             import psycopg
 
             deadline = time.monotonic() + 20

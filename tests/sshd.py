@@ -35,17 +35,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"sshd exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise RuntimeError(f"{proc.args[0]} exited: {proc.stderr.read().decode() if proc.stderr else ''}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError("sshd did not start listening")
+    raise RuntimeError(f"{proc.args[0]} did not start listening on {port}")
 
 
 @contextmanager
@@ -74,7 +74,7 @@ def ssh_server(root: Path) -> Iterator[SshServer]:
     )
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
     try:
-        _wait_for_port(port, proc)
+        wait_for_port(port, proc)
         yield SshServer(port, host_public, str(root / "client_key"), getpass.getuser(), root)
     finally:
         proc.terminate()

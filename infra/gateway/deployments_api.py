@@ -135,6 +135,12 @@ class DeploymentsApi:
         out["job"] = running.as_dict() if running else None
         return out
 
+    async def _managed(self, req: Request) -> tuple[str, Deployment]:
+        """The deployment named by the route, which the caller's key may manage (else 401/403/404)."""
+        key = await self.gw.authenticate(req)
+        dep_id = req.params["deployment_id"]
+        return dep_id, authz.manage_deployment(key, self.gw.routes.deployments.get(dep_id), dep_id)
+
     # -- routes ----------------------------------------------------------------------------------------
     async def create(self, req: Request) -> None:
         key = await self.gw.authenticate(req)
@@ -182,9 +188,7 @@ class DeploymentsApi:
         await req.json(await self._public(dep_id))
 
     async def delete(self, req: Request) -> None:
-        key = await self.gw.authenticate(req)
-        dep_id = req.params["deployment_id"]
-        dep = authz.manage_deployment(key, self.gw.routes.deployments.get(dep_id), dep_id)
+        dep_id, dep = await self._managed(req)
         keep = (dict(pair.split("=", 1) for pair in req.scope.get("query_string", b"").decode().split("&") if "=" in pair)
                 .get("keep_model_cache", "true") != "false")  # fmt: skip
 
@@ -209,9 +213,7 @@ class DeploymentsApi:
         await req.json(await self._public(dep_id), status=202)
 
     async def scaling(self, req: Request) -> None:
-        key = await self.gw.authenticate(req)
-        dep_id = req.params["deployment_id"]
-        dep = authz.manage_deployment(key, self.gw.routes.deployments.get(dep_id), dep_id)
+        dep_id, dep = await self._managed(req)
         body = await req.json_object(self.gw.config.max_body_bytes)
         try:
             scaling = Scaling.model_validate(body)
@@ -239,9 +241,7 @@ class DeploymentsApi:
         """`pulumi refresh`: a droplet deleted outside Pulumi shows as drift, and the deployment as degraded."""
         from infra.gateway_cli import routes_from_outputs
 
-        key = await self.gw.authenticate(req)
-        dep_id = req.params["deployment_id"]
-        dep = authz.manage_deployment(key, self.gw.routes.deployments.get(dep_id), dep_id)
+        dep_id, dep = await self._managed(req)
 
         async def work(job: Job) -> None:
             outputs = await asyncio.to_thread(self.gw.stack_ops.refresh, dep.name, job.log.append)
@@ -261,9 +261,7 @@ class DeploymentsApi:
         await req.json(await self._public(dep_id), status=202)
 
     async def set_sla(self, req: Request) -> None:
-        key = await self.gw.authenticate(req)
-        dep_id = req.params["deployment_id"]
-        dep = authz.manage_deployment(key, self.gw.routes.deployments.get(dep_id), dep_id)
+        dep_id, dep = await self._managed(req)
         body = await req.json_object(self.gw.config.max_body_bytes)
         try:
             sla = Sla.model_validate(body)
