@@ -1,7 +1,7 @@
 """The autoscaler's policy (pure): `decide(spec, observation, memory, now) -> Decision`.
 
-Signals: requests waiting and running on the engines (vLLM /metrics), in flight and slow at the gateway, and the
-time since the last request. Load per replica above the target scales up at once (up to max); below it for a
+Signals: requests waiting and running on the engines (vLLM /metrics), in flight at the gateway, the gateway's
+latency against the SLA's TTFT target, and the time since the last request. Load per replica above the target scales up at once (up to max); below it for a
 whole stabilization window scales down one step at a time (so a short lull never flaps); no request for
 `idle_timeout_seconds` with `scale_to_zero` goes to zero. A request for a deployment at zero wakes it (the gateway
 holds the request meanwhile). A thin loop (every 30 s) observes, calls decide and acts through the lifecycle.
@@ -26,6 +26,7 @@ class Observation:
     gateway_in_flight: int
     last_request_at: float | None
     wake_requested: bool = False  # a request arrived for a deployment at zero
+    slow: bool = False  # the gateway measures p95 time to first token over the SLA target
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,10 @@ def decide(scaling: Scaling, obs: Observation, memory: Memory, now: float) -> De
             f"idle for {idle_for:.0f} s (timeout {scaling.idle_timeout_seconds} s): scale to zero",
             Memory(),
         )
+    if obs.slow:
+        wanted = max(
+            wanted, obs.replicas + 1
+        )  # latency over target: one more replica even below the load target
     wanted = min(hi, max(lo if lo > 0 else 1, wanted))
     if wanted > obs.replicas:
         return Decision(wanted, f"load {load} over {obs.replicas} replica(s) (target "

@@ -58,6 +58,14 @@ def test_scale_up_under_queue() -> None:
     assert decide(SCALING, obs(4, load=400, last=99.0), Memory(), 100.0).replicas == 4  # capped at max
 
 
+def test_latency_over_target_adds_a_replica() -> None:
+    calm = Observation(2, waiting=1, running=1, gateway_in_flight=0, last_request_at=99.0, slow=True)
+    d = decide(SCALING, calm, Memory(), 100.0)
+    assert d.replicas == 3 and "scale up" in d.reason
+    at_max = Observation(4, waiting=0, running=1, gateway_in_flight=0, last_request_at=99.0, slow=True)
+    assert decide(SCALING, at_max, Memory(), 100.0).replicas == 4
+
+
 def test_no_flapping_on_a_short_lull() -> None:
     mem = Memory()
     replicas = 3

@@ -39,6 +39,7 @@ from infra.gateway.metrics import Metrics
 from infra.gateway.proxy import Timeouts, Upstreams
 from infra.gateway.routing import Deployment, RouteTable, Target, deployment_from, from_catalog, load_routes
 from infra.gateway.store import Store, UsageRow
+from infra.sla import Sample
 
 log = logging.getLogger("agentcloud.gateway")
 Handler = Callable[["Gateway", Request], Awaitable[None]]
@@ -147,6 +148,9 @@ class Gateway:
         self.stacks_dir = STACKS_DIR
         self.jobs = JobRunner()
         self.deployments_api = DeploymentsApi(self)
+        from infra.gateway.autoscale import Autoscaler
+
+        self.autoscaler = Autoscaler(self, config.autoscale_interval_s)
         self.router = Router()
         self.extensions: list[
             Callable[[Gateway], Awaitable[None]]
@@ -168,6 +172,8 @@ class Gateway:
         await self.upstreams.start()
         self.background.append(asyncio.create_task(self._flush_usage_forever()))
         self.background.append(asyncio.create_task(self.webhooks.run_forever()))
+        self.deployments_api.restore_sla()
+        self.background.append(asyncio.create_task(self.autoscaler.run_forever()))
         for hook in self.extensions:
             await hook(self)
 
@@ -328,6 +334,13 @@ class Gateway:
             else:  # a network call: finish it even if this request is being cancelled
                 await asyncio.shield(self.limiter.settle(call.key.id, tpm, delta))
         series = self.metrics.series_for(call.model_id, call.deployment.id if call.deployment else None)
+        if call.deployment is not None:
+            monitor = self.deployments_api.sla.get(call.deployment.id)
+            if monitor is not None:  # the SLA is judged on the gateway's own measurements
+                gen_s = elapsed - (call.ttft_s or 0.0)
+                monitor.observe(Sample(time.time(), call.ttft_s * 1000 if call.ttft_s is not None else None,
+                                       call.completion_tokens / gen_s if call.completion_tokens > 1 and gen_s > 0 else None,
+                                       series[-1].active if series else 0))  # fmt: skip
         self.metrics.finished(series, call.status, elapsed, call.ttft_s, call.prompt_tokens, call.completion_tokens,
                               call.cost_usd)  # fmt: skip
         dep_id = call.deployment.id if call.deployment else None

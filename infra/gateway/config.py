@@ -44,6 +44,11 @@ class GatewayConfig:
     webhooks_allow_loopback: bool = False
     webhook_backoff_s: float = 5.0
     webhook_tick_s: float = 1.0
+    autoscale_interval_s: float = 30.0
+    wake_hold_s: float = (
+        30.0  # how long a request to a deployment at zero is held while it wakes (header bounded)
+    )
+    wake_hold_max_s: float = 600.0
 
     @staticmethod
     def from_env(**overrides: object) -> GatewayConfig:

@@ -43,6 +43,13 @@ class DeploymentsApi:
         self.gw = gw
         self.sla: dict[str, SlaMonitor] = {}
 
+    def restore_sla(self) -> None:
+        """SLA monitors for the deployments that declare targets (at startup)."""
+        for row in self.gw.store.deployments():
+            sla = ((row["spec"] or {}).get("deployment") or {}).get("sla")
+            if sla:
+                self.sla[row["id"]] = SlaMonitor(Sla.model_validate(sla))
+
     # -- helpers ---------------------------------------------------------------------------------------
     async def _row(self, dep_id: str) -> dict[str, Any] | None:
         rows = await self.gw.db(self.gw.store.deployments)
@@ -224,18 +231,36 @@ class DeploymentsApi:
         current = dict(row["spec"]["deployment"])
         replicas = min(max(int(current.get("replicas", 1)), scaling.min_replicas), scaling.max_replicas)
         new = {**current, "scaling": scaling.model_dump(mode="json"), "replicas": replicas}
+        await self._apply(dep_id, dep, new, f"scaling set to {scaling.model_dump(mode='json')}")
+        await req.json(await self._public(dep_id), status=202)
+
+    async def scale_to(self, dep_id: str, replicas: int, reason: str) -> bool:
+        """The autoscaler's and the wake's way in: change replicas; False when the stack is busy."""
+        dep = self.gw.routes.deployments.get(dep_id)
+        row = await self._row(dep_id)
+        if dep is None or row is None:
+            return False
+        new = {**row["spec"]["deployment"], "replicas": replicas}
+        try:
+            await self._apply(dep_id, dep, new, reason)
+        except GatewayError as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
+
+    async def _apply(self, dep_id: str, dep: Deployment, new: dict[str, Any], reason: str) -> None:
+        """Write the new deployment object to its stack file and converge (`up`) in a job; status scaling."""
         spec = validate_deployment(new, self.gw.catalog)
         job, go = self._start(dep.name, "scale", lambda job: self._converge(dep_id, job, "scale", dep.name))
         try:
             await asyncio.to_thread(write_stack_file, spec, self.gw.stacks_dir)
-            reason = f"scaling set to {scaling.model_dump(mode='json')} (job {job.id})"
-            await self._move(dep_id, Status.SCALING, reason, spec=new)
+            await self._move(dep_id, Status.SCALING, f"{reason} (job {job.id})", spec=new)
         except BaseException:
             job.status = "cancelled"
             raise
         finally:
             go.set()
-        await req.json(await self._public(dep_id), status=202)
 
     async def refresh(self, req: Request) -> None:
         """`pulumi refresh`: a droplet deleted outside Pulumi shows as drift, and the deployment as degraded."""

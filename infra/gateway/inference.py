@@ -93,7 +93,9 @@ def chat_fields(body: dict[str, Any], default_max_tokens: int) -> tuple[str | No
     return model, stream, max_tokens or default_max_tokens
 
 
-def resolve_model(gw: Gateway, key: KeyRecord, model: str | None) -> tuple[list[Target], Deployment | None]:
+async def resolve_model(
+    gw: Gateway, req: Request, key: KeyRecord, model: str | None
+) -> tuple[list[Target], Deployment | None]:
     if not model:
         raise bad_request("model: required", param="model")
     if model.startswith("byom:"):  # names are unique per org: the caller's own (or granted) deployment wins
@@ -106,7 +108,7 @@ def resolve_model(gw: Gateway, key: KeyRecord, model: str | None) -> tuple[list[
             except GatewayError as err:
                 error = err if err.status == 403 else error
                 continue
-            return deployment_targets(dep), dep
+            return await deployment_targets(gw, req, dep)
         raise error
     if model not in gw.routes.models:
         raise not_found(f"model {model} does not exist or is not served here", code="model_not_found")
@@ -114,11 +116,23 @@ def resolve_model(gw: Gateway, key: KeyRecord, model: str | None) -> tuple[list[
     return gw.routes.models[model], None
 
 
-def deployment_targets(dep: Deployment) -> list[Target]:
-    if dep.status != "active" or not dep.targets:
-        raise GatewayError(503, f"deployment {dep.id} has no running replicas (status {dep.status})",
-                           "upstream_error", code="deployment_unavailable", headers={"Retry-After": "30"})  # fmt: skip
-    return list(dep.targets)
+async def deployment_targets(gw: Gateway, req: Request, dep: Deployment) -> tuple[list[Target], Deployment]:
+    """The deployment's engines. One scaled to zero is woken (one wake however many requests ask) and the
+    request held while it wakes, up to X-AgentCloud-Wake-Timeout seconds; past that, 503 with Retry-After."""
+    from infra.gateway.autoscale import hold_seconds
+
+    gw.autoscaler.touch(dep.id)
+    if dep.targets and dep.status in ("active", "scaling", "degraded"):  # running replicas keep serving
+        return list(dep.targets), dep
+    if dep.status == "inactive":
+        hold = hold_seconds(
+            req.header(b"x-agentcloud-wake-timeout"), gw.config.wake_hold_s, gw.config.wake_hold_max_s
+        )
+        woken = await gw.autoscaler.wake(dep, hold)
+        if woken is not None:
+            return list(woken.targets), woken
+    raise GatewayError(503, f"deployment {dep.id} has no running replicas yet (status {dep.status}); retry shortly",
+                       "upstream_error", code="deployment_unavailable", headers={"Retry-After": "30"})  # fmt: skip
 
 
 async def with_call(
@@ -195,7 +209,7 @@ async def chat(gw: Gateway, req: Request) -> None:
     key = await caller(gw, req)
     body = await req.json_object(gw.config.max_body_bytes)
     model, stream, max_tokens = chat_fields(body, gw.config.default_max_tokens)
-    targets, dep = resolve_model(gw, key, model)
+    targets, dep = await resolve_model(gw, req, key, model)
     await _chat(gw, req, key, body, str(model), targets, dep, stream, max_tokens)
 
 
@@ -205,7 +219,8 @@ async def chat_deployment(gw: Gateway, req: Request) -> None:
     dep = authz.invoke_deployment(key, gw.routes.deployments.get(dep_id), dep_id)
     body = await req.json_object(gw.config.max_body_bytes)
     _, stream, max_tokens = chat_fields(body, gw.config.default_max_tokens)
-    await _chat(gw, req, key, body, dep.model_id, deployment_targets(dep), dep, stream, max_tokens)
+    targets, dep = await deployment_targets(gw, req, dep)
+    await _chat(gw, req, key, body, dep.model_id, targets, dep, stream, max_tokens)
 
 
 async def chat_org(gw: Gateway, req: Request) -> None:
@@ -214,7 +229,8 @@ async def chat_org(gw: Gateway, req: Request) -> None:
     dep = authz.invoke_org_deployment(key, org_id, gw.routes.deployments.get(dep_id), dep_id)
     body = await req.json_object(gw.config.max_body_bytes)
     _, stream, max_tokens = chat_fields(body, gw.config.default_max_tokens)
-    await _chat(gw, req, key, body, dep.model_id, deployment_targets(dep), dep, stream, max_tokens)
+    targets, dep = await deployment_targets(gw, req, dep)
+    await _chat(gw, req, key, body, dep.model_id, targets, dep, stream, max_tokens)
 
 
 async def _chat(
@@ -247,6 +263,9 @@ async def _chat(
             elif stream:
                 await _pipe_openai(gw, req, opened, call)
             else:
+                call.ttft_s = (
+                    time.perf_counter() - call.started_s
+                )  # non-streaming: the first byte is the answer
                 _usage_from_json(opened.first, call)
                 await req.respond(200, opened.first)
         finally:
@@ -295,7 +314,7 @@ async def messages(gw: Gateway, req: Request) -> None:
     if not isinstance(model, str) or not model:
         raise bad_request("model: required, a string", param="model")
     template = anthropic.to_openai(body, model)  # validates the whole request before anything is spent
-    targets, dep = resolve_model(gw, key, model)
+    targets, dep = await resolve_model(gw, req, key, model)
     stream = bool(template.get("stream"))
     stops = list(template.get("stop", []))
 

@@ -46,7 +46,7 @@ async def _forward(
 ) -> tuple[bytes, str] | None:
     """One non-streaming call (fallback, limits, accounting): the upstream's body and content type, or None when
     an upstream error has already been answered."""
-    targets, dep = resolve_model(gw, key, model)
+    targets, dep = await resolve_model(gw, req, key, model)
     result: dict[str, tuple[bytes, str]] = {}
 
     async def run(call: Call) -> None:

@@ -57,6 +57,7 @@ class FakeUpstream:
         self.defaults = defaults or {}
         self.stats = Stats()
         self.model_name = model_name
+        self.metrics_text = "vllm:num_requests_waiting 0\nvllm:num_requests_running 0\n"
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -181,6 +182,9 @@ class FakeUpstream:
         body = await request.json()
         return web.Response(body=b"ID3" + body["input"].encode()[:32], content_type="audio/x-fake-mpeg")
 
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics_text, content_type="text/plain")
+
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -201,6 +205,7 @@ class FakeUpstream:
         app.router.add_post("/v1/audio/speech", self.speech)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.prometheus)
         self._runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)

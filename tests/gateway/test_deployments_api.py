@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,16 @@ class Api:
     keys: Keys
     ops: FakeOps
     stacks: Path
+    upstream: FakeUpstream
+
+    def tick(self, now: float) -> list[tuple[str, int, str]]:
+        """One autoscaler round at a chosen time, on the gateway's own loop."""
+        import asyncio
+
+        scaler = self.r.gateway.autoscaler
+        scaler.clock = lambda: now
+        assert self.r.gateway.loop is not None
+        return asyncio.run_coroutine_threadsafe(scaler.tick(), self.r.gateway.loop).result(15)
 
     def call(self, method: str, path: str, key: str | None = None, **kw: Any) -> requests.Response:
         return requests.request(method, f"{self.r.url}{API}{path}", timeout=15,
@@ -76,11 +87,12 @@ class Api:
 def api(tmp_path: Path, catalog: Catalog, store: Store, keys: Keys, upstream: FakeUpstream) -> Iterator[Api]:
     stacks = tmp_path / "stacks"
     stacks.mkdir()
-    gateway = make_gateway(catalog, store, RouteTable(), tmp_path)
+    gateway = make_gateway(catalog, store, RouteTable(), tmp_path, webhooks_allow_http=True, webhooks_allow_loopback=True,
+                           webhook_backoff_s=0.05, webhook_tick_s=0.05)  # fmt: skip
     ops = FakeOps(int(upstream.base_url.split(":")[2].split("/")[0]), stacks)
     gateway.stack_ops, gateway.stacks_dir = ops, stacks
     with running(gateway) as r:
-        yield Api(r, keys, ops, stacks)
+        yield Api(r, keys, ops, stacks, upstream)
 
 
 def test_create_becomes_active_and_serves(api: Api) -> None:
@@ -233,3 +245,87 @@ def test_refresh_finds_drift(api: Api) -> None:
     assert api.call("POST", f"/{dep_id}/refresh").status_code == 202
     dep = api.wait_status(dep_id, "degraded")
     assert "drift: 1 of 2" in dep["lifecycle"]["history"][-1]["reason"]
+
+
+def _chat(api: Api, dep_id: str, wake_timeout: str | None = None, content: str = "hi") -> requests.Response:
+    headers = {"Authorization": f"Bearer {api.keys.admin}"}
+    if wake_timeout is not None:
+        headers["X-AgentCloud-Wake-Timeout"] = wake_timeout
+    return requests.post(f"{api.r.url}{API}/{dep_id}/chat/completions", headers=headers, timeout=30,
+                         json={"messages": [{"role": "user", "content": content}]})  # fmt: skip
+
+
+ZERO = {"min_replicas": 0, "max_replicas": 2, "scale_to_zero": True, "idle_timeout_seconds": 60}
+
+
+def test_scale_to_zero_then_wake_on_request(api: Api) -> None:
+    dep_id = api.call("POST", "", json={**SPEC, "name": "zero", "scaling": ZERO}).json()["id"]
+    api.wait_status(dep_id, "active")
+    t0 = time.time()
+    assert api.tick(t0) == []  # starts the idle clock
+    assert api.tick(t0 + 30) == []
+    (action,) = api.tick(t0 + 61)
+    assert action[1] == 0 and "scale to zero" in action[2]
+    dep = api.wait_status(dep_id, "inactive")
+    assert dep["endpoints"] == [] and dep["lifecycle"]["history"][-1]["reason"] == "scaled to zero"
+    ups_before = sum(1 for c in api.ops.calls if c[0] == "up")
+    replies: list[requests.Response] = []
+    threads = [threading.Thread(target=lambda: replies.append(_chat(api, dep_id, "20"))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [r.status_code for r in replies] == [200, 200, 200], [r.text for r in replies]
+    assert sum(1 for c in api.ops.calls if c[0] == "up") == ups_before + 1, "one wake for three requests"
+    assert api.call("GET", f"/{dep_id}").json()["status"] == "active"
+
+
+def test_wake_past_the_bound_is_503_never_404(api: Api) -> None:
+    dep_id = api.call("POST", "", json={**SPEC, "name": "slow-wake", "scaling": ZERO}).json()["id"]
+    api.wait_status(dep_id, "active")
+    t0 = time.time()
+    api.tick(t0)
+    api.tick(t0 + 61)
+    api.wait_status(dep_id, "inactive")
+    api.ops.gate.clear()  # the wake's `up` takes long
+    started = time.monotonic()
+    slow = _chat(api, dep_id, "0.5")
+    assert slow.status_code == 503 and slow.headers["Retry-After"] == "30" and time.monotonic() - started < 5
+    api.ops.gate.set()
+    api.wait_status(dep_id, "active")
+    assert _chat(api, dep_id).status_code == 200
+
+
+def test_scale_up_under_engine_queue(api: Api) -> None:
+    scaling = {"min_replicas": 1, "max_replicas": 3, "target_in_flight_per_replica": 4}
+    dep_id = api.call("POST", "", json={**SPEC, "name": "busy", "scaling": scaling}).json()["id"]
+    api.wait_status(dep_id, "active")
+    api.upstream.metrics_text = (
+        'vllm:num_requests_waiting{model_name="m"} 7\nvllm:num_requests_running{model_name="m"} 3\n'
+    )
+    (action,) = api.tick(time.time())
+    assert action[1] == 3 and "scale up" in action[2]  # 10 in flight / 4 per replica
+    assert len(api.wait_status(dep_id, "active")["endpoints"]) == 3
+
+
+def test_sla_breach_fires_a_signed_webhook(api: Api) -> None:
+    from tests.gateway.test_webhooks import Receiver, verify
+
+    dep_id = api.call("POST", "", json={**SPEC, "name": "sla"}).json()["id"]
+    api.wait_status(dep_id, "active")
+    receiver = Receiver(fail_rate=0.0)
+    with receiver.serving():
+        hook = api.call("POST", f"/{dep_id}/webhooks", json={"url": f"http://127.0.0.1:{receiver.port}/hook",
+                                                             "events": ["deployment.sla_breach"]})  # fmt: skip
+        assert hook.status_code == 201
+        api.call("PATCH", f"/{dep_id}/sla", json={"ttft_target_ms": 5})
+        for _ in range(25):  # the fake engine waits 20 ms before answering: TTFT over the 5 ms target
+            assert _chat(api, dep_id, content="[[delay=0.02]]").status_code == 200
+        api.tick(time.time())
+        assert wait_for(lambda: len(receiver.received) == 1, 10)
+    body, headers = receiver.received[0]
+    assert verify(body, headers["X-AINative-Signature"], hook.json()["secret"])
+    event = __import__("json").loads(body)
+    assert event["type"] == "deployment.sla_breach" and event["data"]["metric"] == "ttft_p95_ms"
+    history = api.call("GET", f"/{dep_id}/sla").json()["history"]
+    assert history and history[0]["event"] == "breach"
