@@ -171,9 +171,14 @@ class Gateway:
         self.refresh_deployments_from_store()
         await self.upstreams.start()
         self.background.append(asyncio.create_task(self._flush_usage_forever()))
-        self.background.append(asyncio.create_task(self.webhooks.run_forever()))
+        w, a = self.webhooks, self.autoscaler
+        self.background.append(
+            asyncio.create_task(self.leased_loop("webhook-sender", w.holder, w.tick_s, w.send_due))
+        )
         self.deployments_api.restore_sla()
-        self.background.append(asyncio.create_task(self.autoscaler.run_forever()))
+        self.background.append(
+            asyncio.create_task(self.leased_loop("autoscaler", a.holder, a.interval_s, a.tick))
+        )
         for hook in self.extensions:
             await hook(self)
 
@@ -202,6 +207,19 @@ class Gateway:
         return await asyncio.get_running_loop().run_in_executor(
             self.store_thread, functools.partial(fn, *args, **kwargs)
         )
+
+    async def leased_loop(
+        self, lease: str, holder: str, interval_s: float, work: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Run ``work`` every interval on the one replica holding ``lease`` (it moves when its holder stops
+        renewing); a failing round is logged and the loop goes on."""
+        while True:
+            try:
+                if await self.db(self.store.acquire_lease, lease, holder, interval_s * 3):
+                    await work()
+            except Exception:
+                log.exception("%s round failed", lease)
+            await asyncio.sleep(interval_s)
 
     async def _flush_usage_forever(self) -> None:
         while True:

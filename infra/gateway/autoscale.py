@@ -5,7 +5,6 @@ every `autoscale_interval_s` (30 s); each tick also evaluates the SLA monitors a
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from collections.abc import Callable
@@ -18,7 +17,6 @@ if TYPE_CHECKING:
     from infra.gateway.app import Gateway
     from infra.gateway.routing import Deployment
 
-log = logging.getLogger("agentcloud.gateway.autoscale")
 # waiting and running requests on an engine: vLLM, then llama.cpp
 QUEUE_METRICS = {"waiting": ("vllm:num_requests_waiting", "llamacpp:requests_deferred"),
                  "running": ("vllm:num_requests_running", "llamacpp:requests_processing")}  # fmt: skip
@@ -49,17 +47,6 @@ class Autoscaler:
 
     def touch(self, dep_id: str) -> None:
         self.last_request[dep_id] = self.clock()
-
-    async def run_forever(self) -> None:
-        while True:
-            try:
-                if await self.gw.db(
-                    self.gw.store.acquire_lease, "autoscaler", self.holder, self.interval_s * 3
-                ):
-                    await self.tick()
-            except Exception:  # the loop must outlive any one failure
-                log.exception("autoscaler tick failed")
-            await asyncio.sleep(self.interval_s)
 
     async def _queue(self, dep: Deployment) -> tuple[int, int]:
         pool = self.gw.upstreams.pool

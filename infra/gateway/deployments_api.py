@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
 
 from infra.errors import PlanError, SpecError
 from infra.gateway import authz
@@ -22,6 +24,8 @@ from infra.lifecycle.operations import validate_deployment, write_stack_file
 from infra.lifecycle.state import Lifecycle, Status
 from infra.sla import SlaMonitor
 from infra.spec import Scaling, Sla
+
+M = TypeVar("M", bound=BaseModel)
 
 if TYPE_CHECKING:
     from infra.gateway.app import Gateway
@@ -142,6 +146,13 @@ class DeploymentsApi:
         out["job"] = running.as_dict() if running else None
         return out
 
+    async def _body_as(self, req: Request, model: type[M], what: str) -> M:
+        body = await req.json_object(self.gw.config.max_body_bytes)
+        try:
+            return model.model_validate(body)
+        except ValueError as exc:
+            raise bad_request(f"invalid {what}: {exc}", code=f"invalid_{what}") from None
+
     async def _managed(self, req: Request) -> tuple[str, Deployment]:
         """The deployment named by the route, which the caller's key may manage (else 401/403/404)."""
         key = await self.gw.authenticate(req)
@@ -221,11 +232,7 @@ class DeploymentsApi:
 
     async def scaling(self, req: Request) -> None:
         dep_id, dep = await self._managed(req)
-        body = await req.json_object(self.gw.config.max_body_bytes)
-        try:
-            scaling = Scaling.model_validate(body)
-        except ValueError as exc:
-            raise bad_request(f"invalid scaling: {exc}", code="invalid_scaling") from None
+        scaling = await self._body_as(req, Scaling, "scaling")
         row = await self._row(dep_id)
         assert row is not None
         current = dict(row["spec"]["deployment"])
@@ -287,11 +294,7 @@ class DeploymentsApi:
 
     async def set_sla(self, req: Request) -> None:
         dep_id, dep = await self._managed(req)
-        body = await req.json_object(self.gw.config.max_body_bytes)
-        try:
-            sla = Sla.model_validate(body)
-        except ValueError as exc:
-            raise bad_request(f"invalid sla: {exc}", code="invalid_sla") from None
+        sla = await self._body_as(req, Sla, "sla")
         row = await self._row(dep_id)
         assert row is not None
         new = {**row["spec"]["deployment"], "sla": sla.model_dump(mode="json", exclude_none=True)}

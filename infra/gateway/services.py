@@ -12,6 +12,7 @@ from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError, bad_request
 from infra.gateway.inference import caller, pass_upstream_error, resolve_model, with_call
 from infra.gateway.keys import KeyRecord
+from infra.gateway.multipart import MultipartReader
 from infra.gateway.proxy import openai_headers
 from infra.gateway.routing import Target
 
@@ -161,68 +162,19 @@ def encode_multipart(fields: dict[str, str], file: tuple[str, str, str, bytes]) 
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
-def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, str | None, bytes]]:
-    """name -> (filename, content type, data), with python-multipart's streaming parser (bounded input)."""
-    from python_multipart.multipart import MultipartParser, parse_options_header
-
-    ctype, options = parse_options_header(content_type)
-    boundary = options.get(b"boundary")
-    if ctype != b"multipart/form-data" or not boundary:
-        raise GatewayError(415, "send multipart/form-data with a boundary", code="unsupported_media_type")
-    parts: dict[str, tuple[str | None, str | None, bytes]] = {}
-    current: dict[str, Any] = {}
-
-    def on_part_begin() -> None:
-        current.clear()
-        current.update(headers={}, data=bytearray(), field=b"", value=b"")
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        current["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        current["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        current["headers"][current["field"].lower()] = current["value"]
-        current["field"], current["value"] = b"", b""
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        current["data"] += data[start:end]
-
-    def on_part_end() -> None:
-        _, disp = parse_options_header(current["headers"].get(b"content-disposition", b""))
-        name = disp.get(b"name", b"").decode("utf-8", "replace")
-        filename = disp.get(b"filename")
-        ct = current["headers"].get(b"content-type")
-        if name and name not in parts:
-            parts[name] = (filename.decode("utf-8", "replace") if filename else None,
-                           ct.decode("latin-1") if ct else None, bytes(current["data"]))  # fmt: skip
-
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_part_data": on_part_data, "on_part_end": on_part_end})  # fmt: skip
-    try:
-        parser.write(body)
-        parser.finalize()
-    except Exception as exc:  # python-multipart raises several error types on malformed input
-        raise bad_request(f"malformed multipart body: {type(exc).__name__}") from None
-    return parts
-
-
 async def transcriptions(gw: Gateway, req: Request) -> None:
     key = await caller(gw, req)
-    raw = await req.body(gw.config.max_upload_bytes)
-    parts = parse_multipart(raw, req.header(b"content-type") or "")
-    if "file" not in parts or not parts["file"][2]:
+    audio_buffer = bytearray()
+    form = MultipartReader(
+        req.header(b"content-type") or "", "file", audio_buffer.extend, max_field_bytes=4096
+    )
+    form.feed(await req.body(gw.config.max_upload_bytes))  # capped; audio is at most a few tens of MB
+    form.finish()
+    if not form.files or not audio_buffer:
         raise bad_request("file: required, the audio to transcribe", param="file")
-    model_part = parts.get("model")
-    model = _model(gw, model_part[2].decode("utf-8", "replace") if model_part else None, Task.TRANSCRIBE)
-    fields = {
-        k: v[2].decode("utf-8", "replace")
-        for k, v in parts.items()
-        if k not in ("file", "model") and v[0] is None
-    }
-    filename, ctype, audio = parts["file"]
+    model = _model(gw, form.fields.get("model"), Task.TRANSCRIBE)
+    fields = {k: v for k, v in form.fields.items() if k != "model"}
+    filename, ctype, audio = form.filename, form.file_type, bytes(audio_buffer)
 
     def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
         body, content_type = encode_multipart({"model": t.upstream_model, **fields},

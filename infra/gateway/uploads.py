@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from infra.byom import check_name, plan_gguf
 from infra.errors import PlanError
 from infra.gateway import authz
@@ -25,6 +27,7 @@ from infra.gateway.asgi import Request
 from infra.gateway.delivery import DeliveryConfig, deliver
 from infra.gateway.errors import GatewayError, bad_request, not_found
 from infra.gateway.keys import KeyRecord, new_id
+from infra.gateway.multipart import MultipartReader
 from infra.gateway.proxy import wait_healthy
 from infra.gateway.routing import Deployment
 from infra.gguf import GGUFError, read_gguf_path
@@ -196,89 +199,33 @@ class Uploads:
 
     # -- multipart (the spec's route) -----------------------------------------------------------------------
     async def multipart(self, req: Request) -> None:
-        from python_multipart.multipart import MultipartParser, parse_options_header
-
         key = await self.gw.authenticate(req)
         length = req.header(b"content-length")
         if length and length.isdigit() and int(length) > self.max_bytes + 64 * 1024:
             raise GatewayError(413, f"upload exceeds {self.max_bytes} bytes", code="upload_too_large")
-        ctype, options = parse_options_header(req.header(b"content-type") or "")
-        boundary = options.get(b"boundary")
-        if ctype != b"multipart/form-data" or not boundary:
-            raise GatewayError(
-                415, "send multipart/form-data (file, name, deployment_id)", code="unsupported_media_type"
-            )
         upload_id = new_id("upl")
         sink = Sink(self.incoming / f"{upload_id}.part", self.max_bytes)
-        fields: dict[str, bytes] = {}
-        part: dict[str, Any] = {}
-        files = 0
-
-        def on_part_begin() -> None:
-            part.clear()
-            part.update(headers={}, field=b"", value=b"", name=None, is_file=False, data=bytearray())
-
-        def on_header_field(data: bytes, start: int, end: int) -> None:
-            part["field"] += data[start:end]
-
-        def on_header_value(data: bytes, start: int, end: int) -> None:
-            part["value"] += data[start:end]
-
-        def on_header_end() -> None:
-            part["headers"][part["field"].lower()] = part["value"]
-            part["field"], part["value"] = b"", b""
-
-        def on_headers_finished() -> None:
-            nonlocal files
-            _, disp = parse_options_header(part["headers"].get(b"content-disposition", b""))
-            part["name"] = disp.get(b"name", b"").decode("utf-8", "replace")
-            part["is_file"] = part["name"] == "file"
-            if part["is_file"]:
-                files += 1
-                if files > 1:
-                    raise GatewayError(400, "send exactly one file part", code="too_many_files")
-
-        def on_part_data(data: bytes, start: int, end: int) -> None:
-            if part["is_file"]:
-                sink.write(data[start:end])
-            else:
-                part["data"] += data[start:end]
-                if len(part["data"]) > MAX_FIELD_BYTES:
-                    raise GatewayError(400, f"form field {part['name']!r} is too long", code="field_too_long")
-
-        def on_part_end() -> None:
-            if not part["is_file"] and part["name"] in ("name", "deployment_id", "sha256"):
-                fields[part["name"]] = bytes(part["data"])
-
-        parser = MultipartParser(boundary, {
-            "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-            "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data, "on_part_end": on_part_end})  # fmt: skip
         try:
+            form = MultipartReader(req.header(b"content-type") or "", "file", sink.write, MAX_FIELD_BYTES)
             while True:
                 message = await req.receive()
                 if message["type"] == "http.disconnect":
                     req.disconnected = True
                     raise asyncio.CancelledError
-                try:
-                    parser.write(message.get("body", b""))
-                except GatewayError:
-                    raise
-                except Exception as exc:
-                    raise bad_request(f"malformed multipart body: {type(exc).__name__}") from None
+                form.feed(message.get("body", b""))
                 if not message.get("more_body", False):
                     break
-            parser.finalize()
-            if files != 1 or sink.size == 0:
+            form.finish()
+            if form.files != 1 or sink.size == 0:
                 raise bad_request("file: required, the GGUF to upload", param="file")
-            name = self._name(fields.get("name", b"").decode("utf-8", "replace"))
-            dep = self._deployment(key, fields.get("deployment_id", b"").decode("utf-8", "replace"))
+            name = self._name(form.fields.get("name", ""))
+            dep = self._deployment(key, form.fields.get("deployment_id", ""))
             await self._check_unique(key, name)
         except BaseException:
             sink.discard()
             raise
         await self.gw.db(self.gw.store.create_upload, upload_id, key.org_id, key.id, name, dep.id, sink.size)
-        sha = fields.get("sha256", b"").decode() or None
+        sha = form.fields.get("sha256") or None
         await req.json(await self._finish(upload_id, sink, dep, name, sha), status=202)
 
     # -- resumable ------------------------------------------------------------------------------------------
@@ -368,7 +315,7 @@ class Uploads:
         status = await self.status_of(record["id"])
         await req.respond(
             200,
-            __import__("orjson").dumps(status),
+            orjson.dumps(status),
             extra=[(b"upload-offset", str(status["offset"]).encode())],
         )
 

@@ -15,7 +15,6 @@ import base64
 import hashlib
 import hmac
 import ipaddress
-import logging
 import random
 import secrets
 import socket
@@ -31,7 +30,6 @@ from infra.gateway.keys import new_id
 if TYPE_CHECKING:
     from infra.gateway.app import Gateway
 
-log = logging.getLogger("agentcloud.gateway.webhooks")
 EVENTS = ("deployment.active", "deployment.degraded", "deployment.sla_breach", "deployment.recovered",
           "deployment.scaled")  # fmt: skip
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -149,17 +147,6 @@ class WebhookSender:
         if rows:
             await self.gw.db(self.gw.store.enqueue, rows, now)
         return ids
-
-    async def run_forever(self) -> None:
-        while True:
-            try:
-                if await self.gw.db(
-                    self.gw.store.acquire_lease, "webhook-sender", self.holder, self.tick_s * 10
-                ):
-                    await self.send_due()
-            except Exception:  # the sender must outlive a store or network outage
-                log.exception("webhook sender tick failed")
-            await asyncio.sleep(self.tick_s)
 
     async def send_due(self) -> int:
         sent = 0

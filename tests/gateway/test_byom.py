@@ -4,6 +4,8 @@ through the gateway with the openai SDK. Hostile uploads are refused with their 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import io
 import struct
@@ -86,7 +88,7 @@ def byom(tmp_path: Path, catalog: Catalog, store: Store, keys: Keys) -> Iterator
                 import os
                 import signal
 
-                with __import__("contextlib").suppress(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid.read_text()), signal.SIGTERM)
 
 
@@ -225,7 +227,7 @@ def test_wrong_host_key_fails_delivery(byom: Byom) -> None:
     _, other = generate_host_key()
     dep = byom.gw.gateway.routes.deployments["dep_byom"]
     hosts = (SshHost(dep.hosts[0].host, other, dep.hosts[0].port, dep.hosts[0].username),)
-    byom.gw.gateway.routes.add_deployment(__import__("dataclasses").replace(dep, hosts=hosts))
+    byom.gw.gateway.routes.add_deployment(dataclasses.replace(dep, hosts=hosts))
     resp = _upload(byom, byom.gguf, name="pinned")
     assert resp.status_code == 202
     status = _wait(byom, resp.json()["id"])

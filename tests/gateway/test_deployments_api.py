@@ -3,6 +3,7 @@ health-gated `active`, the stack file as the source of truth, and who may do wha
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -325,7 +326,7 @@ def test_sla_breach_fires_a_signed_webhook(api: Api) -> None:
         assert wait_for(lambda: len(receiver.received) == 1, 10)
     body, headers = receiver.received[0]
     assert verify(body, headers["X-AINative-Signature"], hook.json()["secret"])
-    event = __import__("json").loads(body)
+    event = json.loads(body)
     assert event["type"] == "deployment.sla_breach" and event["data"]["metric"] == "ttft_p95_ms"
     history = api.call("GET", f"/{dep_id}/sla").json()["history"]
     assert history and history[0]["event"] == "breach"

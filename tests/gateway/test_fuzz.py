@@ -3,6 +3,7 @@ never a hang; and the oversize-body cap."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -37,8 +38,8 @@ field_names = st.sampled_from(["model", "messages", "stream", "max_tokens", "inp
                                "system", "tools", "tool_choice", "role", "content", "api_key_id", "n", "voice"])  # fmt: skip
 bodies = st.one_of(
     st.binary(max_size=200),
-    json_values.map(lambda v: __import__("json").dumps(v).encode()),
-    st.dictionaries(field_names, json_values, max_size=6).map(lambda d: __import__("json").dumps(d).encode()),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(field_names, json_values, max_size=6).map(lambda d: json.dumps(d).encode()),
     st.fixed_dictionaries(
         {
             "model": st.just(CHAT_MODEL),
@@ -48,7 +49,7 @@ bodies = st.one_of(
             ),
             "max_tokens": json_values,
         }
-    ).map(lambda d: __import__("json").dumps(d).encode()),
+    ).map(lambda d: json.dumps(d).encode()),
 )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import random
 import socket
 import threading
@@ -138,7 +139,7 @@ def test_every_event_delivered_and_verifies(
         assert wait_for(lambda: {h["X-AINative-Event-Id"] for _, h in receiver.received} >= set(ids), 30)
     for body, headers in receiver.received:
         assert verify(body, headers["X-AINative-Signature"], secret)
-        payload = __import__("json").loads(body)
+        payload = json.loads(body)
         assert payload["id"] == headers["X-AINative-Event-Id"] and payload["type"] == "deployment.sla_breach"
         assert abs(int(headers["X-AINative-Timestamp"]) - time.time()) < 120
     outbox = store.outbox()
