@@ -39,7 +39,7 @@ class SlaEvent:
                 "target": self.target}  # fmt: skip
 
 
-def _quantile(values: list[float], q: float) -> float:
+def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -61,11 +61,11 @@ class SlaMonitor:
         current: dict[str, tuple[float, float, bool]] = {}  # metric -> (value, target, missed)
         ttfts = [s.ttft_ms for s in self.samples if s.ttft_ms is not None]
         if self.sla.ttft_target_ms is not None and len(ttfts) >= MIN_SAMPLES:
-            p95 = _quantile(ttfts, 0.95)
+            p95 = quantile(ttfts, 0.95)
             current["ttft_p95_ms"] = (p95, self.sla.ttft_target_ms, p95 > self.sla.ttft_target_ms)
         rates = [s.tokens_per_s for s in self.samples if s.tokens_per_s is not None]
         if self.sla.throughput_target_tps is not None and len(rates) >= MIN_SAMPLES:
-            p50 = _quantile(rates, 0.5)
+            p50 = quantile(rates, 0.5)
             current["throughput_tps"] = (
                 p50,
                 self.sla.throughput_target_tps,

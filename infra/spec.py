@@ -252,3 +252,11 @@ def stack_files(directory: Path = STACKS_DIR) -> list[Path]:
     return sorted(
         p for p in directory.glob("Pulumi.*.y*ml") if DEPLOYMENT_KEY in p.read_text(encoding="utf-8")
     )
+
+
+def resolve_stack(arg: str) -> Path:
+    """A stack name (prod-inference) or a path to a stack file."""
+    path = Path(arg)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return STACKS_DIR / f"Pulumi.{arg}.yaml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from infra.autoscaler import DOWN_WINDOW_S, Memory, Observation, decide
-from infra.lifecycle.state import IllegalTransition, Lifecycle, Status
+from infra.records import IllegalTransition, Lifecycle, Status
 from infra.sla import MIN_SAMPLES, Sample, SlaMonitor
 from infra.spec import Scaling, Sla
 

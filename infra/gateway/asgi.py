@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from infra.gateway.errors import GatewayError, bad_request
+from infra.store.keys import KeyRecord
 
 _PROCESS = secrets.token_hex(
     4
@@ -24,6 +25,9 @@ JSON_CT = (b"content-type", b"application/json")
 
 @dataclass
 class Request:
+    """One HTTP request as the middleware and handlers see it: headers, bounded body reads, the caller's key
+    (set by authentication), the upstream calls to settle (accounting), and the response helpers."""
+
     scope: Scope
     receive: Any
     send: Any
@@ -37,6 +41,14 @@ class Request:
     disconnected: bool = False
     raw: bytes = b""
     watcher: asyncio.Task[None] | asyncio.TimerHandle | None = None
+    key: KeyRecord | None = None  # set by the authentication middleware on routes that need a key
+    calls: list[Any] = field(default_factory=list)  # upstream calls the accounting middleware settles
+
+    @property
+    def caller(self) -> KeyRecord:
+        """The authenticated key (only on routes behind the authentication middleware)."""
+        assert self.key is not None, "route is not behind the authentication middleware"
+        return self.key
 
     @property
     def method(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from infra.catalog import Catalog
 from infra.gateway.errors import GatewayError, forbidden, not_found
-from infra.gateway.keys import KeyRecord
+from infra.store.keys import KeyRecord
 from infra.gateway.routing import Deployment
 
 

@@ -8,7 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.catalog import DEFAULT_CATALOG
-from infra.gateway.delivery import DeliveryConfig
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """Where and how an uploaded GGUF is delivered to a deployment's droplets (the control plane does it)."""
+
+    identity_file: str | None = None  # the gateway's SSH key (AGENTCLOUD_SSH_KEY)
+    remote_dir: str = "/mnt/agentcloud-models/gguf/byom"  # on the droplet: the model-cache volume
+    container_dir: str = "/models/byom"  # the same folder as the engine container sees it
+    env_path: str = "/etc/agentcloud/byom.env"
+    restart_command: str = "systemctl restart agentcloud-engine"
+    health_timeout_s: float = 900.0
 
 
 def _data_dir() -> Path:
@@ -17,6 +28,8 @@ def _data_dir() -> Path:
 
 @dataclass(frozen=True)
 class GatewayConfig:
+    """Settings of both planes, from AGENTCLOUD_* variables (`from_env`) with defaults for one machine."""
+
     database: str = field(default_factory=lambda: str(_data_dir() / "gateway.sqlite3"))
     redis_url: str | None = None
     pepper: bytes = b""
@@ -45,10 +58,11 @@ class GatewayConfig:
     webhook_backoff_s: float = 5.0
     webhook_tick_s: float = 1.0
     autoscale_interval_s: float = 30.0
-    wake_hold_s: float = (
-        30.0  # how long a request to a deployment at zero is held while it wakes (header bounded)
-    )
+    wake_hold_s: float = 30.0  # how long a request to a deployment at zero is held while it wakes (header bounded)
     wake_hold_max_s: float = 600.0
+    wake_poll_s: float = 0.25  # how often the control plane looks for wake requests
+    sync_interval_s: float = 1.0  # how often a data plane polls the store for route and key changes
+    stack_ops: str | None = None  # module:factory of the control plane's stack operations (default: Pulumi)
 
     @staticmethod
     def from_env(**overrides: object) -> GatewayConfig:
@@ -59,7 +73,7 @@ class GatewayConfig:
             ("upload_dir", str), ("max_model_bytes", int), ("ssh_key", str),
             ("max_body_bytes", int), ("max_upload_bytes", int), ("connect_timeout_s", float),
             ("first_byte_timeout_s", float), ("idle_timeout_s", float), ("key_cache_ttl_s", float),
-            ("default_max_tokens", int),
+            ("default_max_tokens", int), ("stack_ops", str), ("autoscale_interval_s", float),
         ):  # fmt: skip
             raw = env.get(f"AGENTCLOUD_{name.upper()}")
             if raw:

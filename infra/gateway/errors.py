@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import orjson
 
+from infra.errors import InfraError
+from infra.upstream.errors import UpstreamError
+
 ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -20,7 +23,17 @@ ANTHROPIC_TYPES = {
 }
 
 
-class GatewayError(Exception):
+class DataPlaneError(InfraError):
+    """Base of the data plane's errors."""
+
+
+class RoutesError(DataPlaneError):
+    """A routes file that cannot be read or holds a malformed entry."""
+
+
+class GatewayError(DataPlaneError):
+    """An answer other than 2xx: status, OpenAI-style type and code, the parameter at fault, extra headers."""
+
     def __init__(
         self,
         status: int,
@@ -37,6 +50,13 @@ class GatewayError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or {}
+
+    @staticmethod
+    def of(err: GatewayError | UpstreamError) -> GatewayError:
+        """The data plane's form of an error raised by either package."""
+        if isinstance(err, GatewayError):
+            return err
+        return GatewayError(err.status, err.message, err.type, code=err.code, param=err.param, headers=err.headers)
 
     def openai_body(self) -> bytes:
         return orjson.dumps(
@@ -64,3 +84,7 @@ def forbidden(message: str) -> GatewayError:
 
 def not_found(message: str, code: str = "not_found") -> GatewayError:
     return GatewayError(404, message, "invalid_request_error", code=code)
+
+
+HTTP_ERRORS = (GatewayError, UpstreamError)
+"""Errors that are answers: the error middleware turns them into the client's error shape."""

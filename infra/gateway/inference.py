@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-from infra.catalog import ApiFormat
-from infra.gateway import anthropic, authz
+from infra.catalog import ApiFormat, Catalog
+from infra.gateway import authz
+from infra.gateway.accounting import Admission, Call
 from infra.gateway.asgi import Request
+from infra.gateway.config import GatewayConfig
 from infra.gateway.errors import GatewayError, bad_request, not_found
-from infra.gateway.keys import KeyRecord
-from infra.gateway.proxy import Opened, UsageScanner, anthropic_headers, openai_headers, sse_events
-from infra.gateway.routing import Deployment, Target
-
-if TYPE_CHECKING:
-    from infra.gateway.app import Call, Gateway
+from infra.gateway.routing import Deployment, RouteTable
+from infra.gateway.sync import Waker, hold_seconds
+from infra.records import Status
+from infra.upstream import anthropic
+from infra.upstream.proxy import Opened, Upstreams, anthropic_headers, openai_headers
+from infra.upstream.sse import UsageScanner, sse_events
+from infra.upstream.target import Target
 
 STREAM_ERRORS = (TimeoutError, OSError)
 # OpenAI chat parameters, plus the sampling extras vLLM and llama.cpp accept. Anything else is refused (400).
@@ -58,11 +62,19 @@ CHAT_PARAMS = frozenset(
 )
 
 
-async def caller(gw: Gateway, req: Request) -> KeyRecord:
-    """Authenticate, then count the request against the key's plan."""
-    key = await gw.authenticate(req)
-    await gw.admit(req, key)
-    return key
+@dataclass(frozen=True)
+class Serving:
+    """What the inference handlers need, and nothing more."""
+
+    routes: RouteTable
+    catalog: Catalog
+    upstreams: Upstreams
+    admission: Admission
+    waker: Waker
+    config: GatewayConfig
+
+
+ServingHandler = Callable[[Serving, Request], Awaitable[None]]
 
 
 def chat_fields(body: dict[str, Any], default_max_tokens: int) -> tuple[str | None, bool, int]:
@@ -93,42 +105,39 @@ def chat_fields(body: dict[str, Any], default_max_tokens: int) -> tuple[str | No
     return model, stream, max_tokens or default_max_tokens
 
 
-async def resolve_model(
-    gw: Gateway, req: Request, key: KeyRecord, model: str | None
-) -> tuple[list[Target], Deployment | None]:
+async def resolve_model(ctx: Serving, req: Request, model: str | None) -> tuple[list[Target], Deployment | None]:
+    """A model's targets, or a `byom:` model's deployment (the caller's own or granted one)."""
+    key = req.caller
     if not model:
         raise bad_request("model: required", param="model")
     if model.startswith("byom:"):  # names are unique per org: the caller's own (or granted) deployment wins
         error: GatewayError = not_found(
             f"model {model} does not exist or is not served here", code="model_not_found"
         )
-        for candidate in (d for d in gw.routes.deployments.values() if d.model_id == model):
+        for candidate in (d for d in ctx.routes.deployments.values() if d.model_id == model):
             try:
-                dep = authz.invoke_deployment(key, candidate, model)
+                dep = authz.invoke_deployment(req.caller, candidate, model)
             except GatewayError as err:
                 error = err if err.status == 403 else error
                 continue
-            return await deployment_targets(gw, req, dep)
+            return await deployment_targets(ctx, req, dep)
         raise error
-    if model not in gw.routes.models:
+    if model not in ctx.routes.models:
         raise not_found(f"model {model} does not exist or is not served here", code="model_not_found")
-    authz.invoke_model(key, gw.catalog, model)
-    return gw.routes.models[model], None
+    authz.invoke_model(key, ctx.catalog, model)
+    return ctx.routes.models[model], None
 
 
-async def deployment_targets(gw: Gateway, req: Request, dep: Deployment) -> tuple[list[Target], Deployment]:
+async def deployment_targets(ctx: Serving, req: Request, dep: Deployment) -> tuple[list[Target], Deployment]:
     """The deployment's engines. One scaled to zero is woken (one wake however many requests ask) and the
     request held while it wakes, up to X-AgentCloud-Wake-Timeout seconds; past that, 503 with Retry-After."""
-    from infra.gateway.autoscale import hold_seconds
-
-    gw.autoscaler.touch(dep.id)
-    if dep.targets and dep.status in ("active", "scaling", "degraded"):  # running replicas keep serving
+    if dep.targets and dep.status.serving:  # running replicas keep serving
         return list(dep.targets), dep
-    if dep.status == "inactive":
+    if dep.status is Status.INACTIVE and dep.wakeable:
         hold = hold_seconds(
-            req.header(b"x-agentcloud-wake-timeout"), gw.config.wake_hold_s, gw.config.wake_hold_max_s
+            req.header(b"x-agentcloud-wake-timeout"), ctx.config.wake_hold_s, ctx.config.wake_hold_max_s
         )
-        woken = await gw.autoscaler.wake(dep, hold)
+        woken = await ctx.waker.wake(dep, hold)
         if woken is not None:
             return list(woken.targets), woken
     raise GatewayError(503, f"deployment {dep.id} has no running replicas yet (status {dep.status}); retry shortly",
@@ -136,35 +145,12 @@ async def deployment_targets(gw: Gateway, req: Request, dep: Deployment) -> tupl
 
 
 async def with_call(
-    gw: Gateway, req: Request, key: KeyRecord, model_id: str, dep: Deployment | None, estimate: int, run: Any
-) -> None:
-    """Admission (rate limit, deployment concurrency), then ``run(call)``, then accounting on every exit."""
-    from infra.gateway.app import Call
-
-    await gw.reserve_tokens(req, key, estimate)
-    lease = None
-    if dep is not None and dep.concurrency_limit:
-        lease = await gw.concurrency.acquire(dep.id, dep.concurrency_limit)
-        if lease is None:
-            raise GatewayError(429, f"deployment {dep.id} is at its concurrency limit ({dep.concurrency_limit})",
-                               "rate_limit_error", code="concurrency_limit", headers={"Retry-After": "1"})  # fmt: skip
-    call = Call(key, model_id, dep, estimate)
-    gw.metrics.started(gw.metrics.series_for(model_id, dep.id if dep else None))
-    try:
-        await run(call)
-    except GatewayError as err:
-        call.status = err.status
-        raise
-    except asyncio.CancelledError:
-        call.status = 499  # the client went away
-        raise
-    except BaseException:
-        call.status = 500
-        raise
-    finally:
-        if lease is not None and dep is not None:
-            await asyncio.shield(gw.concurrency.release(dep.id, lease))
-        await gw.account(call)
+    ctx: Serving, req: Request, model_id: str, dep: Deployment | None, estimate: int,
+    run: Callable[[Call], Awaitable[None]],
+) -> None:  # fmt: skip
+    """Admission (tokens/min, deployment concurrency), then ``run(call)``; the accounting middleware settles the
+    call on every exit."""
+    await run(await ctx.admission.begin(req, model_id, dep, estimate))
 
 
 def _error_message(body: bytes) -> str:
@@ -205,36 +191,33 @@ async def stream_error(req: Request, call: Call, exc: BaseException, anthropic_f
 
 
 # -- OpenAI chat completions -----------------------------------------------------------------------------
-async def chat(gw: Gateway, req: Request) -> None:
-    key = await caller(gw, req)
-    body = await req.json_object(gw.config.max_body_bytes)
-    model, stream, max_tokens = chat_fields(body, gw.config.default_max_tokens)
-    targets, dep = await resolve_model(gw, req, key, model)
-    await _chat(gw, req, key, body, str(model), targets, dep, stream, max_tokens)
+async def chat(ctx: Serving, req: Request) -> None:
+    body = await req.json_object(ctx.config.max_body_bytes)
+    model, stream, max_tokens = chat_fields(body, ctx.config.default_max_tokens)
+    targets, dep = await resolve_model(ctx, req, model)
+    await _chat(ctx, req, body, str(model), targets, dep, stream, max_tokens)
 
 
-async def chat_deployment(gw: Gateway, req: Request) -> None:
-    key = await caller(gw, req)
+async def chat_deployment(ctx: Serving, req: Request) -> None:
     dep_id = req.params["deployment_id"]
-    dep = authz.invoke_deployment(key, gw.routes.deployments.get(dep_id), dep_id)
-    body = await req.json_object(gw.config.max_body_bytes)
-    _, stream, max_tokens = chat_fields(body, gw.config.default_max_tokens)
-    targets, dep = await deployment_targets(gw, req, dep)
-    await _chat(gw, req, key, body, dep.model_id, targets, dep, stream, max_tokens)
+    dep = authz.invoke_deployment(req.caller, ctx.routes.deployments.get(dep_id), dep_id)
+    body = await req.json_object(ctx.config.max_body_bytes)
+    _, stream, max_tokens = chat_fields(body, ctx.config.default_max_tokens)
+    targets, dep = await deployment_targets(ctx, req, dep)
+    await _chat(ctx, req, body, dep.model_id, targets, dep, stream, max_tokens)
 
 
-async def chat_org(gw: Gateway, req: Request) -> None:
-    key = await caller(gw, req)
+async def chat_org(ctx: Serving, req: Request) -> None:
     dep_id, org_id = req.params["deployment_id"], req.params["org_id"]
-    dep = authz.invoke_org_deployment(key, org_id, gw.routes.deployments.get(dep_id), dep_id)
-    body = await req.json_object(gw.config.max_body_bytes)
-    _, stream, max_tokens = chat_fields(body, gw.config.default_max_tokens)
-    targets, dep = await deployment_targets(gw, req, dep)
-    await _chat(gw, req, key, body, dep.model_id, targets, dep, stream, max_tokens)
+    dep = authz.invoke_org_deployment(req.caller, org_id, ctx.routes.deployments.get(dep_id), dep_id)
+    body = await req.json_object(ctx.config.max_body_bytes)
+    _, stream, max_tokens = chat_fields(body, ctx.config.default_max_tokens)
+    targets, dep = await deployment_targets(ctx, req, dep)
+    await _chat(ctx, req, body, dep.model_id, targets, dep, stream, max_tokens)
 
 
 async def _chat(
-    gw: Gateway, req: Request, key: KeyRecord, body: dict[str, Any], model_id: str, targets: list[Target],
+    ctx: Serving, req: Request, body: dict[str, Any], model_id: str, targets: list[Target],
     dep: Deployment | None, stream: bool, max_tokens: int,
 ) -> None:  # fmt: skip
     usable = [t for t in targets if t.format is ApiFormat.OPENAI]
@@ -255,13 +238,13 @@ async def _chat(
         return t.base_url + "/chat/completions", payload, openai_headers(t)
 
     async def run(call: Call) -> None:
-        opened = await gw.upstreams.open(usable, build, stream)
+        opened = await ctx.upstreams.open(usable, build, stream)
         call.target = opened.target
         try:
             if opened.response.status >= 400:
                 await pass_upstream_error(req, opened, call)
             elif stream:
-                await _pipe_openai(gw, req, opened, call)
+                await _pipe_openai(ctx, req, opened, call)
             else:
                 call.ttft_s = (
                     time.perf_counter() - call.started_s
@@ -271,7 +254,7 @@ async def _chat(
         finally:
             opened.response.release()
 
-    await with_call(gw, req, key, model_id, dep, len(req.raw) // 4 + max_tokens, run)
+    await with_call(ctx, req, model_id, dep, len(req.raw) // 4 + max_tokens, run)
 
 
 def _usage_from_json(body: bytes, call: Call) -> None:
@@ -283,14 +266,14 @@ def _usage_from_json(body: bytes, call: Call) -> None:
     call.completion_tokens = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
 
 
-async def _pipe_openai(gw: Gateway, req: Request, opened: Opened, call: Call) -> None:
+async def _pipe_openai(ctx: Serving, req: Request, opened: Opened, call: Call) -> None:
     scanner = UsageScanner()
     await req.start(200, b"text/event-stream", [(b"cache-control", b"no-cache")])
     call.ttft_s = time.perf_counter() - call.started_s
     scanner.feed(opened.first)
     await req.write(opened.first)
     try:
-        async for chunk in gw.upstreams.chunks(opened):
+        async for chunk in ctx.upstreams.chunks(opened):
             scanner.feed(chunk)
             await req.write(chunk)
     except STREAM_ERRORS as exc:
@@ -307,14 +290,13 @@ async def _pipe_openai(gw: Gateway, req: Request, opened: Opened, call: Call) ->
 
 
 # -- Anthropic messages ------------------------------------------------------------------------------------
-async def messages(gw: Gateway, req: Request) -> None:
-    key = await caller(gw, req)
-    body = await req.json_object(gw.config.max_body_bytes)
+async def messages(ctx: Serving, req: Request) -> None:
+    body = await req.json_object(ctx.config.max_body_bytes)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model: required, a string", param="model")
     template = anthropic.to_openai(body, model)  # validates the whole request before anything is spent
-    targets, dep = await resolve_model(gw, req, key, model)
+    targets, dep = await resolve_model(ctx, req, model)
     stream = bool(template.get("stream"))
     stops = list(template.get("stop", []))
 
@@ -323,7 +305,7 @@ async def messages(gw: Gateway, req: Request) -> None:
             return (
                 t.base_url + "/v1/messages",
                 orjson.dumps({**body, "model": t.upstream_model}),
-                anthropic_headers(t, req.header(b"anthropic-version") or gw.config.anthropic_version),
+                anthropic_headers(t, req.header(b"anthropic-version") or ctx.config.anthropic_version),
             )
         return (
             t.base_url + "/chat/completions",
@@ -332,15 +314,15 @@ async def messages(gw: Gateway, req: Request) -> None:
         )
 
     async def run(call: Call) -> None:
-        opened = await gw.upstreams.open(targets, build, stream)
+        opened = await ctx.upstreams.open(targets, build, stream)
         call.target = opened.target
         try:
             if opened.response.status >= 400:
                 await pass_upstream_error(req, opened, call)
             elif opened.target.format is ApiFormat.ANTHROPIC:
-                await _pass_anthropic(gw, req, opened, call, stream)
+                await _pass_anthropic(ctx, req, opened, call, stream)
             elif stream:
-                await _translate_stream(gw, req, opened, call, model, stops)
+                await _translate_stream(ctx, req, opened, call, model, stops)
             else:
                 try:
                     data = orjson.loads(opened.first)
@@ -353,11 +335,11 @@ async def messages(gw: Gateway, req: Request) -> None:
         finally:
             opened.response.release()
 
-    await with_call(gw, req, key, model, dep, len(req.raw) // 4 + int(body["max_tokens"]), run)
+    await with_call(ctx, req, model, dep, len(req.raw) // 4 + int(body["max_tokens"]), run)
 
 
 async def _translate_stream(
-    gw: Gateway, req: Request, opened: Opened, call: Call, model: str, stops: list[str]
+    ctx: Serving, req: Request, opened: Opened, call: Call, model: str, stops: list[str]
 ) -> None:
     translator = anthropic.StreamTranslator(model=model, stop_sequences=stops)
     buffer = bytearray()
@@ -383,7 +365,7 @@ async def _translate_stream(
     try:
         done = await consume(opened.first)
         if not done:
-            async for chunk in gw.upstreams.chunks(opened):
+            async for chunk in ctx.upstreams.chunks(opened):
                 if await consume(chunk):
                     done = True
                     break
@@ -400,7 +382,7 @@ async def _translate_stream(
     await req.write(translator.finish_stream(), more=False)
 
 
-async def _pass_anthropic(gw: Gateway, req: Request, opened: Opened, call: Call, stream: bool) -> None:
+async def _pass_anthropic(ctx: Serving, req: Request, opened: Opened, call: Call, stream: bool) -> None:
     if not stream:
         data = orjson.loads(opened.first)
         usage = data.get("usage") or {}
@@ -429,7 +411,7 @@ async def _pass_anthropic(gw: Gateway, req: Request, opened: Opened, call: Call,
     try:
         stopped = scan(opened.first)
         await req.write(opened.first)
-        async for chunk in gw.upstreams.chunks(opened):
+        async for chunk in ctx.upstreams.chunks(opened):
             stopped = scan(chunk) or stopped
             await req.write(chunk)
     except STREAM_ERRORS as exc:

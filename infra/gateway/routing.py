@@ -1,11 +1,9 @@
-"""Where a request may go: for each model an ordered list of targets (serverless providers from presets.yaml,
-dedicated deployments from the routes file the deployment stacks produce), and a circuit breaker per upstream."""
+"""Where a request may go: for each model an ordered list of targets (a routes file's upstreams, then serverless
+providers from presets.yaml), and the dedicated deployments (from the store, kept in sync by `RouteSync`)."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,21 +11,9 @@ from typing import Any
 import yaml
 
 from infra.catalog import ApiFormat, Catalog
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    base_url: str  # ends with /v1 for OpenAI-format upstreams
-    format: ApiFormat
-    upstream_model: str
-    api_key: str | None
-    usd_per_mtok_in: float = 0.0
-    usd_per_mtok_out: float = 0.0
-    deployment_id: str | None = None
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.usd_per_mtok_in + completion_tokens * self.usd_per_mtok_out) / 1e6
+from infra.gateway.errors import RoutesError
+from infra.records import DeploymentRecord, Status
+from infra.upstream.target import Breakers, Target
 
 
 @dataclass(frozen=True)
@@ -42,84 +28,40 @@ class SshHost:
 
 @dataclass(frozen=True)
 class Deployment:
+    """A dedicated deployment as the data plane serves it: its owner, model, status and engines."""
+
     id: str
     org_id: str
     name: str
     model_id: str
     targets: tuple[Target, ...]
     concurrency_limit: int | None = None
-    status: str = "active"
+    status: Status = Status.ACTIVE
     gpu_type: str | None = None
     preset: str | None = None
     hosts: tuple[SshHost, ...] = ()
-
-
-class RoutesError(Exception):
-    pass
-
-
-class CircuitBreaker:
-    """Opens after ``threshold`` consecutive failures; after a cooldown (doubling up to ``max_cooldown_s``)
-    one probe request is let through, and its outcome closes or re-opens the breaker."""
-
-    def __init__(
-        self,
-        threshold: int = 5,
-        cooldown_s: float = 2.0,
-        max_cooldown_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.threshold, self.base_cooldown_s, self.max_cooldown_s, self.clock = (
-            threshold,
-            cooldown_s,
-            max_cooldown_s,
-            clock,
-        )
-        self.failures = 0
-        self.open_until = 0.0
-        self.cooldown_s = cooldown_s
-        self.probing = False
-
-    def allow(self) -> bool:
-        if self.failures < self.threshold:
-            return True
-        if self.clock() >= self.open_until and not self.probing:
-            self.probing = True  # half-open: one probe
-            return True
-        return False
-
-    def success(self) -> None:
-        self.failures, self.probing, self.cooldown_s = 0, False, self.base_cooldown_s
-
-    def failure(self) -> None:
-        self.failures += 1
-        if self.failures >= self.threshold:
-            if self.probing:
-                self.cooldown_s = min(self.cooldown_s * 2, self.max_cooldown_s)
-            self.open_until = self.clock() + self.cooldown_s
-            self.probing = False
-
-    @property
-    def state(self) -> str:
-        if self.failures < self.threshold:
-            return "closed"
-        return "half-open" if self.clock() >= self.open_until else "open"
+    wakeable: bool = False  # scaled to zero by the autoscaler: a request wakes it
 
 
 @dataclass
 class RouteTable:
+    """Models to their targets in fallback order, deployments by id, and the breakers of every upstream.
+
+    Deployments from a routes file are static (``static``); the rest mirror the store."""
+
     models: dict[str, list[Target]] = field(default_factory=dict)
     deployments: dict[str, Deployment] = field(default_factory=dict)
-    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
-
-    def breaker(self, target: Target) -> CircuitBreaker:
-        b = self.breakers.get(target.base_url)
-        if b is None:
-            b = self.breakers[target.base_url] = CircuitBreaker()
-        return b
+    breakers: Breakers = field(default_factory=Breakers)
+    static: set[str] = field(default_factory=set)
 
     def add_deployment(self, dep: Deployment) -> None:
         self.deployments[dep.id] = dep
+
+    def replace_deployments(self, records: list[DeploymentRecord]) -> None:
+        """The store's deployments (plus the static ones) become the table's, in one assignment."""
+        fresh = {d: self.deployments[d] for d in self.static if d in self.deployments}
+        fresh.update({r.id: deployment_from_record(r) for r in records})
+        self.deployments = fresh
 
 
 def _env_key(name: str | None) -> str | None:
@@ -182,11 +124,18 @@ def deployment_from(entry: dict[str, Any]) -> Deployment:
         model_id=model_id,
         targets=targets,
         concurrency_limit=int(limit) if limit else None,
-        status=str(entry.get("status", "active")),
+        status=Status(entry.get("status", "active")),
         gpu_type=entry.get("gpu_type"),
         preset=entry.get("preset"),
         hosts=hosts,
+        wakeable=bool(entry.get("wakeable")),
     )
+
+
+def deployment_from_record(record: DeploymentRecord) -> Deployment:
+    routes = record.routes
+    return deployment_from({**routes, "id": record.id, "org_id": record.org_id, "name": record.name,
+                            "model_id": record.served_model, "status": record.status.value})  # fmt: skip
 
 
 def load_routes(table: RouteTable, path: Path) -> RouteTable:
@@ -202,7 +151,9 @@ def load_routes(table: RouteTable, path: Path) -> RouteTable:
             target = _target_from(entry, model_id, entry.get("name", f"route:{model_id}"))
             table.models[model_id] = [target, *table.models.get(model_id, [])]
         for entry in data.get("deployments", []):
-            table.add_deployment(deployment_from(entry))
+            dep = deployment_from(entry)
+            table.add_deployment(dep)
+            table.static.add(dep.id)
     except (KeyError, TypeError, ValueError) as exc:
         raise RoutesError(f"{path}: malformed route entry: {exc!r}") from None
     return table

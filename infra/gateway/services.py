@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from infra.catalog import ApiFormat, Task
+from infra.gateway.accounting import Call
 from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError, bad_request
-from infra.gateway.inference import caller, pass_upstream_error, resolve_model, with_call
-from infra.gateway.keys import KeyRecord
+from infra.gateway.inference import Serving, pass_upstream_error, resolve_model, with_call
 from infra.gateway.multipart import MultipartReader
-from infra.gateway.proxy import openai_headers
-from infra.gateway.routing import Target
-
-if TYPE_CHECKING:
-    from infra.gateway.app import Call, Gateway
+from infra.upstream.proxy import RequestBuilder, openai_headers
+from infra.upstream.target import Target
 
 DEFAULT_MODELS = {
     Task.EMBED: "bge-m3",
@@ -27,12 +24,12 @@ DEFAULT_MODELS = {
 }
 
 
-def _model(gw: Gateway, value: Any, task: Task) -> str:
+def _model(ctx: Serving, value: Any, task: Task) -> str:
     if value is None:
         return DEFAULT_MODELS[task]
     if not isinstance(value, str) or not value:
         raise bad_request("model: must be a non-empty string", param="model")
-    known = gw.catalog.models.get(value)
+    known = ctx.catalog.models.get(value)
     if known is not None and known.task is not task:
         raise bad_request(f"model {value} is a {known.task.value} model, not {task.value}", param="model")
     return value
@@ -43,15 +40,15 @@ def _openai_targets(targets: list[Target]) -> list[Target]:
 
 
 async def _forward(
-    gw: Gateway, req: Request, key: KeyRecord, model: str, estimate: int, build: Any, default_type: str
+    ctx: Serving, req: Request, model: str, estimate: int, build: RequestBuilder, default_type: str
 ) -> tuple[bytes, str] | None:
     """One non-streaming call (fallback, limits, accounting): the upstream's body and content type, or None when
     an upstream error has already been answered."""
-    targets, dep = await resolve_model(gw, req, key, model)
+    targets, dep = await resolve_model(ctx, req, model)
     result: dict[str, tuple[bytes, str]] = {}
 
     async def run(call: Call) -> None:
-        opened = await gw.upstreams.open(_openai_targets(targets), build, stream=False)
+        opened = await ctx.upstreams.open(_openai_targets(targets), build, stream=False)
         call.target = opened.target
         try:
             if opened.response.status >= 400:
@@ -66,44 +63,42 @@ async def _forward(
         finally:
             opened.response.release()
 
-    await with_call(gw, req, key, model, dep, estimate, run)
+    await with_call(ctx, req, model, dep, estimate, run)
     return result.get("out")
 
 
 async def _json_call(
-    gw: Gateway, req: Request, key: KeyRecord, model: str, path: str, payload: dict[str, Any], estimate: int
+    ctx: Serving, req: Request, model: str, path: str, payload: dict[str, Any], estimate: int
 ) -> bytes | None:
     """POST ``payload`` (model rewritten per target) to ``path``; returns the upstream's JSON body."""
 
     def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
         return t.base_url + path, orjson.dumps({**payload, "model": t.upstream_model}), openai_headers(t)
 
-    out = await _forward(gw, req, key, model, estimate, build, "application/json")
+    out = await _forward(ctx, req, model, estimate, build, "application/json")
     return out[0] if out else None
 
 
-async def embeddings(gw: Gateway, req: Request) -> None:
-    key = await caller(gw, req)
-    body = await req.json_object(gw.config.max_body_bytes)
+async def embeddings(ctx: Serving, req: Request) -> None:
+    body = await req.json_object(ctx.config.max_body_bytes)
     inp = body.get("input")
     valid = (isinstance(inp, str) and inp) or (
         isinstance(inp, list) and inp and all(isinstance(x, str) and x for x in inp)
     )
     if not valid:
         raise bad_request("input: required, a non-empty string or array of non-empty strings", param="input")
-    model = _model(gw, body.get("model"), Task.EMBED)
+    model = _model(ctx, body.get("model"), Task.EMBED)
     payload: dict[str, Any] = {"input": inp}
     for option in ("encoding_format", "dimensions", "user"):
         if option in body:
             payload[option] = body[option]
-    out = await _json_call(gw, req, key, model, "/embeddings", payload, len(req.raw) // 4)
+    out = await _json_call(ctx, req, model, "/embeddings", payload, len(req.raw) // 4)
     if out is not None:
         await req.respond(200, out)
 
 
-async def rerank(gw: Gateway, req: Request) -> None:
-    key = await caller(gw, req)
-    body = await req.json_object(gw.config.max_body_bytes)
+async def rerank(ctx: Serving, req: Request) -> None:
+    body = await req.json_object(ctx.config.max_body_bytes)
     query, documents, top_n = body.get("query"), body.get("documents"), body.get("top_n")
     if not isinstance(query, str) or not query:
         raise bad_request("query: required, a non-empty string", param="query")
@@ -119,10 +114,10 @@ async def rerank(gw: Gateway, req: Request) -> None:
         texts.append(text)
     if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1):
         raise bad_request("top_n: must be a positive integer", param="top_n")
-    model = _model(gw, body.get("model"), Task.RERANK)
+    model = _model(ctx, body.get("model"), Task.RERANK)
     limit = top_n or len(texts)
     payload = {"query": query, "documents": texts, "top_n": limit}
-    out = await _json_call(gw, req, key, model, "/rerank", payload, sum(len(t) for t in texts) // 4)
+    out = await _json_call(ctx, req, model, "/rerank", payload, sum(len(t) for t in texts) // 4)
     if out is None:
         return
     try:
@@ -162,17 +157,16 @@ def encode_multipart(fields: dict[str, str], file: tuple[str, str, str, bytes]) 
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
-async def transcriptions(gw: Gateway, req: Request) -> None:
-    key = await caller(gw, req)
+async def transcriptions(ctx: Serving, req: Request) -> None:
     audio_buffer = bytearray()
     form = MultipartReader(
         req.header(b"content-type") or "", "file", audio_buffer.extend, max_field_bytes=4096
     )
-    form.feed(await req.body(gw.config.max_upload_bytes))  # capped; audio is at most a few tens of MB
+    form.feed(await req.body(ctx.config.max_upload_bytes))  # capped; audio is at most a few tens of MB
     form.finish()
     if not form.files or not audio_buffer:
         raise bad_request("file: required, the audio to transcribe", param="file")
-    model = _model(gw, form.fields.get("model"), Task.TRANSCRIBE)
+    model = _model(ctx, form.fields.get("model"), Task.TRANSCRIBE)
     fields = {k: v for k, v in form.fields.items() if k != "model"}
     filename, ctype, audio = form.filename, form.file_type, bytes(audio_buffer)
 
@@ -181,26 +175,25 @@ async def transcriptions(gw: Gateway, req: Request) -> None:
                                               ("file", filename or "audio", ctype or "application/octet-stream", audio))  # fmt: skip
         return t.base_url + "/audio/transcriptions", body, {**openai_headers(t), "Content-Type": content_type}
 
-    out = await _forward(gw, req, key, model, len(audio) // 1000, build, "application/json")
+    out = await _forward(ctx, req, model, len(audio) // 1000, build, "application/json")
     if out is not None:
         await req.respond(200, out[0], out[1].encode())
 
 
-async def tts(gw: Gateway, req: Request) -> None:
-    key = await caller(gw, req)
-    body = await req.json_object(gw.config.max_body_bytes)
+async def tts(ctx: Serving, req: Request) -> None:
+    body = await req.json_object(ctx.config.max_body_bytes)
     text = body.get("input")
     if not isinstance(text, str) or not text or len(text) > 10_000:
         raise bad_request("input: required, a string of 1 to 10000 characters", param="input")
     voice = body.get("voice", "en_female_1")
     if not isinstance(voice, str):
         raise bad_request("voice: must be a string", param="voice")
-    model = _model(gw, body.get("model"), Task.SPEECH)
+    model = _model(ctx, body.get("model"), Task.SPEECH)
 
     def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
         payload = {"model": t.upstream_model, "input": text, "voice": voice, "response_format": "mp3"}
         return t.base_url + "/audio/speech", orjson.dumps(payload), openai_headers(t)
 
-    out = await _forward(gw, req, key, model, len(text) // 4, build, "audio/mpeg")
+    out = await _forward(ctx, req, model, len(text) // 4, build, "audio/mpeg")
     if out is not None:
         await req.respond(200, out[0], out[1].encode())

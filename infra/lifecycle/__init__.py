@@ -1,1 +1,1 @@
-"""Deployment lifecycle: the state machine, and (Automation API) stack operations behind it."""
+"""Stack operations for deployments through the Pulumi Automation API (the control plane's real `StackOps`)."""

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from infra.catalog import Catalog
-from infra.gateway.store import Store
+from infra.store import Store
 from tests.gateway.fake_upstream import FakeUpstream, fake_upstream
 from tests.gateway.harness import Keys, Running, make_gateway, routes_for, running, seed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import threading
 import time
@@ -14,10 +15,13 @@ from typing import Any
 import uvicorn
 
 from infra.catalog import ApiFormat, Catalog
+from infra.compose import build
 from infra.gateway.app import Gateway
 from infra.gateway.config import GatewayConfig
-from infra.gateway.routing import Deployment, RouteTable, Target
-from infra.gateway.store import Store
+from infra.gateway.routing import Deployment, RouteTable
+from infra.records import DeploymentRecord
+from infra.store import Store
+from infra.upstream.target import Target
 from tests.sshd import free_port
 
 PEPPER = b"test-pepper-0123456789abcdef"
@@ -141,12 +145,30 @@ def running(gateway: Gateway) -> Iterator[Running]:
         thread.join(timeout=15)
 
 
+def record_of(dep: Deployment) -> DeploymentRecord:
+    """A deployment as `agentcloud gateway routes add` registers it: a record in the store, routes only."""
+    routes: dict[str, Any] = {"endpoints": [t.base_url for t in dep.targets], "concurrency_limit": dep.concurrency_limit,
+                              "gpu_type": dep.gpu_type, "preset": dep.preset,
+                              "hosts": [dataclasses.asdict(h) for h in dep.hosts]}  # fmt: skip
+    if dep.targets:
+        t = dep.targets[0]
+        routes.update(api_key=t.api_key, upstream_model=t.upstream_model, format=t.format.value,
+                      usd_per_mtok_in=t.usd_per_mtok_in, usd_per_mtok_out=t.usd_per_mtok_out)  # fmt: skip
+    return DeploymentRecord(dep.id, dep.org_id, dep.name, dep.model_id, dep.status, routes=routes)
+
+
 def make_gateway(
-    catalog: Catalog, store: Store, routes: RouteTable, tmp: Path | None = None, **config: Any
-) -> Gateway:
+    catalog: Catalog, store: Store, routes: RouteTable, tmp: Path | None = None, planes: tuple[str, ...] = ("data", "control"),
+    stack_ops: Any = None, stacks_dir: Path | None = None, **config: Any,
+) -> Gateway:  # fmt: skip
+    """Both planes in one process (the default) over ``store``; the table's deployments are registered in the
+    store, as `routes add` does, so they reach the data plane the way real ones do."""
     # uploads go to the test's own folder, never to the user's data directory
     config.setdefault(
         "upload_dir", str(tmp / "uploads") if tmp else tempfile.mkdtemp(prefix="agentcloud-uploads-")
     )
+    for dep in routes.deployments.values():
+        store.save_deployment(record_of(dep))
     cfg = GatewayConfig(database=":memory:", pepper=PEPPER, usage_flush_s=0.05, **config)
-    return Gateway(cfg, catalog=catalog, store=store, routes=routes)
+    return build(cfg, planes, catalog=catalog, store=store, routes=routes, stack_ops=stack_ops,
+                 stacks_dir=stacks_dir or (tmp / "stacks" if tmp else Path(tempfile.mkdtemp(prefix="agentcloud-stacks-"))))  # fmt: skip

@@ -18,7 +18,7 @@ import yaml
 
 from infra.catalog import Catalog
 from infra.gateway.routing import RouteTable
-from infra.gateway.store import Store
+from infra.store import Store
 from infra.lifecycle.operations import PulumiStackOps
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.harness import Keys, Running, make_gateway, running, wait_for
@@ -68,7 +68,7 @@ class Api:
         """One autoscaler round at a chosen time, on the gateway's own loop."""
         import asyncio
 
-        scaler = self.r.gateway.autoscaler
+        scaler = self.r.gateway.control.autoscaler
         scaler.clock = lambda: now
         assert self.r.gateway.loop is not None
         return asyncio.run_coroutine_threadsafe(scaler.tick(), self.r.gateway.loop).result(15)
@@ -88,10 +88,9 @@ class Api:
 def api(tmp_path: Path, catalog: Catalog, store: Store, keys: Keys, upstream: FakeUpstream) -> Iterator[Api]:
     stacks = tmp_path / "stacks"
     stacks.mkdir()
-    gateway = make_gateway(catalog, store, RouteTable(), tmp_path, webhooks_allow_http=True, webhooks_allow_loopback=True,
-                           webhook_backoff_s=0.05, webhook_tick_s=0.05)  # fmt: skip
     ops = FakeOps(int(upstream.base_url.split(":")[2].split("/")[0]), stacks)
-    gateway.stack_ops, gateway.stacks_dir = ops, stacks
+    gateway = make_gateway(catalog, store, RouteTable(), tmp_path, stack_ops=ops, stacks_dir=stacks, webhooks_allow_http=True,
+                           webhooks_allow_loopback=True, webhook_backoff_s=0.05, webhook_tick_s=0.05)  # fmt: skip
     with running(gateway) as r:
         yield Api(r, keys, ops, stacks, upstream)
 

@@ -13,7 +13,7 @@ import requests
 
 from infra.catalog import Catalog
 from infra.gateway.routing import RouteTable
-from infra.gateway.store import Store
+from infra.store import Store
 from tests.gateway.conftest import assert_counters_released
 from tests.gateway.fake_upstream import FakeUpstream, fake_upstream
 from tests.gateway.harness import CHAT_MODEL, Keys, Running, make_gateway, running, target, wait_for
@@ -176,4 +176,4 @@ def test_circuit_breaker_stops_trying_a_dead_upstream(
             assert ask(r, keys.standard).choices[0].message.content == "echo: hi"  # type: ignore[attr-defined]
         assert bad.stats.requests == 5, "the breaker opens after 5 consecutive failures"
         assert upstream.stats.requests == 10
-        assert r.gateway.routes.breaker(r.gateway.routes.models[CHAT_MODEL][0]).state in ("open", "half-open")
+        assert r.gateway.routes.breakers(r.gateway.routes.models[CHAT_MODEL][0]).state in ("open", "half-open")

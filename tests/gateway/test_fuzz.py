@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra.catalog import Catalog
-from infra.gateway.store import Store
+from infra.store import Store
 from tests.gateway.fake_upstream import fake_upstream
 from tests.gateway.harness import CHAT_MODEL, Keys, Running, make_gateway, routes_for, running, seed
 

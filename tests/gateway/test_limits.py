@@ -16,7 +16,7 @@ import requests
 
 from infra.catalog import Catalog
 from infra.gateway.limits import MemoryConcurrency, MemoryRateLimiter, RedisConcurrency, RedisRateLimiter
-from infra.gateway.store import Store
+from infra.store import Store
 from tests.gateway.conftest import assert_counters_released
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.harness import CHAT_MODEL, PEPPER, Keys, Running, make_gateway, routes_for, running

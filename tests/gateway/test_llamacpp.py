@@ -15,7 +15,7 @@ import requests
 
 from infra.catalog import Catalog
 from infra.gateway.routing import RouteTable
-from infra.gateway.store import Store
+from infra.store import Store
 from tests.gateway.conftest import assert_counters_released
 from tests.gateway.harness import Keys, Running, make_gateway, running, target
 from tests.sshd import free_port

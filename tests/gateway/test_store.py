@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.gateway import keys as keymod
-from infra.gateway.store import Store, StoreError, UsageRow
+from infra.store import keys as keymod
+from infra.records import DeploymentRecord, Status
+from infra.store import Store, StoreError, UsageRow
 
 PEPPER = b"pepper"
 
@@ -65,11 +66,14 @@ def test_usage_batches_and_totals(store: Store) -> None:
 
 def test_deployments(store: Store) -> None:
     org = store.create_org("acme")
-    store.upsert_deployment("dep_1", org, "prod", "llama-3.1-8b-instruct", "active", {"replicas": 1},
-                            {"endpoints": ["http://10.0.0.5:8000/v1"]})  # fmt: skip
-    store.upsert_deployment("dep_1", org, "prod", "llama-3.1-8b-instruct", "scaling", {"replicas": 2}, {})
+    model = "llama-3.1-8b-instruct"
+    store.save_deployment(DeploymentRecord("dep_1", org, "prod", model, Status.ACTIVE, spec={"replicas": 1},
+                                           routes={"endpoints": ["http://10.0.0.5:8000/v1"]}))  # fmt: skip
+    before = store.revisions().get("routes", 0)
+    store.save_deployment(DeploymentRecord("dep_1", org, "prod", model, Status.SCALING, spec={"replicas": 2}))
     (dep,) = store.deployments()
-    assert dep["status"] == "scaling" and dep["spec"] == {"replicas": 2}
+    assert dep.status is Status.SCALING and dep.spec == {"replicas": 2}
+    assert store.revisions()["routes"] == before + 1  # data planes learn of the change from this
 
 
 def test_bad_input(store: Store) -> None:
@@ -84,7 +88,7 @@ def test_routes_from_stack_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     """`agentcloud gateway routes-from-stack` turns a deployment stack's outputs into gateway routes."""
     from infra import automation
     from infra.cli import main
-    from infra.gateway.routing import deployment_from
+    from infra.gateway.routing import deployment_from_record
 
     outputs = {
         "endpoints": [{"private_ip": "10.10.0.5", "public_ip": "198.51.100.5", "port": 8000, "droplet_id": "1"},
@@ -96,10 +100,8 @@ def test_routes_from_stack_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     Store(db).create_org("acme", org_id="org_acme")
     assert main(["gateway", "--database", db, "routes-from-stack", "prod-inference", "--org", "org_acme",
                  "--api-key-env", "PROD_KEY"]) == 0  # fmt: skip
-    (row,) = Store(db).deployments()
-    dep = deployment_from(
-        {**row["routes"], "id": row["id"], "org_id": row["org_id"], "status": row["status"]}
-    )
+    (record,) = Store(db).deployments()
+    dep = deployment_from_record(record)
     assert (
         dep.id == "dep_prod_inference"
         and dep.model_id == "llama-3.3-70b-instruct"

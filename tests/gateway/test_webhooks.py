@@ -20,8 +20,9 @@ import requests
 from aiohttp import web
 
 from infra.catalog import Catalog
-from infra.gateway.store import Store
-from infra.gateway.webhooks import Policy, UnsafeURL, check_url
+from infra.store import Store
+from infra.control.errors import UnsafeURL
+from infra.control.webhooks import Policy, check_url
 from tests.gateway.harness import Keys, make_gateway, routes_for, running, seed, wait_for
 from tests.sshd import free_port
 
@@ -133,7 +134,7 @@ def test_every_event_delivered_and_verifies(
         ids = []
         for i in range(25):
             ids += asyncio.run_coroutine_threadsafe(
-                r.gateway.webhooks.emit("dep_a", "deployment.sla_breach", {"metric": "ttft_p95_ms", "n": i}),
+                r.gateway.control.webhooks.emit("dep_a", "deployment.sla_breach", {"metric": "ttft_p95_ms", "n": i}),
                 r.gateway.loop,
             ).result(10)
         assert wait_for(lambda: {h["X-AINative-Event-Id"] for _, h in receiver.received} >= set(ids), 30)
@@ -155,7 +156,7 @@ def test_nothing_lost_across_a_restart(tmp_path: Path, catalog: Catalog) -> None
         ids = []
         for i in range(10):
             ids += asyncio.run_coroutine_threadsafe(
-                r.gateway.webhooks.emit("dep_a", "deployment.scaled", {"replicas": i}), r.gateway.loop
+                r.gateway.control.webhooks.emit("dep_a", "deployment.scaled", {"replicas": i}), r.gateway.loop
             ).result(10)
         assert wait_for(lambda: all(row["attempts"] >= 1 for row in store.outbox()), 10)
     assert not any(row["delivered_at"] for row in store.outbox())

@@ -20,15 +20,16 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from infra.gateway.keys import new_id
-
-if TYPE_CHECKING:
-    from infra.gateway.app import Gateway
+from infra.control.errors import UnsafeURL
+from infra.store import Store
+from infra.store.keys import new_id
+from infra.store.offload import StoreThread
+from infra.upstream.http_client import HttpPool
 
 EVENTS = ("deployment.active", "deployment.degraded", "deployment.sla_breach", "deployment.recovered",
           "deployment.scaled")  # fmt: skip
@@ -38,12 +39,10 @@ METADATA = ipaddress.ip_address("169.254.169.254")
 GIVE_UP_AFTER_S = 24 * 3600
 
 
-class UnsafeURL(ValueError):
-    pass
-
-
 @dataclass(frozen=True)
 class Policy:
+    """Which webhook URLs are allowed beyond public https ones."""
+
     allow_http: bool = False  # local development only
     allow_loopback: bool = False  # tests only
 
@@ -122,9 +121,14 @@ def backoff_s(attempts: int, base_s: float) -> float:
 
 
 class WebhookSender:
-    def __init__(self, gw: Gateway, policy: Policy, base_backoff_s: float = 5.0, tick_s: float = 1.0,
-                 timeout_s: float = 15.0) -> None:  # fmt: skip
-        self.gw = gw
+    """Writes events to the outbox (`emit`) and delivers what is due (`send_due`, on one process at a time)."""
+
+    def __init__(
+        self, store: Store, db: StoreThread, pepper: bytes, policy: Policy, base_backoff_s: float = 5.0,
+        tick_s: float = 1.0, timeout_s: float = 15.0,
+    ) -> None:  # fmt: skip
+        self.store, self.db, self.pepper = store, db, pepper
+        self.pool: HttpPool | None = None  # set when the control plane starts
         self.policy = policy
         self.base_backoff_s = base_backoff_s
         self.tick_s = tick_s
@@ -135,7 +139,7 @@ class WebhookSender:
         """Write one signed body per subscribed webhook to the outbox; returns the event ids."""
         if event not in EVENTS:
             raise ValueError(f"unknown event {event}")
-        hooks = await self.gw.db(self.gw.store.webhooks_for, deployment_id, event)
+        hooks = await self.db(self.store.webhooks_for, deployment_id, event)
         now = time.time()
         rows, ids = [], []
         for hook_id, _, _ in hooks:
@@ -145,33 +149,31 @@ class WebhookSender:
             rows.append((new_id("out"), hook_id, event_id, body))
             ids.append(event_id)
         if rows:
-            await self.gw.db(self.gw.store.enqueue, rows, now)
+            await self.db(self.store.enqueue, rows, now)
         return ids
 
     async def send_due(self) -> int:
         sent = 0
-        for outbox_id, hook_id, event_id, body, attempts, created in await self.gw.db(
-            self.gw.store.due, time.time()
-        ):
-            hook = await self.gw.db(self.gw.store.webhook, hook_id)
+        for outbox_id, hook_id, event_id, body, attempts, created in await self.db(self.store.due, time.time()):
+            hook = await self.db(self.store.webhook, hook_id)
             if hook is None:
-                await self.gw.db(self.gw.store.retry_later, outbox_id, time.time(), "webhook deleted", True)
+                await self.db(self.store.retry_later, outbox_id, time.time(), "webhook deleted", True)
                 continue
             url, sealed = hook
-            error = await self._post(url, unseal(self.gw.config.pepper, sealed), event_id, body.encode())
+            error = await self._post(url, unseal(self.pepper, sealed), event_id, body.encode())
             now = time.time()
             if error is None:
-                await self.gw.db(self.gw.store.delivered, outbox_id, now)
+                await self.db(self.store.delivered, outbox_id, now)
                 sent += 1
             else:
                 dead = now - created > GIVE_UP_AFTER_S
-                await self.gw.db(self.gw.store.retry_later, outbox_id, now + backoff_s(attempts, self.base_backoff_s),
+                await self.db(self.store.retry_later, outbox_id, now + backoff_s(attempts, self.base_backoff_s),
                                  error, dead)  # fmt: skip
         return sent
 
     async def _post(self, url: str, secret: str, event_id: str, body: bytes) -> str | None:
-        pool = self.gw.upstreams.pool
-        assert pool is not None
+        pool = self.pool
+        assert pool is not None, "control plane not started"
         try:
             _, address = await asyncio.to_thread(check_url, url, self.policy)  # checked again at each attempt
             headers = {"Content-Type": "application/json", "X-AINative-Signature": sign(secret, body),

@@ -14,7 +14,12 @@ from typing import Any
 
 import orjson
 
-from infra.gateway.errors import bad_request
+from infra.upstream.errors import TranslationError
+
+
+def bad_request(message: str, param: str | None = None) -> TranslationError:
+    return TranslationError(message, param=param)
+
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}  # fmt: skip

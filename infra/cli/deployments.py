@@ -15,7 +15,8 @@ from typing import Any
 
 import requests
 
-from infra.spec import DEPLOYMENT_KEY
+from infra.document import load_document
+from infra.spec import DEPLOYMENT_KEY, resolve_stack
 
 API = "/api/v1/public/deployments"
 
@@ -54,8 +55,6 @@ def follow(client: Client, dep_id: str, timeout_s: float = 3600, interval_s: flo
 
 
 def _stack_deployment(arg: str) -> dict[str, Any]:
-    from infra.cli import resolve_stack
-    from infra.document import load_document
 
     doc = load_document(resolve_stack(arg))
     return dict(doc.data["config"][DEPLOYMENT_KEY])

@@ -5,20 +5,10 @@ from __future__ import annotations
 
 import io
 import shlex
-from dataclasses import dataclass
 
+from infra.gateway.config import DeliveryConfig
 from infra.gateway.routing import SshHost
 from infra.remote import RemoteError, Target, connect, env_file, put, run
-
-
-@dataclass(frozen=True)
-class DeliveryConfig:
-    identity_file: str | None = None  # the gateway's SSH key (AGENTCLOUD_SSH_KEY)
-    remote_dir: str = "/mnt/agentcloud-models/gguf/byom"  # on the droplet: the model-cache volume
-    container_dir: str = "/models/byom"  # the same folder as the engine container sees it
-    env_path: str = "/etc/agentcloud/byom.env"
-    restart_command: str = "systemctl restart agentcloud-engine"
-    health_timeout_s: float = 900.0
 
 
 def deliver(

@@ -19,13 +19,11 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from infra.upstream.errors import UpstreamProtocolError
+
 HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 18
 MAX_IDLE_PER_HOST = 512
-
-
-class UpstreamProtocolError(OSError):
-    """The upstream sent something that is not HTTP/1.1, or closed the connection mid-response."""
 
 
 @dataclass(frozen=True)

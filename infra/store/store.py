@@ -1,69 +1,23 @@
-"""Gateway storage: orgs, API keys, org members, deployments, grants, usage and (for lifecycle) jobs.
+"""The store: orgs, API keys, members, grants, deployments, uploads, webhooks and usage.
 
-SQLite by default (one file, no server), PostgreSQL when several gateway replicas share state. Both run the same
-SQL through a tiny adapter (placeholders differ). Calls are synchronous and short; the gateway runs them in a
-thread on a cache miss, and writes usage in batches off the request path.
+The one place both planes share state (see docs/architecture.md): the data plane reads keys and routes and writes
+usage and what it observes; the control plane writes deployments and reads the rest. Every table's owner is
+written in docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from infra.gateway import keys as keymod
-from infra.gateway.keys import KeyRecord
-
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS orgs (
-        id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS api_keys (
-        id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id), name TEXT NOT NULL,
-        prefix TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, plan TEXT NOT NULL, kind TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL, revoked_at DOUBLE PRECISION, expires_at DOUBLE PRECISION,
-        requests_per_minute INTEGER, tokens_per_minute INTEGER)""",
-    """CREATE TABLE IF NOT EXISTS org_members (
-        org_id TEXT NOT NULL REFERENCES orgs(id), key_id TEXT NOT NULL REFERENCES api_keys(id),
-        permissions TEXT NOT NULL, PRIMARY KEY (org_id, key_id))""",
-    """CREATE TABLE IF NOT EXISTS deployments (
-        id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id), name TEXT NOT NULL,
-        model_id TEXT NOT NULL, status TEXT NOT NULL, spec TEXT NOT NULL, routes TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS grants (
-        deployment_id TEXT NOT NULL, key_id TEXT NOT NULL REFERENCES api_keys(id), role TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (deployment_id, key_id))""",
-    # Per-minute rollups, not one row per request: a minute may have several rows (one per flush); sums are exact.
-    """CREATE TABLE IF NOT EXISTS usage (
-        minute DOUBLE PRECISION NOT NULL, key_id TEXT NOT NULL, org_id TEXT NOT NULL, model_id TEXT NOT NULL,
-        deployment_id TEXT, requests BIGINT NOT NULL, errors BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL,
-        completion_tokens BIGINT NOT NULL, cost_usd DOUBLE PRECISION NOT NULL, latency_ms_sum DOUBLE PRECISION NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS usage_org_minute ON usage (org_id, minute)",
-    """CREATE TABLE IF NOT EXISTS uploads (
-        id TEXT PRIMARY KEY, org_id TEXT NOT NULL, key_id TEXT NOT NULL, name TEXT NOT NULL,
-        deployment_id TEXT NOT NULL, status TEXT NOT NULL, size BIGINT, received BIGINT NOT NULL,
-        sha256 TEXT, reason TEXT, info TEXT, created_at DOUBLE PRECISION NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS webhooks (
-        id TEXT PRIMARY KEY, org_id TEXT NOT NULL, deployment_id TEXT NOT NULL, url TEXT NOT NULL,
-        events TEXT NOT NULL, secret TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS webhook_outbox (
-        id TEXT PRIMARY KEY, webhook_id TEXT NOT NULL, event_id TEXT NOT NULL, body TEXT NOT NULL,
-        attempts INTEGER NOT NULL, next_attempt_at DOUBLE PRECISION NOT NULL, delivered_at DOUBLE PRECISION,
-        dead BOOLEAN NOT NULL, last_error TEXT, created_at DOUBLE PRECISION NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS outbox_due ON webhook_outbox (delivered_at, dead, next_attempt_at)",
-    """CREATE TABLE IF NOT EXISTS leases (
-        name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
-]
-
-
-class StoreError(Exception):
-    pass
-
+from infra.records import DeploymentRecord
+from infra.store import keys as keymod
+from infra.store.coordination import Coordination
+from infra.store.keys import KeyRecord
+from infra.store.sql import StoreError
 
 @dataclass(frozen=True)
 class UsageRow:
@@ -82,71 +36,8 @@ class UsageRow:
     latency_ms_sum: float
 
 
-class Store:
-    """One connection guarded by a lock: the gateway's own calls are few (cache misses, batched writes)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._lock = threading.Lock()
-        if url.startswith(("postgres://", "postgresql://")):
-            import psycopg
-
-            self._pg = True
-            self._conn: Any = psycopg.connect(url, autocommit=True)
-        else:
-            path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
-            if path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._pg = False
-            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-        for statement in SCHEMA:
-            self._exec(statement)
-
-    # -- plumbing ---------------------------------------------------------------------------------------
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self._pg else sql
-
-    def _exec(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            cur = self._conn.execute(self._sql(sql), tuple(params))
-            rows = cur.fetchall() if cur.description else []
-            return [tuple(r) for r in rows]
-
-    def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self._lock:
-            if self._pg:
-                with self._conn.cursor() as cur:
-                    cur.executemany(self._sql(sql), [tuple(r) for r in rows])
-            else:
-                self._conn.execute("BEGIN")
-                try:
-                    self._conn.executemany(sql, [tuple(r) for r in rows])
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def reset(self) -> None:
-        """Delete every row (tests)."""
-        for table in (
-            "leases",
-            "webhook_outbox",
-            "webhooks",
-            "uploads",
-            "usage",
-            "grants",
-            "org_members",
-            "deployments",
-            "api_keys",
-            "orgs",
-        ):
-            self._exec(f"DELETE FROM {table}")
+class Store(Coordination):
+    """Every domain table; calls are synchronous and short (run them off the event loop)."""
 
     # -- orgs and keys ---------------------------------------------------------------------------------
     def create_org(self, name: str, org_id: str | None = None) -> str:
@@ -192,6 +83,7 @@ class Store:
         self._exec(
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), key_id)
         )
+        self.bump("keys")
         return True
 
     def key_by_hash(self, digest: str) -> KeyRecord | None:
@@ -236,9 +128,11 @@ class Store:
         self._exec(
             "INSERT INTO org_members (org_id, key_id, permissions) VALUES (?, ?, ?)", (org_id, key_id, perms)
         )
+        self.bump("keys")
 
     def remove_member(self, org_id: str, key_id: str) -> None:
         self._exec("DELETE FROM org_members WHERE org_id = ? AND key_id = ?", (org_id, key_id))
+        self.bump("keys")
 
     # -- grants ----------------------------------------------------------------------------------------
     def grant(self, deployment_id: str, key_id: str, role: str = "inference") -> None:
@@ -247,42 +141,46 @@ class Store:
             "ON CONFLICT (deployment_id, key_id) DO NOTHING",
             (deployment_id, key_id, role, time.time()),
         )
+        self.bump("keys")
 
     def revoke_grant(self, deployment_id: str, key_id: str) -> bool:
         had = bool(
             self._exec("SELECT 1 FROM grants WHERE deployment_id = ? AND key_id = ?", (deployment_id, key_id))
         )
         self._exec("DELETE FROM grants WHERE deployment_id = ? AND key_id = ?", (deployment_id, key_id))
+        self.bump("keys")
         return had
 
-    # -- deployments -----------------------------------------------------------------------------------
-    def upsert_deployment(
-        self,
-        dep_id: str,
-        org_id: str,
-        name: str,
-        model_id: str,
-        status: str,
-        spec: dict[str, Any],
-        routes: dict[str, Any],
-    ) -> None:
+    # -- deployments (owned by the control plane; `routes add` registers hand-run ones) ------------------------
+    def save_deployment(self, record: DeploymentRecord) -> None:
+        """Insert or replace a deployment, and bump the "routes" revision data planes watch."""
+        meta, routes = record.encode()
         now = time.time()
-        self._exec("DELETE FROM deployments WHERE id = ?", (dep_id,))
+        self._exec("DELETE FROM deployments WHERE id = ?", (record.id,))
         self._exec(
             "INSERT INTO deployments (id, org_id, name, model_id, status, spec, routes, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (dep_id, org_id, name, model_id, status, json.dumps(spec), json.dumps(routes), now, now),
+            (record.id, record.org_id, record.name, record.model_id, record.status.value, json.dumps(meta),
+             json.dumps(routes), now, now),
         )
+        self.bump("routes")
 
-    def deployments(self) -> list[dict[str, Any]]:
+    def deployments(self) -> list[DeploymentRecord]:
         rows = self._exec(
             "SELECT id, org_id, name, model_id, status, spec, routes FROM deployments ORDER BY created_at"
         )
-        return [
-            {"id": r[0], "org_id": r[1], "name": r[2], "model_id": r[3], "status": r[4], "spec": json.loads(r[5]),
-             "routes": json.loads(r[6])}
-            for r in rows
-        ]  # fmt: skip
+        return [self._deployment(r) for r in rows]
+
+    def deployment(self, dep_id: str) -> DeploymentRecord | None:
+        rows = self._exec(
+            "SELECT id, org_id, name, model_id, status, spec, routes FROM deployments WHERE id = ?", (dep_id,)
+        )
+        return self._deployment(rows[0]) if rows else None
+
+    @staticmethod
+    def _deployment(row: tuple[Any, ...]) -> DeploymentRecord:
+        dep_id, org_id, name, model_id, status, meta, routes = row
+        return DeploymentRecord.decode(dep_id, org_id, name, model_id, status, json.loads(meta), json.loads(routes))
 
     # -- model uploads -----------------------------------------------------------------------------------
     UPLOAD_FIELDS = ("id", "org_id", "key_id", "name", "deployment_id", "status", "size", "received", "sha256",
@@ -375,19 +273,6 @@ class Store:
             dict(zip(("id", "event_id", "attempts", "delivered_at", "dead", "last_error"), r, strict=True))
             for r in rows
         ]
-
-    # -- leases (one replica runs the webhook sender and the autoscaler) -----------------------------------
-    def acquire_lease(self, name: str, holder: str, ttl_s: float, now: float | None = None) -> bool:
-        """Take or renew ``name`` for ``holder`` until now + ttl; True when held. Atomic in one statement."""
-        now = time.time() if now is None else now
-        self._exec(
-            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-            "holder = excluded.holder, expires_at = excluded.expires_at "
-            "WHERE leases.holder = excluded.holder OR leases.expires_at < ?",
-            (name, holder, now + ttl_s, now),
-        )
-        rows = self._exec("SELECT holder FROM leases WHERE name = ?", (name,))
-        return bool(rows) and rows[0][0] == holder
 
     # -- usage -----------------------------------------------------------------------------------------
     def add_usage(self, rows: Sequence[UsageRow]) -> None:

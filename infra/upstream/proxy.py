@@ -16,15 +16,17 @@ from typing import Any
 
 import orjson
 
-from infra.gateway.errors import GatewayError
-from infra.gateway.http_client import HttpPool, Response
-from infra.gateway.routing import RouteTable, Target
+from infra.upstream.errors import UpstreamUnavailable
+from infra.upstream.http_client import HttpPool, Response
+from infra.upstream.target import Breakers, Target
 
 RETRYABLE = (TimeoutError, OSError)  # connection refused or reset, TLS and protocol errors are OSErrors
 
 
 @dataclass(frozen=True)
 class Timeouts:
+    """Connect, first byte (headers plus, for streams, the first chunk), and idle between chunks."""
+
     connect_s: float = 5.0
     first_byte_s: float = 120.0
     idle_s: float = 30.0
@@ -32,6 +34,8 @@ class Timeouts:
 
 @dataclass
 class Opened:
+    """A target that answered, its response, and the first body chunk already read."""
+
     target: Target
     response: Response
     first: bytes  # the first body chunk (streams) or the whole body (non-streaming)
@@ -41,8 +45,10 @@ RequestBuilder = Callable[[Target], tuple[str, bytes, dict[str, str]]]
 
 
 class Upstreams:
-    def __init__(self, routes: RouteTable, timeouts: Timeouts) -> None:
-        self.routes = routes
+    """The connection pool and the fallback loop over a model's targets."""
+
+    def __init__(self, breakers: Breakers, timeouts: Timeouts) -> None:
+        self.breakers = breakers
         self.timeouts = timeouts
         self.pool: HttpPool | None = None
 
@@ -58,12 +64,13 @@ class Upstreams:
         """The first target that answers usefully; raises 502/503/504 naming what each target did."""
         assert self.pool is not None, "gateway not started"
         if not targets:
-            raise GatewayError(503, "no upstream serves this model right now", "upstream_error", code="no_upstream",
-                               headers={"Retry-After": "30"})  # fmt: skip
+            raise UpstreamUnavailable(
+                "no upstream serves this model right now", 503, code="no_upstream", headers={"Retry-After": "30"}
+            )
         tried: list[str] = []
         timed_out = False
         for target in targets:
-            breaker = self.routes.breaker(target)
+            breaker = self.breakers(target)
             if not breaker.allow():
                 tried.append(f"{target.name}: circuit open")
                 continue
@@ -100,8 +107,12 @@ class Upstreams:
             if timed_out and len(tried) == 1
             else (503 if all("circuit open" in t for t in tried) else 502)
         )
-        raise GatewayError(status, "upstream failed: " + "; ".join(tried), "upstream_error", code="upstream_failed",
-                           headers={"Retry-After": "5"} if status == 503 else None)  # fmt: skip
+        raise UpstreamUnavailable(
+            "upstream failed: " + "; ".join(tried),
+            status,
+            code="upstream_failed",
+            headers={"Retry-After": "5"} if status == 503 else None,
+        )
 
     async def chunks(self, opened: Opened) -> Any:
         """The rest of a streamed body, chunk by chunk, each within the idle timeout."""
@@ -147,51 +158,3 @@ def anthropic_headers(target: Target, version: str) -> dict[str, str]:
     if target.api_key:
         headers["x-api-key"] = target.api_key
     return headers
-
-
-class UsageScanner:
-    """Finds token usage in an OpenAI SSE stream (the chunk with ``usage``), tolerating split lines."""
-
-    __slots__ = ("completion_tokens", "done", "prompt_tokens", "tail")
-
-    def __init__(self) -> None:
-        self.tail = b""
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.done = False
-
-    def feed(self, chunk: bytes) -> None:
-        data = self.tail + chunk
-        cut = data.rfind(b"\n")
-        self.tail = data[cut + 1 :][-65536:] if cut >= 0 else data[-65536:]
-        if cut < 0:
-            return
-        lines = data[:cut]
-        if b"[DONE]" in lines:
-            self.done = True
-        if b'"usage"' not in lines:
-            return
-        for line in lines.split(b"\n"):
-            if line.startswith(b"data:") and b'"usage"' in line:
-                try:
-                    usage = orjson.loads(line[5:]).get("usage")
-                except (orjson.JSONDecodeError, AttributeError):
-                    continue
-                if isinstance(usage, dict):
-                    self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                    self.completion_tokens = int(usage.get("completion_tokens") or 0)
-
-
-def sse_events(buffer: bytearray, chunk: bytes) -> list[bytes]:
-    """Complete SSE ``data:`` payloads from ``buffer + chunk`` (the buffer keeps any partial event)."""
-    buffer += chunk
-    out: list[bytes] = []
-    while True:
-        cut = buffer.find(b"\n\n")
-        if cut < 0:
-            return out
-        event = bytes(buffer[:cut])
-        del buffer[: cut + 2]
-        for line in event.split(b"\n"):
-            if line.startswith(b"data:"):
-                out.append(line[5:].strip())

@@ -7,9 +7,11 @@ import json
 import time
 from typing import Any
 
+from infra.control.outputs import routes_from_outputs
 from infra.gateway.config import GatewayConfig
-from infra.gateway.keys import KINDS
-from infra.gateway.store import Store, StoreError
+from infra.records import DeploymentRecord, Status
+from infra.store import Store, StoreError
+from infra.store.keys import KINDS
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -23,10 +25,20 @@ def _store(args: argparse.Namespace) -> tuple[Store, GatewayConfig]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from infra.gateway.server import build, serve
+    import os
 
-    gateway = build(_config(args), upstream=args.upstream, upstream_models=args.model)
-    print(f"gateway on http://{args.host}:{args.port} (store: {gateway.config.database})", flush=True)
+    from infra.catalog import load_catalog
+    from infra.compose import PLANES, build, routes_for
+    from infra.gateway.server import serve
+
+    config = _config(args)
+    catalog = load_catalog(config.catalog)
+    upstream_key = os.environ.get(args.upstream_key_env) if args.upstream_key_env else None
+    routes = routes_for(config, catalog, args.upstream, args.model, upstream_key)
+    planes = PLANES if args.plane == "both" else (args.plane,)
+    gateway = build(config, planes, catalog=catalog, routes=routes)
+    print(f"gateway ({args.plane} plane{'s' if args.plane == 'both' else ''}) on http://{args.host}:{args.port} "
+          f"(store: {config.database})", flush=True)  # fmt: skip
     serve(gateway, args.host, args.port)
     return 0
 
@@ -87,29 +99,9 @@ def cmd_route_add(args: argparse.Namespace) -> int:
     routes: dict[str, Any] = {"endpoints": args.endpoint, "concurrency_limit": args.concurrency_limit}
     if args.api_key_env:
         routes["api_key_env"] = args.api_key_env
-    store.upsert_deployment(args.id, args.org, args.name or args.id, args.model, "active", {}, routes)
+    store.save_deployment(DeploymentRecord(args.id, args.org, args.name or args.id, args.model, routes=routes))
     print(f"deployment {args.id} ({args.model}) routes to {', '.join(args.endpoint)}")
     return 0
-
-
-def routes_from_outputs(outputs: dict[str, Any], engine_key_env: str | None) -> dict[str, Any]:
-    """A deployment stack's outputs as gateway routes: the engines' private addresses (the gateway sits in the
-    VPC; the engine port is firewalled to it), the served model, the SLA's concurrency limit."""
-    plan = outputs.get("plan") or {}
-    endpoints = [
-        f"http://{e['private_ip']}:{e['port']}/v1"
-        for e in outputs.get("endpoints") or []
-        if e.get("private_ip")
-    ]
-    hosts = [{"host": e["private_ip"], "host_public_key": outputs.get("host_public_key"), "port": 22}
-             for e in outputs.get("endpoints") or [] if e.get("private_ip") and outputs.get("host_public_key")]  # fmt: skip
-    routes: dict[str, Any] = {"endpoints": endpoints, "model_id": plan.get("model_id"), "hosts": hosts,
-                              "gpu_type": plan.get("gpu_type"), "preset": plan.get("preset")}  # fmt: skip
-    if plan.get("concurrency_limit"):
-        routes["concurrency_limit"] = plan["concurrency_limit"]
-    if engine_key_env:
-        routes["api_key_env"] = engine_key_env
-    return routes
 
 
 def cmd_route_from_stack(args: argparse.Namespace) -> int:
@@ -124,10 +116,9 @@ def cmd_route_from_stack(args: argparse.Namespace) -> int:
         )
         return 1
     dep_id = args.id or f"dep_{args.stack.replace('-', '_')}"
-    status = "active" if routes["endpoints"] else "inactive"
-    store.upsert_deployment(
-        dep_id, args.org, args.stack, routes["model_id"], status, {"stack": args.stack}, routes
-    )
+    status = Status.ACTIVE if routes["endpoints"] else Status.INACTIVE
+    store.save_deployment(DeploymentRecord(dep_id, args.org, args.stack, routes["model_id"], status,
+                                           stack=args.stack, routes=routes))  # fmt: skip
     print(
         f"deployment {dep_id} ({routes['model_id']}, {status}) routes to {', '.join(routes['endpoints']) or 'nothing'}"
     )
@@ -148,6 +139,10 @@ def add_parser(sub: Any) -> None:
     s.add_argument(
         "--model", action="append", default=[], help="model name served by --upstream (repeatable)"
     )
+    s.add_argument("--upstream-key-env", help="environment variable holding --upstream's API key")
+    s.add_argument("--plane", choices=["both", "data", "control"], default="both",
+                   help="run the data plane (serving), the control plane (deployments), or both (default); "
+                        "processes share state through --database (and --redis)")  # fmt: skip
     s.set_defaults(func=cmd_serve)
 
     o = gs.add_parser("orgs", help="organisations")
@@ -211,4 +206,4 @@ def add_parser(sub: Any) -> None:
     r.set_defaults(func=cmd_route_add)
 
 
-__all__ = ["StoreError", "add_parser"]
+__all__ = ["StoreError", "add_parser", "routes_from_outputs"]

@@ -16,24 +16,26 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from infra.byom import check_name, plan_gguf
+from infra.catalog import Catalog
+from infra.control.deployments import Deployments, HealthCheck
 from infra.errors import PlanError
 from infra.gateway import authz
 from infra.gateway.asgi import Request
-from infra.gateway.delivery import DeliveryConfig, deliver
+from infra.gateway.config import DeliveryConfig
 from infra.gateway.errors import GatewayError, bad_request, not_found
-from infra.gateway.keys import KeyRecord, new_id
 from infra.gateway.multipart import MultipartReader
-from infra.gateway.proxy import wait_healthy
-from infra.gateway.routing import Deployment
+from infra.gateway.routing import Deployment, RouteTable
 from infra.gguf import GGUFError, read_gguf_path
+from infra.store import Store
+from infra.store.keys import KeyRecord, new_id
+from infra.store.offload import StoreThread
 
-if TYPE_CHECKING:
-    from infra.gateway.app import Gateway
+Deliver = Any  # (SshHost, local path, file name, settings, DeliveryConfig) -> remote sha256; blocking
 
 log = logging.getLogger("agentcloud.gateway.uploads")
 MAX_FIELD_BYTES = 1024
@@ -72,8 +74,15 @@ class Sink:
 
 
 class Uploads:
-    def __init__(self, gw: Gateway, directory: Path, max_bytes: int, delivery: DeliveryConfig) -> None:
-        self.gw = gw
+    """The upload routes and the background delivery. ``deliver`` is the port to the droplets (SFTP)."""
+
+    def __init__(
+        self, store: Store, db: StoreThread, catalog: Catalog, routes: RouteTable, deployments: Deployments,
+        healthy: HealthCheck, deliver: Deliver, directory: Path, max_bytes: int, max_body_bytes: int,
+        delivery: DeliveryConfig,
+    ) -> None:  # fmt: skip
+        self.store, self.db, self.catalog, self.routes, self.deployments = store, db, catalog, routes, deployments
+        self.healthy, self.deliver, self.max_body_bytes = healthy, deliver, max_body_bytes
         self.dir = directory
         self.incoming = directory / ".incoming"
         self.max_bytes = max_bytes
@@ -87,7 +96,7 @@ class Uploads:
     def _deployment(self, key: KeyRecord, dep_id: Any) -> Deployment:
         if not isinstance(dep_id, str) or not dep_id:
             raise bad_request("deployment_id: required", param="deployment_id")
-        dep = authz.manage_deployment(key, self.gw.routes.deployments.get(dep_id), dep_id)
+        dep = authz.manage_deployment(key, self.routes.deployments.get(dep_id), dep_id)
         if not dep.hosts:
             raise GatewayError(409, f"deployment {dep.id} has no droplets the gateway can deliver to (scaled to "
                                "zero, or registered without hosts)", code="deployment_unavailable")  # fmt: skip
@@ -102,7 +111,7 @@ class Uploads:
             raise bad_request(str(exc), param="name", code="invalid_name") from None
 
     async def _check_unique(self, key: KeyRecord, name: str, own_id: str | None = None) -> None:
-        existing = await self.gw.db(self.gw.store.upload_named, key.org_id, name)
+        existing = await self.db(self.store.upload_named, key.org_id, name)
         if existing is not None and existing["id"] != own_id:
             raise GatewayError(409, f"a model named {name} already exists ({existing['id']}, {existing['status']})",
                                code="name_taken")  # fmt: skip
@@ -113,7 +122,7 @@ class Uploads:
             info = read_gguf_path(str(path))
         except GGUFError as exc:
             raise GatewayError(422, f"not an acceptable GGUF: {exc}", code="invalid_gguf") from None
-        catalog = self.gw.catalog
+        catalog = self.catalog
         gpu_name = dep.gpu_type or ""
         if gpu_name not in catalog.gpu_types or (dep.preset or "balanced") not in catalog.presets:
             raise GatewayError(
@@ -144,13 +153,13 @@ class Uploads:
             summary, settings = await asyncio.to_thread(self._validate, sink.path, dep, name)
         except GatewayError as err:
             sink.discard()
-            await self.gw.db(
-                self.gw.store.update_upload, upload_id, status="failed", reason=err.message, sha256=digest
+            await self.db(
+                self.store.update_upload, upload_id, status="failed", reason=err.message, sha256=digest
             )
             raise
         final = self.dir / f"{upload_id}.gguf"
         os.replace(sink.path, final)  # atomic: same directory tree, same filesystem
-        await self.gw.db(self.gw.store.update_upload, upload_id, status="uploading", sha256=digest, info=summary,
+        await self.db(self.store.update_upload, upload_id, status="uploading", sha256=digest, info=summary,
                          received=sink.size)  # fmt: skip
         task = asyncio.get_running_loop().create_task(
             self._deliver(upload_id, final, dep, name, settings, digest)
@@ -164,7 +173,7 @@ class Uploads:
         try:
             for host in dep.hosts:
                 remote = await asyncio.to_thread(
-                    deliver, host, str(path), f"{name}.gguf", settings, self.delivery
+                    self.deliver, host, str(path), f"{name}.gguf", settings, self.delivery
                 )
                 if remote != digest:
                     raise RuntimeError(f"{host.host} holds sha256 {remote}, expected {digest}")
@@ -172,24 +181,23 @@ class Uploads:
         except Exception as exc:  # any failure: recorded for the poller, never raised into the loop
             reason = f"delivery failed: {exc}"
             log.warning("upload %s: %s", upload_id, reason)
-            await self.gw.db(self.gw.store.update_upload, upload_id, status="failed", reason=reason)
+            await self.db(self.store.update_upload, upload_id, status="failed", reason=reason)
             return
         model_id = f"byom:{name}"
-        targets = tuple(dataclasses.replace(t, upstream_model=model_id) for t in dep.targets)
-        self.gw.routes.add_deployment(
-            dataclasses.replace(dep, model_id=model_id, targets=targets, status="active")
-        )
-        await self.gw.db(self.gw.store.update_upload, upload_id, status="ready", reason=None)
+        record = await self.deployments.get(dep.id)
+        if record is not None:  # the engines now answer for the uploaded model
+            routes = {**record.routes, "model_id": model_id, "upstream_model": model_id}
+            await self.deployments.save(dataclasses.replace(record, routes=routes))
+        await self.db(self.store.update_upload, upload_id, status="ready", reason=None)
 
     async def _wait_healthy(self, dep: Deployment) -> None:
-        assert self.gw.upstreams.pool is not None
-        if not await wait_healthy(self.gw.upstreams.pool, dep.targets, self.delivery.health_timeout_s):
+        if not await self.healthy([t.base_url for t in dep.targets]):
             raise TimeoutError(
                 f"the engine did not answer /health within {self.delivery.health_timeout_s:.0f} s"
             )
 
     async def status_of(self, upload_id: str) -> dict[str, Any]:
-        record = await self.gw.db(self.gw.store.upload, upload_id)
+        record = await self.db(self.store.upload, upload_id)
         assert record is not None
         return {
             "id": record["id"], "object": "model.upload", "name": record["name"], "model": f"byom:{record['name']}",
@@ -199,7 +207,7 @@ class Uploads:
 
     # -- multipart (the spec's route) -----------------------------------------------------------------------
     async def multipart(self, req: Request) -> None:
-        key = await self.gw.authenticate(req)
+        key = req.caller
         length = req.header(b"content-length")
         if length and length.isdigit() and int(length) > self.max_bytes + 64 * 1024:
             raise GatewayError(413, f"upload exceeds {self.max_bytes} bytes", code="upload_too_large")
@@ -224,14 +232,14 @@ class Uploads:
         except BaseException:
             sink.discard()
             raise
-        await self.gw.db(self.gw.store.create_upload, upload_id, key.org_id, key.id, name, dep.id, sink.size)
+        await self.db(self.store.create_upload, upload_id, key.org_id, key.id, name, dep.id, sink.size)
         sha = form.fields.get("sha256") or None
         await req.json(await self._finish(upload_id, sink, dep, name, sha), status=202)
 
     # -- resumable ------------------------------------------------------------------------------------------
     async def create(self, req: Request) -> None:
-        key = await self.gw.authenticate(req)
-        body = await req.json_object(self.gw.config.max_body_bytes)
+        key = req.caller
+        body = await req.json_object(self.max_body_bytes)
         name = self._name(body.get("name"))
         dep = self._deployment(key, body.get("deployment_id"))
         size = body.get("size")
@@ -244,21 +252,21 @@ class Uploads:
             raise bad_request("sha256: 64 hex characters", param="sha256")
         await self._check_unique(key, name)
         upload_id = new_id("upl")
-        await self.gw.db(self.gw.store.create_upload, upload_id, key.org_id, key.id, name, dep.id, size)
+        await self.db(self.store.create_upload, upload_id, key.org_id, key.id, name, dep.id, size)
         if sha:
-            await self.gw.db(self.gw.store.update_upload, upload_id, info={"expected_sha256": sha.lower()})
+            await self.db(self.store.update_upload, upload_id, info={"expected_sha256": sha.lower()})
         (self.incoming / f"{upload_id}.part").touch()
         status = await self.status_of(upload_id)
         await req.json({**status, "upload_url": f"/api/v1/public/models/uploads/{upload_id}"}, status=201)
 
     async def _owned(self, req: Request, key: KeyRecord) -> dict[str, Any]:
-        record = await self.gw.db(self.gw.store.upload, req.params["upload_id"])
+        record = await self.db(self.store.upload, req.params["upload_id"])
         if record is None or record["org_id"] != key.org_id:
             raise not_found(f"upload {req.params['upload_id']} not found", code="upload_not_found")
         return record
 
     async def append(self, req: Request) -> None:
-        key = await self.gw.authenticate(req)
+        key = req.caller
         record = await self._owned(req, key)
         upload_id = record["id"]
         if record["status"] not in ("pending_upload", "uploading") or record["sha256"]:
@@ -282,7 +290,7 @@ class Uploads:
                 raise GatewayError(409, f"offset mismatch: the upload is at {sink.size}", code="offset_mismatch",
                                    headers={"Upload-Offset": str(sink.size)})  # fmt: skip
             if record["status"] == "pending_upload":
-                await self.gw.db(self.gw.store.update_upload, upload_id, status="uploading")
+                await self.db(self.store.update_upload, upload_id, status="uploading")
             try:
                 while True:
                     message = await req.receive()
@@ -293,12 +301,12 @@ class Uploads:
                         break
             finally:
                 sink.file.flush()
-                await self.gw.db(self.gw.store.update_upload, upload_id, received=sink.size)
+                await self.db(self.store.update_upload, upload_id, received=sink.size)
             if sink.size < int(record["size"]):
                 await req.respond(204, b"", extra=[(b"upload-offset", str(sink.size).encode())])
                 return
             del self.sinks[upload_id]
-            dep = self.gw.routes.deployments.get(record["deployment_id"])
+            dep = self.routes.deployments.get(record["deployment_id"])
             if dep is None:
                 sink.discard()
                 raise GatewayError(
@@ -310,7 +318,7 @@ class Uploads:
             self.busy.discard(upload_id)
 
     async def status(self, req: Request) -> None:
-        key = await self.gw.authenticate(req)
+        key = req.caller
         record = await self._owned(req, key)
         status = await self.status_of(record["id"])
         await req.respond(
@@ -320,7 +328,7 @@ class Uploads:
         )
 
     async def cancel(self, req: Request) -> None:
-        key = await self.gw.authenticate(req)
+        key = req.caller
         record = await self._owned(req, key)
         if record["status"] not in ("pending_upload", "uploading") or record["sha256"]:
             raise GatewayError(409, f"upload {record['id']} is {record['status']}", code="upload_closed")
@@ -329,7 +337,7 @@ class Uploads:
             sink.discard()
         with contextlib.suppress(FileNotFoundError):
             (self.incoming / f"{record['id']}.part").unlink()
-        await self.gw.db(
-            self.gw.store.update_upload, record["id"], status="failed", reason="cancelled by the client"
+        await self.db(
+            self.store.update_upload, record["id"], status="failed", reason="cancelled by the client"
         )
         await req.json(await self.status_of(record["id"]))

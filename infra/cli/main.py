@@ -12,10 +12,12 @@ from typing import Any
 
 from infra.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from infra.errors import InfraError, PlanError
-from infra.gateway.store import StoreError
+from infra.cli.deployments import add_parser as add_deployments
+from infra.cli.gateway import add_parser as add_gateway
+from infra.store import StoreError
 from infra.planner import ServingPlan, plan
 from infra.render import ENV_FILE, render
-from infra.spec import STACKS_DIR, load_stack, stack_files, stack_name_of
+from infra.spec import STACKS_DIR, load_stack, resolve_stack, stack_files, stack_name_of
 
 COLUMNS = (
     ("stack", "stack"),
@@ -31,14 +33,6 @@ COLUMNS = (
     ("hourly_usd", "$/h"),
     ("monthly_usd", "$/month"),
 )
-
-
-def resolve_stack(arg: str) -> Path:
-    """A stack name (prod-inference) or a path to a stack file."""
-    path = Path(arg)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    return STACKS_DIR / f"Pulumi.{arg}.yaml"
 
 
 def _format(key: str, value: Any) -> str:
@@ -223,9 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--port", type=int, default=22, help=argparse.SUPPRESS)
     push.add_argument("--remote-path", default=ENV_FILE, help=argparse.SUPPRESS)
     push.set_defaults(func=cmd_secrets_push)
-
-    from infra.deployments_cli import add_parser as add_deployments
-    from infra.gateway_cli import add_parser as add_gateway
 
     add_gateway(sub)
     add_deployments(sub)

@@ -1,0 +1,112 @@
+"""The composition root: wires the data plane and the control plane for one process.
+
+`build(config, planes)` gives the ASGI application of a process that runs the data plane, the control plane, or
+both (the default, on one machine). The planes share state only through the store; in one process the control
+plane also tells the data plane of each change at once. The real side effects (Pulumi's Automation API, SFTP
+delivery) are chosen here and handed in as ports; tests hand in their own.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from infra.catalog import ApiFormat, Catalog, load_catalog
+from infra.control.deployments import StackOps
+from infra.control.plane import ControlPlane
+from infra.control.uploads import Deliver
+from infra.errors import InfraError
+from infra.gateway.app import DataPlane, Gateway, Plane
+from infra.gateway.config import GatewayConfig
+from infra.gateway.router import Router
+from infra.gateway.routing import RouteTable, from_catalog, load_routes
+from infra.records import DeploymentRecord
+from infra.store import Store
+from infra.upstream.target import Target
+
+PLANES = ("data", "control")
+
+
+def routes_for(
+    config: GatewayConfig, catalog: Catalog, upstream: str | None = None, upstream_models: Iterable[str] = (),
+    upstream_key: str | None = None,
+) -> RouteTable:  # fmt: skip
+    """The catalog's providers, the routes file's upstreams, and ``upstream`` (e.g. a local llama.cpp) for
+    ``upstream_models``, tried before any provider."""
+    routes = from_catalog(catalog)
+    if config.routes_file:
+        load_routes(routes, Path(config.routes_file))
+    for model in upstream_models:
+        if upstream:
+            target = Target(name=f"local:{model}", base_url=upstream.rstrip("/"), format=ApiFormat.OPENAI,
+                            upstream_model=model, api_key=upstream_key)  # fmt: skip
+            routes.models[model] = [target, *routes.models.get(model, [])]
+    return routes
+
+
+def stack_ops_from(spec: str | None) -> StackOps:
+    """Pulumi's Automation API by default; ``module:factory`` (AGENTCLOUD_STACK_OPS) names another, for example
+    a stand-in cloud in tests."""
+    if not spec:
+        from infra.lifecycle.operations import PulumiStackOps
+
+        return PulumiStackOps()
+    module, _, name = spec.partition(":")
+    try:
+        factory: Any = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise InfraError(f"AGENTCLOUD_STACK_OPS={spec}: cannot load it ({exc}); use module:factory") from None
+    ops: StackOps = factory()
+    return ops
+
+
+def build(
+    config: GatewayConfig,
+    planes: Iterable[str] = PLANES,
+    *,
+    catalog: Catalog | None = None,
+    store: Store | None = None,
+    routes: RouteTable | None = None,
+    stack_ops: StackOps | None = None,
+    stacks_dir: Path | None = None,
+    deliver: Deliver | None = None,
+) -> Gateway:
+    """The ASGI application of one process running ``planes`` (any of "data" and "control")."""
+    wanted = set(planes)
+    unknown = wanted - set(PLANES)
+    if unknown or not wanted:
+        raise InfraError(f"planes: {sorted(unknown) or 'none'} given; choose data, control or both")
+    catalog = catalog or load_catalog(config.catalog)
+    store = store or Store(config.database)
+    routes = routes or routes_for(config, catalog)
+    data = DataPlane(config, catalog, store, routes)
+    router = Router()
+    running: list[Plane] = [data]
+    if "data" in wanted:
+        data.register(router)
+    control = None
+    if "control" in wanted:
+        if deliver is None:
+            from infra.control.delivery import deliver as sftp_deliver
+
+            deliver = sftp_deliver
+        if stacks_dir is None:
+            from infra.spec import STACKS_DIR
+
+            stacks_dir = STACKS_DIR
+
+        async def publish(record: DeploymentRecord | None) -> None:
+            await data.sync.apply(record)
+
+        control = ControlPlane(config, catalog, store, routes, stack_ops or stack_ops_from(config.stack_ops),
+                               stacks_dir, deliver, publish)  # fmt: skip
+        control.register(router)
+        running.append(control)
+    router.add("GET", "/health", _health, auth=False)
+    return Gateway(router, data, running, control)
+
+
+async def _health(req: Any) -> None:
+    await req.json({"status": "ok"})

@@ -1,0 +1,187 @@
+"""The management API's HTTP handlers (thin): deployments, scaling, SLA, refresh, permissions, webhooks.
+
+Same keys as inference: an admin key of the org creates, scales and deletes; keys of the org (or members) read.
+Long operations return 202 at once and run as jobs (see deployments.py); a busy stack answers 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from infra.catalog import Catalog
+from infra.control.deployments import Deployments
+from infra.control.errors import StackBusy, UnsafeURL
+from infra.control.sla import SlaWatch
+from infra.control.webhooks import EVENTS, WebhookSender, check_url, seal
+from infra.errors import PlanError, SpecError
+from infra.gateway import authz
+from infra.gateway.asgi import Request
+from infra.gateway.errors import GatewayError, bad_request, forbidden, not_found
+from infra.gateway.routing import Deployment, RouteTable
+from infra.lifecycle.operations import validate_deployment
+from infra.records import DeploymentRecord
+from infra.spec import Scaling, Sla
+from infra.store import Store
+from infra.store.keys import new_id
+from infra.store.offload import StoreThread
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def busy(exc: StackBusy) -> GatewayError:
+    return GatewayError(409, str(exc), code="operation_in_progress")
+
+
+class ManagementApi:
+    """Handlers of the management routes; each checks the caller's right on the deployment, then acts."""
+
+    def __init__(
+        self, deployments: Deployments, routes: RouteTable, catalog: Catalog, store: Store, db: StoreThread,
+        sla: SlaWatch, webhooks: WebhookSender, pepper: bytes, max_body_bytes: int,
+    ) -> None:  # fmt: skip
+        self.deployments, self.routes, self.catalog, self.store, self.db = deployments, routes, catalog, store, db
+        self.sla, self.webhooks, self.pepper, self.max_body_bytes = sla, webhooks, pepper, max_body_bytes
+
+    async def _body_as(self, req: Request, model: type[M], what: str) -> M:
+        body = await req.json_object(self.max_body_bytes)
+        try:
+            return model.model_validate(body)
+        except ValueError as exc:
+            raise bad_request(f"invalid {what}: {exc}", code=f"invalid_{what}") from None
+
+    async def _record(self, dep: Deployment) -> DeploymentRecord:
+        record = await self.deployments.get(dep.id)
+        if record is None:
+            raise GatewayError(409, f"deployment {dep.id} is not managed by this gateway (added as a route)",
+                               code="not_managed")  # fmt: skip
+        return record
+
+    async def _managed(self, req: Request) -> DeploymentRecord:
+        """The deployment named by the route, which the caller's key may manage (else 401/403/404)."""
+        dep_id = req.params["deployment_id"]
+        return await self._record(authz.manage_deployment(req.caller, self.routes.deployments.get(dep_id), dep_id))
+
+    async def _readable(self, req: Request) -> DeploymentRecord:
+        dep_id = req.params["deployment_id"]
+        return await self._record(authz.read_deployment(req.caller, self.routes.deployments.get(dep_id), dep_id))
+
+    # -- deployments ------------------------------------------------------------------------------------------
+    async def create(self, req: Request) -> None:
+        key = req.caller
+        if "deployment:manage" not in key.org_permissions(key.org_id):
+            raise forbidden("creating deployments needs an admin key")
+        body = await req.json_object(self.max_body_bytes)
+        try:
+            spec = validate_deployment(body, self.catalog)
+        except SpecError as exc:
+            raise bad_request(str(exc).replace("request: ", ""), code="invalid_deployment") from None
+        except PlanError as exc:
+            raise GatewayError(422, str(exc), code="does_not_fit") from None
+        if any(d.name == spec.name for d in await self.deployments.all()):
+            raise GatewayError(409, f"a deployment named {spec.name} exists", code="name_taken")
+        try:
+            record = await self.deployments.create(key.org_id, spec)
+        except StackBusy as exc:
+            raise busy(exc) from None
+        await req.json(await self.deployments.public(record), status=202)
+
+    async def list(self, req: Request) -> None:
+        key = req.caller
+        out = [
+            await self.deployments.public(r)
+            for r in await self.deployments.all()
+            if key.org_permissions(r.org_id) or r.id in key.grants
+        ]
+        await req.json({"object": "list", "data": out})
+
+    async def get(self, req: Request) -> None:
+        await req.json(await self.deployments.public(await self._readable(req)))
+
+    async def delete(self, req: Request) -> None:
+        record = await self._managed(req)
+        query = req.scope.get("query_string", b"").decode("latin-1")
+        params = dict(pair.split("=", 1) for pair in query.split("&") if "=" in pair)
+        keep = params.get("keep_model_cache", "true") != "false"
+        try:
+            record = await self.deployments.delete(record, keep)
+        except StackBusy as exc:
+            raise busy(exc) from None
+        await req.json(await self.deployments.public(record), status=202)
+
+    async def scaling(self, req: Request) -> None:
+        record = await self._managed(req)
+        scaling = await self._body_as(req, Scaling, "scaling")
+        try:
+            record = await self.deployments.set_scaling(record, scaling)
+        except StackBusy as exc:
+            raise busy(exc) from None
+        await req.json(await self.deployments.public(record), status=202)
+
+    async def refresh(self, req: Request) -> None:
+        record = await self._managed(req)
+        try:
+            await self.deployments.refresh(record)
+        except StackBusy as exc:
+            raise busy(exc) from None
+        await req.json(await self.deployments.public(record), status=202)
+
+    async def set_sla(self, req: Request) -> None:
+        record = await self._managed(req)
+        sla = await self._body_as(req, Sla, "sla")
+        record = await self.deployments.set_sla(record, sla)
+        await req.json(await self.sla.report(record))
+
+    async def get_sla(self, req: Request) -> None:
+        await req.json(await self.sla.report(await self._readable(req)))
+
+    # -- permissions and webhooks -----------------------------------------------------------------------------
+    async def grant(self, req: Request) -> None:
+        dep_id = req.params["deployment_id"]
+        dep = authz.manage_deployment(req.caller, self.routes.deployments.get(dep_id), dep_id)
+        body = await req.json_object(self.max_body_bytes)
+        api_key_id, role = body.get("api_key_id"), body.get("role", "inference")
+        if not isinstance(api_key_id, str) or not api_key_id:
+            raise bad_request("api_key_id: required, a string", param="api_key_id")
+        if role != "inference":
+            raise bad_request("role: only 'inference' is supported", param="role")
+        if await self.db(self.store.key_by_id, api_key_id) is None:
+            raise not_found(f"API key {api_key_id} not found", code="api_key_not_found")
+        await self.db(self.store.grant, dep.id, api_key_id, role)
+        await self.deployments.keys_changed()
+        await req.json({"deployment_id": dep.id, "api_key_id": api_key_id, "role": role}, status=201)
+
+    async def revoke(self, req: Request) -> None:
+        dep_id, api_key_id = req.params["deployment_id"], req.params["api_key_id"]
+        dep = authz.manage_deployment(req.caller, self.routes.deployments.get(dep_id), dep_id)
+        if not await self.db(self.store.revoke_grant, dep.id, api_key_id):
+            raise not_found(f"API key {api_key_id} has no grant on {dep.id}", code="grant_not_found")
+        await self.deployments.keys_changed()
+        await req.json({"deployment_id": dep.id, "api_key_id": api_key_id, "deleted": True})
+
+    async def create_webhook(self, req: Request) -> None:
+        dep_id = req.params["deployment_id"]
+        dep = authz.manage_deployment(req.caller, self.routes.deployments.get(dep_id), dep_id)
+        body = await req.json_object(self.max_body_bytes)
+        url, events = body.get("url"), body.get("events", list(EVENTS))
+        if not isinstance(url, str) or len(url) > 2048:
+            raise bad_request("url: required, a string", param="url")
+        if (
+            not isinstance(events, list)
+            or not events
+            or not set(events) <= set(EVENTS)
+            or len(set(events)) != len(events)
+        ):
+            raise bad_request(f"events: a list of distinct events among {', '.join(EVENTS)}", param="events")
+        try:
+            await asyncio.to_thread(check_url, url, self.webhooks.policy)
+        except UnsafeURL as exc:
+            raise bad_request(f"url refused: {exc}", param="url", code="unsafe_url") from None
+        secret = secrets.token_hex(32)
+        hook_id = new_id("whk")
+        await self.db(self.store.create_webhook, hook_id, dep.org_id, dep.id, url, events, seal(self.pepper, secret))
+        await req.json({"id": hook_id, "deployment_id": dep.id, "url": url, "events": events, "secret": secret,
+                        "signature_header": "X-AINative-Signature"}, status=201)  # fmt: skip

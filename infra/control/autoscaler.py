@@ -1,0 +1,131 @@
+"""The autoscaler loop and waking from zero. Thin: it observes (engine queues, the data planes' in-flight load
+and last requests from the store, the SLA monitors), calls the pure policy (infra.autoscaler.decide) and acts
+through `Deployments.scale_to`. Runs on one control-plane process at a time (a lease in the store), every
+`autoscale_interval_s` (30 s); each round also feeds and evaluates the SLA monitors. Wake requests are picked up
+every `wake_poll_s` by `wake_due`, one wake per deployment however many requests ask."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Callable
+
+from infra.autoscaler import Memory, Observation, decide
+from infra.control.deployments import Deployments
+from infra.control.jobs import JobRunner
+from infra.control.sla import SlaWatch
+from infra.records import Reason, Status
+from infra.spec import Scaling
+from infra.store import Store
+from infra.store.offload import StoreThread
+from infra.upstream.http_client import HttpPool
+
+# waiting and running requests on an engine: vLLM, then llama.cpp
+QUEUE_METRICS = {"waiting": ("vllm:num_requests_waiting", "llamacpp:requests_deferred"),
+                 "running": ("vllm:num_requests_running", "llamacpp:requests_processing")}  # fmt: skip
+SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+([0-9.eE+-]+)$")
+LOAD_FRESH_S = 10.0  # a data plane's in-flight report older than this no longer counts
+
+
+def parse_queue(text: str) -> tuple[int, int]:
+    """(waiting, running) from Prometheus text, summed over label sets."""
+    totals = {"waiting": 0.0, "running": 0.0}
+    for line in text.splitlines():
+        found = SAMPLE.match(line.strip())
+        if found:
+            for kind, names in QUEUE_METRICS.items():
+                if found.group(1) in names:
+                    totals[kind] += float(found.group(2))
+    return int(totals["waiting"]), int(totals["running"])
+
+
+class Autoscaler:
+    """One round (`tick`) decides each deployment's replicas; `wake_due` serves wake requests."""
+
+    def __init__(
+        self, store: Store, db: StoreThread, deployments: Deployments, jobs: JobRunner, sla: SlaWatch,
+        interval_s: float, clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
+        self.store, self.db, self.deployments, self.jobs, self.sla = store, db, deployments, jobs, sla
+        self.interval_s = interval_s
+        self.clock = clock
+        self.pool: HttpPool | None = None  # set when the control plane starts
+        self.memory: dict[str, Memory] = {}
+        self.first_seen: dict[str, float] = {}
+
+    async def _queue(self, endpoints: list[str], api_key: str | None) -> tuple[int, int]:
+        waiting = running = 0
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        for base_url in endpoints:
+            try:
+                async with asyncio.timeout(5):
+                    assert self.pool is not None
+                    response = await self.pool.request(base_url.removesuffix("/v1") + "/metrics", b"", headers,
+                                                       method="GET")  # fmt: skip
+                    body = await response.read()
+                    response.release()
+                w, r = parse_queue(body.decode("utf-8", "replace")) if response.status == 200 else (0, 0)
+                waiting, running = waiting + w, running + r
+            except (OSError, TimeoutError, AssertionError):
+                continue
+        return waiting, running
+
+    async def tick(self) -> list[tuple[str, int, str]]:
+        """One round; returns the (deployment, replicas, reason) changes it started."""
+        now = self.clock()
+        await self.sla.feed(time.time())
+        activity = await self.db(self.store.activity)
+        in_flight = await self.db(self.store.in_flight, time.time() - LOAD_FRESH_S)
+        actions = []
+        for record in await self.deployments.all():
+            scaling_spec = record.spec.get("scaling")
+            if not scaling_spec or await self.jobs.running(record.stack or record.name) is not None:
+                continue
+            if record.status not in (Status.ACTIVE, Status.INACTIVE, Status.DEGRADED):
+                continue
+            scaling = Scaling.model_validate(scaling_spec)
+            endpoints = list(record.routes.get("endpoints") or [])
+            replicas = 0 if record.status is Status.INACTIVE else len(endpoints)
+            key_env = record.routes.get("api_key_env")
+            api_key = os.environ.get(key_env) if key_env else None
+            waiting, running = await self._queue(endpoints, api_key) if replicas else (0, 0)
+            last = activity.get(record.id, (None, None))[0]
+            last_request_at = max(last or 0.0, self.first_seen.setdefault(record.id, now))
+            obs = Observation(replicas, waiting, running, in_flight.get(record.id, 0), last_request_at,
+                              slow=self.sla.slow(record.id))  # fmt: skip
+            decision = decide(scaling, obs, self.memory.get(record.id, Memory()), now)
+            self.memory[record.id] = decision.memory
+            if decision.changes(replicas) and await self.deployments.scale_to(
+                record.id, decision.replicas, f"autoscaler: {decision.reason}"
+            ):
+                actions.append((record.id, decision.replicas, decision.reason))
+        await self.sla.evaluate(now)
+        return actions
+
+    async def wake_due(self) -> list[str]:
+        """Start a wake for each deployment at zero that a request asked for; returns those started."""
+        woken = []
+        for dep_id, (_, wake_at) in (await self.db(self.store.activity)).items():
+            if wake_at is None:
+                continue
+            record = await self.deployments.get(dep_id)
+            scaling = (record.spec.get("scaling") or {}) if record else {}
+            asleep = (
+                record is not None
+                and record.status is Status.INACTIVE
+                and scaling.get("scale_to_zero")
+                and record.lifecycle is not None
+                and record.lifecycle.reason == Reason.SCALED_TO_ZERO
+            )
+            if not asleep:  # awake, waking, or not ours to wake: the request is answered by its hold
+                await self.db(self.store.clear_wake, dep_id)
+                continue
+            assert record is not None
+            replicas = max(1, int(scaling.get("min_replicas", 1)))
+            if await self.deployments.scale_to(dep_id, replicas, "woken by a request"):
+                self.first_seen[dep_id] = self.clock()
+                await self.db(self.store.clear_wake, dep_id)
+                woken.append(dep_id)
+        return woken

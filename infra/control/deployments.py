@@ -1,0 +1,231 @@
+"""Deployments as operations on typed records: create, scale, refresh, teardown, SLA, each a stack operation in
+a background job, with the lifecycle moved and saved through one path (`move`) and every state change sent as a
+signed webhook. Side effects go through ports handed in at composition: `StackOps` (Pulumi, or a stand-in),
+the stack files' folder, the engines' health check, and `publish` (tell an in-process data plane at once)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from infra.catalog import Catalog
+from infra.control.errors import StackBusy
+from infra.control.jobs import Job, JobRunner
+from infra.control.outputs import routes_from_outputs
+from infra.control.sla import SlaWatch
+from infra.control.webhooks import WebhookSender
+from infra.lifecycle.operations import validate_deployment, write_stack_file
+from infra.records import DeploymentRecord, Lifecycle, Reason, Status
+from infra.spec import DeploymentSpec, Scaling, Sla
+from infra.store import JobRow, Store
+from infra.store.offload import StoreThread
+
+Progress = Callable[[str], None]
+Publish = Callable[[DeploymentRecord | None], Awaitable[None]]  # a saved record, or None: keys changed
+HealthCheck = Callable[[list[str]], Awaitable[bool]]
+
+
+class StackOps(Protocol):
+    """The port to a deployment's stack: `pulumi up`, `refresh` and `destroy` (Automation API in production)."""
+
+    def up(self, stack: str, progress: Progress) -> dict[str, Any]: ...
+
+    def refresh(self, stack: str, progress: Progress) -> dict[str, Any]: ...
+
+    def destroy(self, stack: str, keep_model_cache: bool, progress: Progress) -> None: ...
+
+
+class Deployments:
+    """The control plane's deployments: the only writer of deployment records."""
+
+    def __init__(
+        self, store: Store, db: StoreThread, catalog: Catalog, jobs: JobRunner, stack_ops: StackOps,
+        stacks_dir: Path, webhooks: WebhookSender, sla: SlaWatch, healthy: HealthCheck, publish: Publish,
+    ) -> None:  # fmt: skip
+        self.store, self.db, self.catalog, self.jobs = store, db, catalog, jobs
+        self.stack_ops, self.stacks_dir, self.webhooks, self.sla = stack_ops, stacks_dir, webhooks, sla
+        self.healthy, self.publish = healthy, publish
+
+    # -- records --------------------------------------------------------------------------------------------
+    async def get(self, dep_id: str) -> DeploymentRecord | None:
+        return await self.db(self.store.deployment, dep_id)
+
+    async def all(self) -> list[DeploymentRecord]:
+        return await self.db(self.store.deployments)
+
+    async def save(self, record: DeploymentRecord) -> DeploymentRecord:
+        await self.db(self.store.save_deployment, record)
+        await self.publish(record)
+        return record
+
+    async def keys_changed(self) -> None:
+        await self.publish(None)
+
+    async def move(
+        self, dep_id: str, target: Status, reason: str, healthy: bool = False, **changes: Any
+    ) -> DeploymentRecord:
+        """Re-read the record, apply ``changes``, move its lifecycle (checked), save and publish."""
+        record = await self.get(dep_id)
+        assert record is not None, dep_id
+        record = dataclasses.replace(record, **changes).moved(target, time.time(), reason, healthy=healthy)
+        return await self.save(record)
+
+    async def public(self, record: DeploymentRecord) -> dict[str, Any]:
+        """The reference API's deployment object, with the stack operation in progress if any."""
+        spec = record.spec
+        running = await self.jobs.running(record.stack or record.name)
+        return {
+            "id": record.id, "object": "deployment", "name": record.name, "model_id": spec.get("model_id", record.model_id),
+            "gpu_type": spec.get("gpu_type") or record.routes.get("gpu_type"), "region": spec.get("region"),
+            "replicas": spec.get("replicas", 1), "preset": spec.get("preset", "balanced"), "status": record.status.value,
+            "scaling": spec.get("scaling"), "sla": spec.get("sla"), "endpoints": list(record.routes.get("endpoints") or []),
+            "lifecycle": record.lifecycle.as_dict() if record.lifecycle else None,
+            "job": running.as_dict() if running else None,
+        }  # fmt: skip
+
+    # -- jobs -----------------------------------------------------------------------------------------------
+    async def _start(
+        self, stack: str, operation: str, work: Callable[[Job], Awaitable[None]]
+    ) -> tuple[Job, asyncio.Event]:
+        """Reserve the stack (StackBusy when held anywhere) with a job that waits until the caller has done its
+        bookkeeping (stack file written, status recorded) and sets the returned event."""
+        go = asyncio.Event()
+
+        async def gated(job: Job) -> None:
+            await go.wait()
+            if job.status == "cancelled":
+                return
+            await work(job)
+
+        return await self.jobs.start(stack, operation, gated), go
+
+    async def _converge(self, dep_id: str, job: Job, operation: str, stack: str) -> None:
+        """`up`, register the engines, then active if healthy, else degraded (with the webhook either way)."""
+        try:
+            outputs = await asyncio.to_thread(self.stack_ops.up, stack, job.log.append)
+        except Exception as exc:
+            await self.move(dep_id, Status.DEGRADED, f"{operation} failed: {exc}"[:300])
+            await self.webhooks.emit(dep_id, "deployment.degraded", {"reason": f"{operation} failed"})
+            raise
+        record = await self.get(dep_id)
+        assert record is not None
+        routes = routes_from_outputs(outputs, None)
+        routes["api_key_env"] = record.routes.get("api_key_env")
+        if record.spec.get("sla", {}).get("concurrency_limit"):
+            routes["concurrency_limit"] = record.spec["sla"]["concurrency_limit"]
+        if not routes["endpoints"]:
+            scaling = record.spec.get("scaling") or {}
+            routes["wakeable"] = bool(scaling.get("scale_to_zero"))
+            await self.move(dep_id, Status.INACTIVE, Reason.SCALED_TO_ZERO, routes=routes)
+            return
+        record = await self.save(dataclasses.replace(record, routes=routes))
+        if await self.healthy(routes["endpoints"]):
+            await self.move(dep_id, Status.ACTIVE, f"{operation}: engine healthy", healthy=True)
+            event = "deployment.active" if operation == "create" else "deployment.scaled"
+            await self.webhooks.emit(dep_id, event, {"replicas": len(routes["endpoints"])})
+        else:
+            await self.move(dep_id, Status.DEGRADED, f"{operation}: engine not healthy in time")
+            await self.webhooks.emit(dep_id, "deployment.degraded", {"reason": "health check"})
+
+    # -- operations -----------------------------------------------------------------------------------------
+    async def create(self, org_id: str, spec: DeploymentSpec) -> DeploymentRecord:
+        dep_id = f"dep_{secrets.token_hex(6)}"
+        record = DeploymentRecord(
+            id=dep_id, org_id=org_id, name=spec.name, model_id=spec.model_id, status=Status.PROVISIONING,
+            spec=spec.model_dump(mode="json", exclude_defaults=True), stack=spec.name,
+            lifecycle=Lifecycle.new(time.time()),
+        )  # fmt: skip
+        _, go = await self._start(spec.name, "create", lambda job: self._converge(dep_id, job, "create", spec.name))
+        try:
+            await self.save(record)
+            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir)
+        finally:
+            go.set()
+        return record
+
+    async def delete(self, record: DeploymentRecord, keep_model_cache: bool) -> DeploymentRecord:
+        dep_id, stack = record.id, record.stack or record.name
+
+        async def work(job: Job) -> None:
+            try:
+                await asyncio.to_thread(self.stack_ops.destroy, stack, keep_model_cache, job.log.append)
+            except Exception:
+                await self.move(dep_id, Status.DEGRADED, "teardown failed")
+                raise
+            await self.move(dep_id, Status.INACTIVE, "destroyed; billing stopped", routes={})
+
+        job, go = await self._start(stack, "teardown", work)
+        try:
+            keep = str(keep_model_cache).lower()
+            return await self.move(dep_id, Status.TEARDOWN, f"DELETE (keep_model_cache={keep}, job {job.id})")
+        except BaseException:
+            job.status = "cancelled"
+            raise
+        finally:
+            go.set()
+
+    async def set_scaling(self, record: DeploymentRecord, scaling: Scaling) -> DeploymentRecord:
+        bounds = scaling.model_dump(mode="json")
+        replicas = min(max(int(record.spec.get("replicas", 1)), scaling.min_replicas), scaling.max_replicas)
+        new = {**record.spec, "scaling": bounds, "replicas": replicas}
+        return await self._apply(record, new, f"scaling set to {bounds}")
+
+    async def scale_to(self, dep_id: str, replicas: int, reason: str) -> bool:
+        """The autoscaler's and the wake's way in: change replicas; False when the stack is busy."""
+        record = await self.get(dep_id)
+        if record is None or not record.spec:
+            return False
+        try:
+            await self._apply(record, {**record.spec, "replicas": replicas}, reason)
+        except StackBusy:
+            return False
+        return True
+
+    async def _apply(self, record: DeploymentRecord, new: dict[str, Any], reason: str) -> DeploymentRecord:
+        """Write the new deployment object to its stack file and converge (`up`) in a job; status scaling."""
+        spec = validate_deployment(new, self.catalog)
+        stack = record.stack or record.name
+        job, go = await self._start(stack, "scale", lambda job: self._converge(record.id, job, "scale", stack))
+        try:
+            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir)
+            return await self.move(record.id, Status.SCALING, f"{reason} (job {job.id})", spec=new)
+        except BaseException:
+            job.status = "cancelled"
+            raise
+        finally:
+            go.set()
+
+    async def refresh(self, record: DeploymentRecord) -> JobRow:
+        """`pulumi refresh`: a droplet deleted outside Pulumi shows as drift, and the deployment as degraded."""
+        dep_id, stack = record.id, record.stack or record.name
+
+        async def work(job: Job) -> None:
+            outputs = await asyncio.to_thread(self.stack_ops.refresh, stack, job.log.append)
+            current = await self.get(dep_id)
+            assert current is not None
+            wanted = int(current.spec.get("replicas", 1))
+            found = len(routes_from_outputs(outputs, None)["endpoints"])
+            if found < wanted:
+                await self.move(dep_id, Status.DEGRADED, f"drift: {found} of {wanted} droplets exist")
+                await self.webhooks.emit(dep_id, "deployment.degraded", {"reason": "drift", "found": found,
+                                                                          "wanted": wanted})  # fmt: skip
+            elif current.status is Status.DEGRADED and await self.healthy(current.routes.get("endpoints") or []):
+                await self.move(dep_id, Status.ACTIVE, "refresh: no drift, engine healthy", healthy=True)
+
+        job, go = await self._start(stack, "refresh", work)
+        go.set()
+        return job.row()
+
+    async def set_sla(self, record: DeploymentRecord, sla: Sla) -> DeploymentRecord:
+        new = {**record.spec, "sla": sla.model_dump(mode="json", exclude_none=True)}
+        if record.spec:  # a deployment the control plane made: its stack file follows
+            spec = validate_deployment(new, self.catalog)
+            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir)
+        routes = {**record.routes, "concurrency_limit": sla.concurrency_limit}
+        self.sla.set(record.id, sla)
+        return await self.save(dataclasses.replace(record, spec=new, routes=routes))

@@ -1,0 +1,130 @@
+"""The control plane: changes deployments. Jobs (one per stack across every process), the autoscaler and wake
+loop, SLA monitors, the webhook sender and model delivery; its side effects go through ports handed in at
+composition (stack operations, delivery over SSH, `publish` to an in-process data plane).
+
+It shares state with data planes only through the store; its routes sit behind the same middleware
+(authentication) as the data plane's."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from infra.catalog import ApiFormat, Catalog
+from infra.control.api import ManagementApi
+from infra.control.autoscaler import Autoscaler
+from infra.control.deployments import Deployments, Publish, StackOps
+from infra.control.jobs import JobRunner
+from infra.control.sla import SlaWatch
+from infra.control.uploads import Deliver, Uploads
+from infra.control.webhooks import Policy, WebhookSender
+from infra.gateway.app import cancel
+from infra.gateway.config import GatewayConfig
+from infra.gateway.router import Router
+from infra.gateway.routing import RouteTable
+from infra.store import Store
+from infra.store.offload import StoreThread
+from infra.upstream.http_client import HttpPool
+from infra.upstream.proxy import wait_healthy
+from infra.upstream.target import Target
+
+log = logging.getLogger("agentcloud.control")
+API = "/api/v1/public"
+
+
+class ControlPlane:
+    """Everything that changes deployments, for one process; background loops run under store leases."""
+
+    def __init__(
+        self, config: GatewayConfig, catalog: Catalog, store: Store, routes: RouteTable, stack_ops: StackOps,
+        stacks_dir: Path, deliver: Deliver, publish: Publish,
+    ) -> None:  # fmt: skip
+        self.config, self.store = config, store
+        self.holder = f"control-{secrets.token_hex(4)}"
+        self.db = StoreThread("control")
+        self.pool: HttpPool | None = None
+        self.webhooks = WebhookSender(store, self.db, config.pepper,
+                                      Policy(config.webhooks_allow_http, config.webhooks_allow_loopback),
+                                      config.webhook_backoff_s, config.webhook_tick_s)  # fmt: skip
+        self.jobs = JobRunner(store, self.db)
+        self.sla = SlaWatch(store, self.db, self.webhooks)
+        self.deployments = Deployments(store, self.db, catalog, self.jobs, stack_ops, stacks_dir, self.webhooks,
+                                       self.sla, self.healthy, publish)  # fmt: skip
+        self.autoscaler = Autoscaler(store, self.db, self.deployments, self.jobs, self.sla,
+                                     config.autoscale_interval_s)  # fmt: skip
+        delivery = config.delivery
+        if config.ssh_key and delivery.identity_file is None:
+            delivery = dataclasses.replace(delivery, identity_file=config.ssh_key)
+        self.uploads = Uploads(store, self.db, catalog, routes, self.deployments, self.healthy, deliver,
+                               Path(config.upload_dir), config.max_model_bytes, config.max_body_bytes, delivery)  # fmt: skip
+        self.api = ManagementApi(self.deployments, routes, catalog, store, self.db, self.sla, self.webhooks,
+                                 config.pepper, config.max_body_bytes)  # fmt: skip
+        self.background: list[asyncio.Task[None]] = []
+
+    async def healthy(self, endpoints: list[str]) -> bool:
+        """The engines answer /health over the network path the gateway itself uses for inference."""
+        if self.pool is None or not endpoints:
+            return False
+        targets = [Target("health", url, ApiFormat.OPENAI, "", None) for url in endpoints]
+        return await wait_healthy(self.pool, targets, self.config.delivery.health_timeout_s)
+
+    def register(self, router: Router) -> None:
+        a, u = self.api, self.uploads
+        for method, path, handler in (
+            ("POST", f"{API}/deployments", a.create),
+            ("GET", f"{API}/deployments", a.list),
+            ("GET", f"{API}/deployments/{{deployment_id}}", a.get),
+            ("DELETE", f"{API}/deployments/{{deployment_id}}", a.delete),
+            ("PATCH", f"{API}/deployments/{{deployment_id}}/scaling", a.scaling),
+            ("POST", f"{API}/deployments/{{deployment_id}}/refresh", a.refresh),
+            ("PATCH", f"{API}/deployments/{{deployment_id}}/sla", a.set_sla),
+            ("GET", f"{API}/deployments/{{deployment_id}}/sla", a.get_sla),
+            ("POST", f"{API}/deployments/{{deployment_id}}/permissions", a.grant),
+            ("DELETE", f"{API}/deployments/{{deployment_id}}/permissions/{{api_key_id}}", a.revoke),
+            ("POST", f"{API}/deployments/{{deployment_id}}/webhooks", a.create_webhook),
+            ("POST", f"{API}/models/upload", u.multipart),
+            ("POST", f"{API}/models/uploads", u.create),
+            ("PATCH", f"{API}/models/uploads/{{upload_id}}", u.append),
+            ("GET", f"{API}/models/uploads/{{upload_id}}", u.status),
+            ("HEAD", f"{API}/models/uploads/{{upload_id}}", u.status),
+            ("DELETE", f"{API}/models/uploads/{{upload_id}}", u.cancel),
+        ):
+            router.add(method, path, handler)
+
+    async def startup(self) -> None:
+        self.pool = HttpPool(connect_timeout_s=self.config.connect_timeout_s)
+        self.webhooks.pool = self.autoscaler.pool = self.pool
+        await asyncio.to_thread(self.sla.restore, self.store.deployments())
+        w, a = self.webhooks, self.autoscaler
+        for lease, interval_s, work in (
+            ("webhook-sender", w.tick_s, w.send_due),
+            ("autoscaler", a.interval_s, a.tick),
+            ("waker", self.config.wake_poll_s, a.wake_due),
+        ):
+            self.background.append(asyncio.create_task(self.leased_loop(lease, interval_s, work)))
+
+    async def shutdown(self) -> None:
+        await cancel(self.background)
+        for lease in ("webhook-sender", "autoscaler", "waker"):  # the next holder need not wait for expiry
+            await self.db(self.store.release_lease, lease, self.holder)
+        for task in list(self.jobs.tasks) + list(self.uploads.tasks):
+            task.cancel()
+        if self.pool is not None:
+            self.pool.close()
+        self.db.close()
+
+    async def leased_loop(self, lease: str, interval_s: float, work: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``work`` every interval on the one process holding ``lease`` (it moves when its holder stops
+        renewing); a failing round is logged and the loop goes on."""
+        while True:
+            try:
+                if await self.db(self.store.acquire_lease, lease, self.holder, interval_s * 3):
+                    await work()
+            except Exception:
+                log.exception("%s round failed", lease)
+            await asyncio.sleep(interval_s)

@@ -1,0 +1,7 @@
+"""Shared state: the one place the data plane and the control plane meet (SQLite, or PostgreSQL for replicas)."""
+
+from infra.store.coordination import JobRow, Sample
+from infra.store.sql import StoreError
+from infra.store.store import Store, UsageRow
+
+__all__ = ["JobRow", "Sample", "Store", "StoreError", "UsageRow"]

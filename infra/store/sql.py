@@ -1,0 +1,141 @@
+"""The store's SQL plumbing: one connection (SQLite file or PostgreSQL URL), the schema, and placeholders.
+
+SQLite by default (one file, no server), PostgreSQL when several gateway processes share state. Both run the same
+SQL; only the placeholder differs. Calls are synchronous and short: callers on an event loop run them in a thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from infra.errors import InfraError
+
+
+class StoreError(InfraError):
+    """A store call refused its input (an unknown org, a duplicate, a bad kind)."""
+
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS orgs (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id), name TEXT NOT NULL,
+        prefix TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, plan TEXT NOT NULL, kind TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, revoked_at DOUBLE PRECISION, expires_at DOUBLE PRECISION,
+        requests_per_minute INTEGER, tokens_per_minute INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS org_members (
+        org_id TEXT NOT NULL REFERENCES orgs(id), key_id TEXT NOT NULL REFERENCES api_keys(id),
+        permissions TEXT NOT NULL, PRIMARY KEY (org_id, key_id))""",
+    """CREATE TABLE IF NOT EXISTS deployments (
+        id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id), name TEXT NOT NULL,
+        model_id TEXT NOT NULL, status TEXT NOT NULL, spec TEXT NOT NULL, routes TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS grants (
+        deployment_id TEXT NOT NULL, key_id TEXT NOT NULL REFERENCES api_keys(id), role TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (deployment_id, key_id))""",
+    # Per-minute rollups, not one row per request: a minute may have several rows (one per flush); sums are exact.
+    """CREATE TABLE IF NOT EXISTS usage (
+        minute DOUBLE PRECISION NOT NULL, key_id TEXT NOT NULL, org_id TEXT NOT NULL, model_id TEXT NOT NULL,
+        deployment_id TEXT, requests BIGINT NOT NULL, errors BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL, cost_usd DOUBLE PRECISION NOT NULL, latency_ms_sum DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS usage_org_minute ON usage (org_id, minute)",
+    """CREATE TABLE IF NOT EXISTS uploads (
+        id TEXT PRIMARY KEY, org_id TEXT NOT NULL, key_id TEXT NOT NULL, name TEXT NOT NULL,
+        deployment_id TEXT NOT NULL, status TEXT NOT NULL, size BIGINT, received BIGINT NOT NULL,
+        sha256 TEXT, reason TEXT, info TEXT, created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS webhooks (
+        id TEXT PRIMARY KEY, org_id TEXT NOT NULL, deployment_id TEXT NOT NULL, url TEXT NOT NULL,
+        events TEXT NOT NULL, secret TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS webhook_outbox (
+        id TEXT PRIMARY KEY, webhook_id TEXT NOT NULL, event_id TEXT NOT NULL, body TEXT NOT NULL,
+        attempts INTEGER NOT NULL, next_attempt_at DOUBLE PRECISION NOT NULL, delivered_at DOUBLE PRECISION,
+        dead BOOLEAN NOT NULL, last_error TEXT, created_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS outbox_due ON webhook_outbox (delivered_at, dead, next_attempt_at)",
+    """CREATE TABLE IF NOT EXISTS leases (
+        name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS revisions (topic TEXT PRIMARY KEY, rev BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY, stack TEXT NOT NULL, operation TEXT NOT NULL, status TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL, finished_at DOUBLE PRECISION, error TEXT, log TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS jobs_stack ON jobs (stack, started_at)",
+    # What the data plane observes, for the control plane (autoscaler, SLA): per-request samples of deployments,
+    # the last request and any wake request per deployment, and each data-plane process's in-flight counts.
+    """CREATE TABLE IF NOT EXISTS deployment_samples (
+        deployment_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, ttft_ms DOUBLE PRECISION,
+        tokens_per_s DOUBLE PRECISION, concurrency INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS samples_at ON deployment_samples (deployment_id, at)",
+    """CREATE TABLE IF NOT EXISTS deployment_activity (
+        deployment_id TEXT PRIMARY KEY, last_request_at DOUBLE PRECISION, wake_requested_at DOUBLE PRECISION)""",
+    """CREATE TABLE IF NOT EXISTS sla_events (
+        deployment_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, body TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS sla_events_at ON sla_events (deployment_id, at)",
+    """CREATE TABLE IF NOT EXISTS plane_load (
+        process TEXT NOT NULL, deployment_id TEXT NOT NULL, in_flight INTEGER NOT NULL,
+        at DOUBLE PRECISION NOT NULL, PRIMARY KEY (process, deployment_id))""",
+]
+
+
+TABLES = ("plane_load", "sla_events", "deployment_activity", "deployment_samples", "jobs", "revisions", "leases",
+          "webhook_outbox", "webhooks", "uploads", "usage", "grants", "org_members", "deployments", "api_keys",
+          "orgs")
+
+
+class Database:
+    """One connection guarded by a lock: the gateway's own calls are few (cache misses, batched writes)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        if url.startswith(("postgres://", "postgresql://")):
+            import psycopg
+
+            self._pg = True
+            self._conn: Any = psycopg.connect(url, autocommit=True)
+        else:
+            path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._pg = False
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+        for statement in SCHEMA:
+            self._exec(statement)
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self._pg else sql
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            cur = self._conn.execute(self._sql(sql), tuple(params))
+            rows = cur.fetchall() if cur.description else []
+            return [tuple(r) for r in rows]
+
+    def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self._lock:
+            if self._pg:
+                with self._conn.cursor() as cur:
+                    cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+            else:
+                self._conn.execute("BEGIN")
+                try:
+                    self._conn.executemany(sql, [tuple(r) for r in rows])
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def reset(self) -> None:
+        """Delete every row (tests)."""
+        for table in TABLES:
+            self._exec(f"DELETE FROM {table}")
