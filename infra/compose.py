@@ -23,6 +23,7 @@ from infra.gateway.config import GatewayConfig
 from infra.gateway.router import Router
 from infra.gateway.routing import RouteTable, from_catalog, load_routes
 from infra.records import DeploymentRecord
+from infra.spec import STACKS_DIR
 from infra.store import Store
 from infra.upstream.target import Target
 
@@ -93,9 +94,7 @@ def build(
 
             deliver = sftp_deliver
         if stacks_dir is None:
-            from infra.spec import STACKS_DIR
-
-            stacks_dir = STACKS_DIR
+            stacks_dir = Path(config.stacks_dir) if config.stacks_dir else STACKS_DIR
 
         async def publish(record: DeploymentRecord | None) -> None:
             await data.sync.apply(record)

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from infra.catalog import DEFAULT_CATALOG, Catalog, load_catalog
-from infra.errors import InfraError, PlanError
 from infra.cli.deployments import add_parser as add_deployments
 from infra.cli.gateway import add_parser as add_gateway
-from infra.store import StoreError
+from infra.errors import InfraError, PlanError
 from infra.planner import ServingPlan, plan
 from infra.render import ENV_FILE, render
 from infra.spec import STACKS_DIR, load_stack, resolve_stack, stack_files, stack_name_of
+from infra.store import StoreError
 
 COLUMNS = (
     ("stack", "stack"),

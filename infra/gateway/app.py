@@ -25,6 +25,7 @@ from infra.gateway import routes as data_routes
 from infra.gateway.accounting import Accountant, Admission, Plans
 from infra.gateway.cache import TtlCache
 from infra.gateway.config import GatewayConfig
+from infra.gateway.inference import Serving
 from infra.gateway.limits import (
     ConcurrencyLimiter,
     MemoryConcurrency,
@@ -34,6 +35,7 @@ from infra.gateway.limits import (
     RedisRateLimiter,
 )
 from infra.gateway.metrics import Metrics
+from infra.gateway.public import Observing
 from infra.gateway.router import Router
 from infra.gateway.routing import RouteTable
 from infra.gateway.sync import RouteSync, Waker
@@ -84,7 +86,10 @@ class DataPlane:
 
     def register(self, router: Router) -> None:
         """The data plane's routes: inference, catalog, metrics."""
-        data_routes.register(router, self)
+        serving = Serving(self.routes, self.catalog, self.upstreams, self.admission, self.waker, self.config)
+        observing = Observing(self.catalog, self.routes, self.metrics, self.store, self.db, self.concurrency,
+                              self.config.metrics_token)  # fmt: skip
+        data_routes.register(router, serving, observing)
 
     async def startup(self) -> None:
         await asyncio.to_thread(self.sync.load_now)

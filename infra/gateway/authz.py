@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from infra.catalog import Catalog
 from infra.gateway.errors import GatewayError, forbidden, not_found
-from infra.store.keys import KeyRecord
 from infra.gateway.routing import Deployment
+from infra.store.keys import KeyRecord
 
 
 def _missing(dep_id: str) -> GatewayError:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
-from infra.store import keys
+import infra.store.keys as keys
 from infra.gateway.accounting import Accountant, Admission
 from infra.gateway.asgi import Request, bearer_token, parse_headers
 from infra.gateway.cache import MISSING, TtlCache

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 from infra.gateway import inference, public, services
 from infra.gateway.inference import Serving
 from infra.gateway.public import Observing
 from infra.gateway.router import Router
 
-if TYPE_CHECKING:
-    from infra.gateway.app import DataPlane
-
 API = "/api/v1/public"
 
 
-def register(router: Router, plane: DataPlane) -> None:
-    serving = Serving(plane.routes, plane.catalog, plane.upstreams, plane.admission, plane.waker, plane.config)
-    observing = Observing(plane.catalog, plane.routes, plane.metrics, plane.store, plane.db, plane.concurrency,
-                          plane.config.metrics_token)  # fmt: skip
-
+def register(router: Router, serving: Serving, observing: Observing) -> None:
     def metered(method: str, path: str, handler: inference.ServingHandler, anthropic: bool = False) -> None:
         router.add(method, path, functools.partial(handler, serving), metered=True, anthropic=anthropic)
 

@@ -13,11 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import infra.store.keys as keymod
 from infra.records import DeploymentRecord
-from infra.store import keys as keymod
 from infra.store.coordination import Coordination
 from infra.store.keys import KeyRecord
 from infra.store.sql import StoreError
+
 
 @dataclass(frozen=True)
 class UsageRow:

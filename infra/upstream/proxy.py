@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from infra.upstream.errors import UpstreamUnavailable
 from infra.upstream.http_client import HttpPool, Response
 from infra.upstream.target import Breakers, Target

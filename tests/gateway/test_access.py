@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from infra.catalog import Catalog
-from infra.store import keys as keymod
 from infra.store import Store
+from infra.store import keys as keymod
 from tests.gateway.fake_upstream import fake_upstream
 from tests.gateway.harness import CHAT_MODEL, Keys, Running, make_gateway, routes_for, running, seed
 

@@ -22,8 +22,8 @@ from infra.catalog import ApiFormat, Catalog
 from infra.components.host_key import generate_host_key
 from infra.gateway.config import DeliveryConfig
 from infra.gateway.routing import Deployment, RouteTable, SshHost
-from infra.upstream.target import Target
 from infra.store import Store
+from infra.upstream.target import Target
 from tests.gateway.conftest import assert_counters_released
 from tests.gateway.harness import Keys, Running, make_gateway, running
 from tests.gateway.test_llamacpp import ENGINE_KEY, LLAMA_SERVER

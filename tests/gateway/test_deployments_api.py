@@ -18,8 +18,8 @@ import yaml
 
 from infra.catalog import Catalog
 from infra.gateway.routing import RouteTable
-from infra.store import Store
 from infra.lifecycle.operations import PulumiStackOps
+from infra.store import Store
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.harness import Keys, Running, make_gateway, running, wait_for
 

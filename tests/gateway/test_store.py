@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.store import keys as keymod
 from infra.records import DeploymentRecord, Status
 from infra.store import Store, StoreError, UsageRow
+from infra.store import keys as keymod
 
 PEPPER = b"pepper"
 

@@ -20,9 +20,9 @@ import requests
 from aiohttp import web
 
 from infra.catalog import Catalog
-from infra.store import Store
 from infra.control.errors import UnsafeURL
 from infra.control.webhooks import Policy, check_url
+from infra.store import Store
 from tests.gateway.harness import Keys, make_gateway, routes_for, running, seed, wait_for
 from tests.sshd import free_port
 

@@ -1,0 +1,149 @@
+"""The two planes as separate processes sharing PostgreSQL and Redis, as the gateway stack runs them with
+replicas: data-plane processes learn of deployments from the store alone, and stack operations are serialized
+per stack across control-plane processes (a store lease), never per process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from infra.store import Store
+from tests.gateway.fake_upstream import FakeUpstream
+from tests.gateway.harness import PEPPER, Keys, seed, wait_for
+from tests.sshd import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+API = "/api/v1/public/deployments"
+SPEC = {"name": "planes-8b", "model_id": "llama-3.1-8b-instruct", "gpu_type": "h100", "region": "tor1",
+        "replicas": 1, "preset": "speed"}  # fmt: skip
+
+
+@contextmanager
+def gateway_process(plane: str, env: dict[str, str], logs: Path) -> Iterator[str]:
+    """`agentcloud gateway serve --plane PLANE` in its own process; yields its URL once /health answers."""
+    port = free_port()
+    log = (logs / f"{plane}-{port}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "gateway", "serve", "--plane", plane, "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return requests.get(f"{url}/health", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return proc.poll() is not None  # died: stop waiting, fail below
+
+    try:
+        assert wait_for(up, 30) and proc.poll() is None, (logs / f"{plane}-{port}.log").read_text()[-3000:]
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_url: str, redis_url: str, upstream: FakeUpstream) -> Iterator[dict[str, Any]]:
+    store = Store(pg_url)
+    keys = seed(store, requests_per_minute=100_000)  # this test is not about limits
+    store.close()
+    stacks, logs = tmp_path / "stacks", tmp_path / "logs"
+    stacks.mkdir()
+    logs.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTCLOUD_DATABASE": pg_url, "AGENTCLOUD_REDIS_URL": redis_url,
+           "AGENTCLOUD_KEY_PEPPER": PEPPER.decode(), "AGENTCLOUD_STACK_OPS": "tests.gateway.stand_in_ops:from_env",
+           "AGENTCLOUD_STACKS_DIR": str(stacks), "AGENTCLOUD_UPLOAD_DIR": str(tmp_path / "uploads"),
+           "FAKE_ENGINE_PORT": upstream.base_url.split(":")[2].split("/")[0], "FAKE_OPS_DELAY_S": "1.5",
+           "FAKE_OPS_LOG": str(tmp_path / "ops.jsonl")}  # fmt: skip
+    with ExitStack() as stack:
+        urls = {
+            name: stack.enter_context(gateway_process(plane, env, logs))
+            for name, plane in (("data1", "data"), ("data2", "data"), ("control1", "control"), ("control2", "control"))
+        }
+        yield {"urls": urls, "keys": keys, "ops_log": tmp_path / "ops.jsonl"}
+
+
+def _call(url: str, method: str, path: str, key: str, **kw: Any) -> requests.Response:
+    return requests.request(method, f"{url}{API}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=30, **kw)
+
+
+def _chat(url: str, dep_id: str, key: str) -> int:
+    return requests.post(f"{url}{API}/{dep_id}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                         json={"messages": [{"role": "user", "content": "hi"}]}, timeout=15).status_code  # fmt: skip
+
+
+def _operations(log: Path) -> list[tuple[float, float, str]]:
+    """(start, end, operation) of every stack operation, from the stand-in's log."""
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "start"]
+    ends = [e for e in events if e["event"] == "end"]
+    return [(s["at"], e["at"], s["op"]) for s, e in zip(starts, ends, strict=True)]
+
+
+def test_two_data_planes_learn_routes_and_operations_are_serialized(cluster: dict[str, Any]) -> None:
+    urls, keys = cluster["urls"], cluster["keys"]
+    assert isinstance(keys, Keys)
+    # Data planes do not serve the management API; control planes do not serve inference.
+    assert _call(urls["data1"], "POST", "", keys.admin, json=SPEC).status_code == 404
+    created = _call(urls["control1"], "POST", "", keys.admin, json=SPEC)
+    assert created.status_code == 202, created.text
+    dep_id = created.json()["id"]
+    assert wait_for(lambda: _call(urls["control1"], "GET", f"/{dep_id}", keys.admin).json()["status"] == "active", 30)
+    active_at = time.monotonic()
+    served: dict[str, float] = {}
+    while len(served) < 2 and time.monotonic() - active_at < 5:
+        for name in ("data1", "data2"):
+            if name not in served and _chat(urls[name], dep_id, keys.standard) == 200:
+                served[name] = time.monotonic() - active_at
+        time.sleep(0.05)
+    assert set(served) == {"data1", "data2"}, served
+    assert max(served.values()) <= 2.0, f"seconds from active to serving: {served}"
+    print(f"seconds from active to serving on each data plane: {served}")
+    assert _chat(urls["control1"], dep_id, keys.standard) == 404  # no inference routes there
+
+    # Two scaling requests at once, to two control-plane processes: one operation runs, the other is told so.
+    answers: dict[str, requests.Response] = {}
+    barrier = threading.Barrier(2)
+
+    def scale(name: str, replicas: int) -> None:
+        barrier.wait()
+        answers[name] = _call(urls[name], "PATCH", f"/{dep_id}/scaling", keys.admin,
+                              json={"min_replicas": replicas, "max_replicas": 3})  # fmt: skip
+
+    threads = [threading.Thread(target=scale, args=(n, r)) for n, r in (("control1", 2), ("control2", 3))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    codes = sorted(r.status_code for r in answers.values())
+    assert codes == [202, 409], {n: r.text for n, r in answers.items()}
+    busy = next(r for r in answers.values() if r.status_code == 409)
+    assert busy.json()["error"]["code"] == "operation_in_progress"
+    # While it runs, every control plane shows the job (it lives in the store).
+    job = _call(urls["control2"], "GET", f"/{dep_id}", keys.admin).json()["job"]
+    assert job is not None and job["operation"] == "scale"
+    assert wait_for(lambda: _call(urls["control2"], "GET", f"/{dep_id}", keys.admin).json()["job"] is None, 30)
+    operations = _operations(cluster["ops_log"])
+    assert len(operations) == 2, operations  # the create's up and one scale's up
+    for (_, end, _), (start, _, _) in zip(operations, operations[1:], strict=False):
+        assert start >= end, f"stack operations overlapped: {operations}"
+    dep = _call(urls["control2"], "GET", f"/{dep_id}", keys.admin).json()
+    assert dep["status"] == "active" and len(dep["endpoints"]) in (2, 3)
+    assert wait_for(lambda: _chat(urls["data2"], dep_id, keys.standard) == 200, 5)
