@@ -1,11 +1,11 @@
 """The autoscaler's policy (pure): `decide(spec, observation, memory, now) -> Decision`.
 
 Signals: requests waiting and running on the engines (vLLM /metrics), in flight at the gateway, the gateway's
-latency against the SLA's TTFT target, and the time since the last request. Load per replica above the target scales up at once (up to max); below it for a
-whole stabilization window scales down one step at a time (so a short lull never flaps); no request for
-`idle_timeout_seconds` with `scale_to_zero` goes to zero. A request for a deployment at zero wakes it (the gateway
-holds the request meanwhile). A thin loop (every 30 s) observes, calls decide and acts through the lifecycle.
-"""
+latency against the SLA's TTFT target, and the time since the last request. Load per replica above the target
+scales up at once (up to max); below it for a whole stabilization window scales down one step at a time (so a
+short lull never flaps); no request for `idle_timeout_seconds` with `scale_to_zero` goes to zero. A request
+for a deployment at zero wakes it (the gateway holds the request meanwhile). A thin loop (every 30 s)
+observes, calls decide and acts through the lifecycle."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ DOWN_WINDOW_S = 300.0  # load must stay low this long before a replica goes
 
 @dataclass(frozen=True)
 class Observation:
+    """What the loop saw of one deployment this round."""
+
     replicas: int
     waiting: int  # requests queued on the engines
     running: int  # requests being served on the engines
@@ -38,6 +40,8 @@ class Memory:
 
 @dataclass(frozen=True)
 class Decision:
+    """The replicas the policy wants, why, and what it remembers for the next round."""
+
     replicas: int
     reason: str
     memory: Memory
@@ -67,8 +71,12 @@ def decide(scaling: Scaling, obs: Observation, memory: Memory, now: float) -> De
         )  # latency over target: one more replica even below the load target
     wanted = min(hi, max(lo if lo > 0 else 1, wanted))
     if wanted > obs.replicas:
-        return Decision(wanted, f"load {load} over {obs.replicas} replica(s) (target "
-                        f"{scaling.target_in_flight_per_replica} each): scale up", Memory())  # fmt: skip
+        return Decision(
+            wanted,
+            f"load {load} over {obs.replicas} replica(s) (target "
+            f"{scaling.target_in_flight_per_replica} each): scale up",
+            Memory(),
+        )
     if wanted < obs.replicas:
         since = memory.low_since if memory.low_since is not None else now
         if now - since >= DOWN_WINDOW_S:

@@ -1,4 +1,5 @@
-"""Bring your own model: names, and the llama.cpp serving config of an uploaded GGUF on a deployment's GPU (pure).
+"""Bring your own model: names, and the llama.cpp serving config of an uploaded GGUF on a deployment's GPU
+(pure).
 
 The fit uses the file's real tensor bytes and the KV geometry from its header; the context is the model's own
 (capped by the preset), spread over the preset's parallel slots and sized to what the KV cache can hold.
@@ -31,6 +32,8 @@ def check_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class LlamaServing:
+    """llama-server's settings for an uploaded GGUF on a GPU: context, parallel slots, fit."""
+
     model_path: str
     alias: str
     ctx_size: int
@@ -61,7 +64,8 @@ def plan_gguf(
 ) -> LlamaServing:
     if not (info.block_count and info.head_count_kv and info.head_dim):
         raise PlanError(
-            f"the GGUF ({info.architecture}) lacks block_count, head_count_kv or embedding/head counts in its "
+            f"the GGUF ({info.architecture}) lacks block_count, head_count_kv or embedding/head counts in "
+            "its "
             "metadata, so its memory needs cannot be checked"
         )
     cache_type = "q8_0" if preset.kv_cache_dtype == "fp8" else "f16"
@@ -77,7 +81,8 @@ def plan_gguf(
     )
     if not f.fits:
         why = (
-            f"its weights take {f.weights_gib:.1f} GiB and {gpu_name} has {f.weights_gib + f.kv_budget_gib:.1f} GiB "
+            f"its weights take {f.weights_gib:.1f} GiB and {gpu_name} has "
+            f"{f.weights_gib + f.kv_budget_gib:.1f} GiB "
             "after the engine's reserve"
             if f.kv_budget_gib <= 0
             else f"only {f.max_kv_tokens:,} KV tokens would remain, below {f.required_kv_tokens:,}"

@@ -21,11 +21,15 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class Vendor(StrEnum):
+    """GPU vendor: decides the engine image (CUDA or ROCm)."""
+
     NVIDIA = "nvidia"
     AMD = "amd"
 
 
 class Task(StrEnum):
+    """What a model does; routes refuse a model of another task."""
+
     GENERATE = "generate"
     EMBED = "embed"
     RERANK = "rerank"
@@ -42,11 +46,15 @@ class Precision(StrEnum):
 
 
 class EngineImages(Strict):
+    """Pinned engine images for one vendor."""
+
     vllm: str
     llamacpp: str
 
 
 class GpuType(Strict):
+    """A GPU droplet size: slug, GPUs, VRAM, price, regions, image."""
+
     description: str
     size_slug: str
     vendor: Vendor
@@ -63,6 +71,8 @@ class GpuType(Strict):
 
 
 class Region(Strict):
+    """A DigitalOcean region that offers GPU droplets."""
+
     name: str
     gpu_types: tuple[Slug, ...]
     confirmed: bool = True
@@ -70,23 +80,31 @@ class Region(Strict):
 
 
 class Speculative(StrEnum):
+    """Speculative decoding settings a preset may turn on."""
+
     NONE = "none"
     NGRAM = "ngram"
     EAGLE3 = "eagle3"  # falls back to ngram for models without an EAGLE-3 head in the catalog
 
 
 class PerformanceMode(StrEnum):
+    """vLLM's performance mode of a preset."""
+
     BALANCED = "balanced"
     INTERACTIVITY = "interactivity"
     THROUGHPUT = "throughput"
 
 
 class PresetScaling(Strict):
+    """A preset's default autoscaling target."""
+
     scale_to_zero: bool = False
     idle_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 300
 
 
 class Preset(Strict):
+    """A named tuning (cost, balanced, latency, speed) mapped to engine settings."""
+
     description: str
     spec_config: str = Field(description="the reference product's wording for this preset")
     gpu_type: Slug
@@ -107,6 +125,8 @@ class Preset(Strict):
 
 
 class DraftHead(Strict):
+    """A draft model (EAGLE head) a model can use for speculative decoding."""
+
     repo: str
     params_b: PositiveFloat
 
@@ -143,11 +163,15 @@ class Model(Strict):
 
 
 class ApiFormat(StrEnum):
+    """The wire format an upstream speaks."""
+
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
 
 
 class ProviderModel(Strict):
+    """One model at a serverless provider: its upstream name and price."""
+
     upstream: str = Field(description="the model name the provider expects")
     usd_per_mtok_in: Annotated[float, Field(ge=0)] = 0.0
     usd_per_mtok_out: Annotated[float, Field(ge=0)] = 0.0
@@ -166,12 +190,16 @@ class Provider(Strict):
 
 
 class Plan(Strict):
+    """A key's plan: rank (model tiers it may use) and its rate limits."""
+
     rank: Annotated[int, Field(ge=0)]
     requests_per_minute: Annotated[int, Field(ge=1)] | None
     tokens_per_minute: Annotated[int, Field(ge=1)] | None
 
 
 class Catalog(Strict):
+    """presets.yaml, validated: gpu types, regions, presets, models, plans and providers."""
+
     version: Literal[1]
     volume_usd_per_gib_month: PositiveFloat = 0.10
     hours_per_month: PositiveFloat = 744
@@ -285,7 +313,7 @@ def parse_catalog(doc: Document) -> Catalog:
         raise CatalogError(
             [doc.problem((), "the catalog must be a mapping", fix="see presets.yaml in the repo")]
         )
-    # Top-level keys starting with "x-" hold YAML anchors (shared engine images) and are not part of the schema.
+    # Top-level keys starting with "x-" hold YAML anchors (shared engine images), not part of the schema.
     data = {k: v for k, v in doc.data.items() if not str(k).startswith("x-")}
     catalog, problems = validate(Catalog, data, doc)
     if catalog is None:

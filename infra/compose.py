@@ -1,10 +1,9 @@
 """The composition root: wires the data plane and the control plane for one process.
 
-`build(config, planes)` gives the ASGI application of a process that runs the data plane, the control plane, or
-both (the default, on one machine). The planes share state only through the store; in one process the control
-plane also tells the data plane of each change at once. The real side effects (Pulumi's Automation API, SFTP
-delivery) are chosen here and handed in as ports; tests hand in their own.
-"""
+`build(config, planes)` gives the ASGI application of a process that runs the data plane, the control plane,
+or both (the default, on one machine). The planes share state only through the store; in one process the
+control plane also tells the data plane of each change at once. The real side effects (Pulumi's Automation
+API, SFTP delivery) are chosen here and handed in as ports; tests hand in their own."""
 
 from __future__ import annotations
 
@@ -31,9 +30,12 @@ PLANES = ("data", "control")
 
 
 def routes_for(
-    config: GatewayConfig, catalog: Catalog, upstream: str | None = None, upstream_models: Iterable[str] = (),
+    config: GatewayConfig,
+    catalog: Catalog,
+    upstream: str | None = None,
+    upstream_models: Iterable[str] = (),
     upstream_key: str | None = None,
-) -> RouteTable:  # fmt: skip
+) -> RouteTable:
     """The catalog's providers, the routes file's upstreams, and ``upstream`` (e.g. a local llama.cpp) for
     ``upstream_models``, tried before any provider."""
     routes = from_catalog(catalog)
@@ -41,15 +43,20 @@ def routes_for(
         load_routes(routes, Path(config.routes_file))
     for model in upstream_models:
         if upstream:
-            target = Target(name=f"local:{model}", base_url=upstream.rstrip("/"), format=ApiFormat.OPENAI,
-                            upstream_model=model, api_key=upstream_key)  # fmt: skip
+            target = Target(
+                name=f"local:{model}",
+                base_url=upstream.rstrip("/"),
+                format=ApiFormat.OPENAI,
+                upstream_model=model,
+                api_key=upstream_key,
+            )
             routes.models[model] = [target, *routes.models.get(model, [])]
     return routes
 
 
 def stack_ops_from(spec: str | None) -> StackOps:
-    """Pulumi's Automation API by default; ``module:factory`` (AGENTCLOUD_STACK_OPS) names another, for example
-    a stand-in cloud in tests."""
+    """Pulumi's Automation API by default; ``module:factory`` (AGENTCLOUD_STACK_OPS) names another, for
+    example a stand-in cloud in tests."""
     if not spec:
         from infra.lifecycle.operations import PulumiStackOps
 
@@ -99,8 +106,16 @@ def build(
         async def publish(record: DeploymentRecord | None) -> None:
             await data.sync.apply(record)
 
-        control = ControlPlane(config, catalog, store, routes, stack_ops or stack_ops_from(config.stack_ops),
-                               stacks_dir, deliver, publish)  # fmt: skip
+        control = ControlPlane(
+            config,
+            catalog,
+            store,
+            routes,
+            stack_ops or stack_ops_from(config.stack_ops),
+            stacks_dir,
+            deliver,
+            publish,
+        )
         control.register(router)
         running.append(control)
     router.add("GET", "/health", _health, auth=False)

@@ -19,18 +19,34 @@ from infra.spec import Ssh
 
 GATEWAY_KEY = f"{PULUMI_PROJECT}:gateway"
 ENV_FILE = "/etc/agentcloud/gateway.env"
-DATACENTERS = ("nyc1", "nyc2", "nyc3", "ams3", "sfo2", "sfo3", "sgp1", "lon1", "fra1", "tor1", "blr1", "syd1",
-               "atl1", "ric1")  # fmt: skip
+DATACENTERS = (
+    "nyc1",
+    "nyc2",
+    "nyc3",
+    "ams3",
+    "sfo2",
+    "sfo3",
+    "sgp1",
+    "lon1",
+    "fra1",
+    "tor1",
+    "blr1",
+    "syd1",
+    "atl1",
+    "ric1",
+)
 
 
 class SharedStore(Strict):
-    """Managed databases for several gateway replicas: PostgreSQL (keys, grants, usage) and Valkey (limits)."""
+    """Managed databases for gateway replicas: PostgreSQL (keys, grants, usage) and Valkey (limits)."""
 
     postgres_size: str = "db-s-1vcpu-1gb"
     redis_size: str = "db-s-1vcpu-1gb"
 
 
 class GatewaySpec(Strict):
+    """The gateway stack's config: size, region, replicas, domain, SSH."""
+
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")] = "gateway"
     region: str
     size: str = "s-2vcpu-4gb"
@@ -59,6 +75,8 @@ class GatewaySpec(Strict):
 
 @dataclass(frozen=True)
 class GatewayView:
+    """What the gateway's templates see."""
+
     name: str
     port: int
     env_file: str
@@ -68,8 +86,14 @@ class GatewayView:
 
 
 def user_data(spec: GatewaySpec, host_key: HostKey | None = None) -> str:
-    view = GatewayView(spec.name, spec.port, ENV_FILE, "/opt/agentcloud/venv", "/etc/agentcloud/routes.yaml",
-                       "/var/lib/agentcloud")  # fmt: skip
+    view = GatewayView(
+        spec.name,
+        spec.port,
+        ENV_FILE,
+        "/opt/agentcloud/venv",
+        "/etc/agentcloud/routes.yaml",
+        "/var/lib/agentcloud",
+    )
     env = environment()
     files = {
         "/etc/systemd/system/agentcloud-gateway.service": env.get_template(
@@ -78,7 +102,9 @@ def user_data(spec: GatewaySpec, host_key: HostKey | None = None) -> str:
         "/etc/systemd/system/agentcloud-gateway.path": env.get_template(
             "host/agentcloud-gateway.path.j2"
         ).render(view=view),
-        "/etc/agentcloud/routes.yaml": "# dedicated deployments are registered in the gateway's store\nmodels: []\n",
+        "/etc/agentcloud/routes.yaml": (
+            "# dedicated deployments are registered in the gateway's store\nmodels: []\n"
+        ),
     }
     doc: dict[str, Any] = {
         "package_update": True,
@@ -96,6 +122,9 @@ def user_data(spec: GatewaySpec, host_key: HostKey | None = None) -> str:
         ],
     }
     if host_key is not None:
-        doc.update(ssh_deletekeys=True, ssh_genkeytypes=[],
-                   ssh_keys={"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public_openssh})  # fmt: skip
+        doc.update(
+            ssh_deletekeys=True,
+            ssh_genkeytypes=[],
+            ssh_keys={"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public_openssh},
+        )
     return "#cloud-config\n" + dump_yaml(doc)

@@ -20,6 +20,8 @@ MAX_PAGES = 20
 
 @dataclass(frozen=True)
 class SizeOffer:
+    """A size as DigitalOcean's API lists it."""
+
     slug: str
     available: bool
     regions: tuple[str, ...]
@@ -28,6 +30,8 @@ class SizeOffer:
 
 @dataclass(frozen=True)
 class Availability:
+    """Whether a plan's size is offered in its region now."""
+
     stack: str
     size_slug: str
     region: str

@@ -24,6 +24,8 @@ KV_BYTES = {"auto": 2, "fp8": 1, "f16": 2, "q8_0": 1}
 
 @dataclass(frozen=True)
 class Fit:
+    """How a model fits on a GPU: weights, KV cache per token, tokens that fit."""
+
     weights_gib: float
     kv_bytes_per_token: int
     kv_budget_gib: float
@@ -74,15 +76,18 @@ def fit(
     with_draft: bool = False,
 ) -> Fit:
     return fit_bytes(
-        weights_gib(model, precision, with_draft), kv_bytes_per_token(model, kv_dtype), gpu, utilization,
+        weights_gib(model, precision, with_draft),
+        kv_bytes_per_token(model, kv_dtype),
+        gpu,
+        utilization,
         required_kv_tokens,
-    )  # fmt: skip
+    )
 
 
 def fit_bytes(
     weights: float, per_token: int, gpu: GpuType, utilization: float, required_kv_tokens: int
 ) -> Fit:
-    """The fit from raw figures: weights in GiB and KV bytes per token (GGUF uploads have no catalog entry)."""
+    """The fit from raw figures: weights in GiB and KV bytes per token (GGUF uploads: not in the catalog)."""
     budget = gpu.gpus * (gpu.vram_gib_per_gpu * utilization - OVERHEAD_GIB_PER_GPU) - weights
     tokens = max(0, math.floor(budget * GIB / per_token)) if budget > 0 else 0
     return Fit(

@@ -20,6 +20,8 @@ CONTEXT_STEP = 1024
 
 @dataclass(frozen=True)
 class Alternative:
+    """Another gpu type, count or precision on which a model fits, with its price."""
+
     gpu_type: str
     preset: str
     precision: Precision
@@ -33,13 +35,16 @@ class Alternative:
         where = ", ".join(self.regions) or "no region in the catalog"
         return (
             f"gpu_type: {self.gpu_type}, preset: {self.preset}, precision: {self.precision.value} "
-            f"(kv {self.kv_cache_dtype}) -> {self.max_kv_tokens:,} KV tokens, ${self.hourly_usd:.2f}/h per replica "
+            f"(kv {self.kv_cache_dtype}) -> {self.max_kv_tokens:,} KV tokens, ${self.hourly_usd:.2f}/h per "
+            "replica "
             f"[regions: {where}]" + (" (contract only)" if self.contract_only else "")
         )
 
 
 @dataclass(frozen=True)
 class ServingPlan:
+    """Everything a deployment needs: size, image, engine args, fit and cost (pure output of `plan`)."""
+
     name: str
     model_id: str
     model: Model
@@ -280,8 +285,14 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
 
     if byom:
         usable = gpu.gpus * (gpu.vram_gib_per_gpu * preset.gpu_memory_utilization - 3.0)
-        f = Fit(weights_gib=0.0, kv_bytes_per_token=1, kv_budget_gib=round(usable, 2), max_kv_tokens=0,
-                required_kv_tokens=0, deferred=True)  # fmt: skip
+        f = Fit(
+            weights_gib=0.0,
+            kv_bytes_per_token=1,
+            kv_budget_gib=round(usable, 2),
+            max_kv_tokens=0,
+            required_kv_tokens=0,
+            deferred=True,
+        )
         notes.append(
             "the model is uploaded later (POST /api/v1/public/models/upload); its fit is checked then"
         )
@@ -296,19 +307,22 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
             )
         else:
             why = (
-                f"after {f.weights_gib:.1f} GiB of {precision.value} weights only {f.max_kv_tokens:,} KV tokens "
+                f"after {f.weights_gib:.1f} GiB of {precision.value} weights only {f.max_kv_tokens:,} KV "
+                "tokens "
                 f"remain, below the {f.required_kv_tokens:,} the '{spec.preset}' preset needs to serve "
                 "requests concurrently"
             )
         lines = "\n".join(f"  - {a.describe()}" for a in alts) or "  (none in the catalog)"
         raise PlanError(
-            f"{spec.model_id} does not fit {gpu_name} ({gpu.description}): {why}.\nAlternatives that fit:\n{lines}",
+            f"{spec.model_id} does not fit {gpu_name} ({gpu.description}): {why}.\nAlternatives that "
+            f"fit:\n{lines}",
             alternatives=alts,
         )
     if not f.deferred and f.max_kv_tokens < max_model_len:
         capped = max(CONTEXT_STEP, f.max_kv_tokens // CONTEXT_STEP * CONTEXT_STEP)
         notes.append(
-            f"max_model_len capped from {max_model_len} to {capped}: the KV cache holds {f.max_kv_tokens:,} tokens"
+            f"max_model_len capped from {max_model_len} to {capped}: the KV cache holds "
+            f"{f.max_kv_tokens:,} tokens"
         )
         max_model_len = capped
     if gpu.contract_only:

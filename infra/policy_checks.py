@@ -51,7 +51,7 @@ def droplet_violations(props: Mapping[str, Any]) -> list[str]:
 
 
 def hourly_cost(droplets: Iterable[Mapping[str, Any]], prices: Mapping[str, float]) -> float:
-    """$/h of the stack's droplets at the catalog's prices (unknown sizes count as 0 and are reported apart)."""
+    """$/h of the stack's droplets at the catalog's prices (unknown sizes count 0 and are reported apart)."""
     return round(sum(prices.get(str(_get(d, "size") or ""), 0.0) for d in droplets), 2)
 
 

@@ -1,14 +1,13 @@
 """Deployments as typed records, shared by both planes through the store (pure; no I/O).
 
-The state machine: provisioning -> active -> scaling -> teardown -> inactive, plus degraded. Every transition is
-checked against the table below and recorded with its time and reason; an illegal one raises. `active` is
+The state machine: provisioning -> active -> scaling -> teardown -> inactive, plus degraded. Every transition
+is checked against the table below and recorded with its time and reason; an illegal one raises. `active` is
 entered only when the engine's health check answered over the gateway's network path (the caller passes that
 evidence); `degraded` covers failed health and drift found by a refresh.
 
-A `DeploymentRecord` is what the store keeps for one deployment: who owns it, the deployment spec (as the stack
-file declares it), its lifecycle, and the routes the data plane serves it by. `encode`/`decode` are its one
-codec to and from the store's JSON columns.
-"""
+A `DeploymentRecord` is what the store keeps for one deployment: who owns it, the deployment spec (as the
+stack file declares it), its lifecycle, and the routes the data plane serves it by. `encode`/`decode` are its
+one codec to and from the store's JSON columns."""
 
 from __future__ import annotations
 
@@ -90,7 +89,7 @@ class Lifecycle:
         history = (*self.history, Transition(now, self.status, target, reason))[-100:]  # bounded
         return replace(self, status=target, since=now, history=history)
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "status": self.status.value,
             "since": self.since,
@@ -109,7 +108,9 @@ class Lifecycle:
     def from_dict(data: dict[str, Any]) -> Lifecycle:
         """The inverse of `as_dict`."""
         history = tuple(
-            Transition(float(t["at"]), Status(t["from"]) if t["from"] else None, Status(t["to"]), str(t["reason"]))
+            Transition(
+                float(t["at"]), Status(t["from"]) if t["from"] else None, Status(t["to"]), str(t["reason"])
+            )
             for t in data["history"]
         )
         return Lifecycle(Status(data["status"]), float(data["since"]), history)
@@ -127,8 +128,8 @@ class DeploymentRecord:
     - ``org_id``: the org that created it (the management API, or `agentcloud gateway routes add`).
     - ``spec``: the deployment object of its stack file (git or the API owns it; the control plane writes it).
     - ``lifecycle``: the control plane (jobs, autoscaler); None for routes registered by hand.
-    - ``routes``: what the data plane serves it by (endpoints, hosts, concurrency limit), from the stack's outputs.
-    """
+    - ``routes``: what the data plane serves it by (endpoints, hosts, concurrency limit), from the stack's
+      outputs."""
 
     id: str
     org_id: str
@@ -161,7 +162,13 @@ class DeploymentRecord:
 
     @staticmethod
     def decode(
-        dep_id: str, org_id: str, name: str, model_id: str, status: str, meta: dict[str, Any], routes: dict[str, Any]
+        dep_id: str,
+        org_id: str,
+        name: str,
+        model_id: str,
+        status: str,
+        meta: dict[str, Any],
+        routes: dict[str, Any],
     ) -> DeploymentRecord:
         """A record from the store's columns (the inverse of `encode`)."""
         lifecycle = meta.get("lifecycle")
@@ -176,4 +183,3 @@ class DeploymentRecord:
             lifecycle=Lifecycle.from_dict(lifecycle) if lifecycle else None,
             routes=dict(routes or {}),
         )
-

@@ -28,6 +28,8 @@ class RemoteError(InfraError):
 
 @dataclass(frozen=True)
 class Target:
+    """A droplet to reach over SSH, with its host key pinned."""
+
     host: str
     host_public_key: str  # "ssh-ed25519 AAAA..." as the stack exports it
     port: int = 22

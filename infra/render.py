@@ -83,6 +83,8 @@ class HostKey:
 
 @dataclass(frozen=True)
 class Rendered:
+    """The files of a deployment, by name, as written to a droplet or shown for review."""
+
     files: dict[str, str]
     user_data: str
 

@@ -20,6 +20,8 @@ MAX_SAMPLES = 10_000
 
 @dataclass(frozen=True)
 class Sample:
+    """One request's measurements."""
+
     at: float
     ttft_ms: float | None
     tokens_per_s: float | None
@@ -28,6 +30,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class SlaEvent:
+    """A breach or a recovery of one metric."""
+
     at: float
     kind: str  # "breach" | "recovered"
     metric: str
@@ -35,8 +39,13 @@ class SlaEvent:
     target: float
 
     def as_dict(self) -> dict[str, object]:
-        return {"at": self.at, "event": self.kind, "metric": self.metric, "value": round(self.value, 2),
-                "target": self.target}  # fmt: skip
+        return {
+            "at": self.at,
+            "event": self.kind,
+            "metric": self.metric,
+            "value": round(self.value, 2),
+            "target": self.target,
+        }
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -46,6 +55,8 @@ def quantile(values: list[float], q: float) -> float:
 
 @dataclass
 class SlaMonitor:
+    """Judges one deployment's samples over a sliding window against its targets."""
+
     sla: Sla
     window_s: float = WINDOW_S
     samples: deque[Sample] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))

@@ -37,6 +37,8 @@ Replicas = Annotated[int, Field(ge=0, le=MAX_REPLICAS)]
 
 
 class Scaling(Strict):
+    """Autoscaling bounds and signals of a deployment."""
+
     min_replicas: Replicas = 1
     max_replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] = 1
     scale_to_zero: bool = False
@@ -56,6 +58,8 @@ class Scaling(Strict):
 
 
 class Sla(Strict):
+    """A deployment's SLA targets."""
+
     ttft_target_ms: Annotated[int, Field(gt=0, le=600_000)] | None = None
     throughput_target_tps: Annotated[float, Field(gt=0)] | None = None
     concurrency_limit: Annotated[int, Field(ge=1, le=100_000)] | None = None
@@ -76,6 +80,8 @@ def _network(value: str) -> str:
 
 
 class Ssh(Strict):
+    """Who may SSH to the droplets, with which keys."""
+
     allowed_cidrs: tuple[str, ...] = ()
     keys: tuple[str, ...] = Field(default=(), description="DigitalOcean SSH key ids or fingerprints")
 
@@ -86,6 +92,8 @@ class Ssh(Strict):
 
 
 class Network(Strict):
+    """The VPC a deployment joins, or the range of the one it creates."""
+
     vpc_uuid: str | None = Field(
         default=None, description="join this VPC (the gateway's); else one is created"
     )
@@ -100,6 +108,8 @@ class Network(Strict):
 
 
 class DeploymentSpec(Strict):
+    """A deployment as a stack file declares it (validated against the catalog)."""
+
     name: Name
     model_id: str
     region: str

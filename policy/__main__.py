@@ -1,4 +1,5 @@
-"""The agentcloud policy pack: `pulumi preview --policy-pack policy`. The checks live in infra/policy_checks.py."""
+"""The agentcloud policy pack: `pulumi preview --policy-pack policy`. The checks live in
+infra/policy_checks.py."""
 
 import sys
 from pathlib import Path

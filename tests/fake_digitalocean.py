@@ -14,12 +14,17 @@ TOKEN = "dop_v1_test_token_for_local_server"
 
 SIZES: list[dict[str, Any]] = [
     {"slug": "s-1vcpu-1gb", "available": True, "regions": ["nyc2", "atl1"], "price_hourly": 0.009},
-    {"slug": "gpu-h100x1-80gb", "available": True, "regions": ["nyc2", "tor1"], "price_hourly": 3.39,
-     "gpu_info": {"count": 1, "model": "nvidia_h100", "vram": {"amount": 80, "unit": "gib"}}},
+    {
+        "slug": "gpu-h100x1-80gb",
+        "available": True,
+        "regions": ["nyc2", "tor1"],
+        "price_hourly": 3.39,
+        "gpu_info": {"count": 1, "model": "nvidia_h100", "vram": {"amount": 80, "unit": "gib"}},
+    },
     {"slug": "gpu-h200x1-141gb", "available": True, "regions": ["atl1"], "price_hourly": 3.44},
     {"slug": "gpu-mi300x1-192gb", "available": True, "regions": ["atl1"], "price_hourly": 1.99},
     {"slug": "gpu-l40sx1-48gb", "available": False, "regions": [], "price_hourly": 1.57},
-]  # fmt: skip
+]
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import pulumi
 
@@ -32,3 +33,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def of_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
         return [r for r in self.resources if r.typ == typ]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def pulumi_test(fn: F) -> F:
+    """`pulumi.runtime.test` with its type kept (Pulumi's decorator is untyped)."""
+    return cast(F, pulumi.runtime.test(fn))  # type: ignore[no-untyped-call]

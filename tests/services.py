@@ -78,8 +78,12 @@ def postgres_server() -> Iterator[str]:
         as_user = ["runuser", "-u", "postgres", "--"]
     port = free_port()
     try:
-        subprocess.run([*as_user, initdb, "-D", data, "-U", "agentcloud", "--auth=trust", "-E", "UTF8"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        subprocess.run(
+            [*as_user, initdb, "-D", data, "-U", "agentcloud", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         proc = subprocess.Popen(
             [
                 *as_user,

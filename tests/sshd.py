@@ -39,13 +39,18 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 1
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise RuntimeError(f"{_name(proc)} exited: {proc.stderr.read().decode() if proc.stderr else ''}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{proc.args[0]} did not start listening on {port}")
+    raise RuntimeError(f"{_name(proc)} did not start listening on {port}")
+
+
+def _name(proc: subprocess.Popen[bytes]) -> str:
+    args = proc.args
+    return str(args[0]) if isinstance(args, list | tuple) else str(args)
 
 
 @contextmanager

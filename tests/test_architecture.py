@@ -10,8 +10,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "infra"
 DATA_PLANE = ("infra.gateway", "infra.upstream")
-FORBIDDEN = ("pulumi", "pulumi_digitalocean", "paramiko", "pydo", "jinja2", "infra.lifecycle", "infra.cli",
-             "infra.control", "infra.compose", "infra.remote", "infra.render", "infra.components")  # fmt: skip
+FORBIDDEN = (
+    "pulumi",
+    "pulumi_digitalocean",
+    "paramiko",
+    "pydo",
+    "jinja2",
+    "infra.lifecycle",
+    "infra.cli",
+    "infra.control",
+    "infra.compose",
+    "infra.remote",
+    "infra.render",
+    "infra.components",
+)
 
 
 def module_name(path: Path) -> str:
@@ -20,8 +32,8 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path, name: str) -> set[str]:
-    """Every module ``path`` imports, as absolute dotted names (a `from x import y` counts x, and x.y when y is
-    a module)."""
+    """Every module ``path`` imports, as absolute dotted names (a `from x import y` counts x, and x.y when y
+    is a module)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -39,8 +51,10 @@ def imports_of(path: Path, name: str) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {name: {m for m in imports_of(path, name) if m in modules or not m.startswith("infra")}
-            for name, path in modules.items()}  # fmt: skip
+    return {
+        name: {m for m in imports_of(path, name) if m in modules or not m.startswith("infra")}
+        for name, path in modules.items()
+    }
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pulumi
 
 from infra.catalog import Catalog
 from infra.planner import plan
 from infra.spec import DeploymentSpec, Network, Ssh
-from tests.pulumi_mocks import RecordingMocks
+from tests.pulumi_mocks import RecordingMocks, pulumi_test
 
 DROPLET = "digitalocean:index/droplet:Droplet"
 VOLUME = "digitalocean:index/volume:Volume"
@@ -42,8 +44,8 @@ def _deploy(catalog: Catalog, spec: DeploymentSpec):  # type: ignore[no-untyped-
     return GpuDeployment(spec.name, GpuDeploymentArgs(plan=plan(spec, catalog)))
 
 
-@pulumi.runtime.test
-def test_droplets_match_the_plan(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+@pulumi_test
+def test_droplets_match_the_plan(mocks: RecordingMocks, catalog: Catalog) -> Any:
     dep = _deploy(catalog, _spec())
 
     def check(_: object) -> None:
@@ -67,8 +69,8 @@ def test_droplets_match_the_plan(mocks: RecordingMocks, catalog: Catalog):  # ty
     return settled(dep).apply(check)
 
 
-@pulumi.runtime.test
-def test_firewall_admits_only_gateway_and_ssh_cidrs(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+@pulumi_test
+def test_firewall_admits_only_gateway_and_ssh_cidrs(mocks: RecordingMocks, catalog: Catalog) -> Any:
     dep = _deploy(catalog, _spec())
 
     def check(droplet_ids: list[str]) -> None:
@@ -90,8 +92,8 @@ def test_firewall_admits_only_gateway_and_ssh_cidrs(mocks: RecordingMocks, catal
     return settled(dep).apply(lambda r: check(r[:n]))
 
 
-@pulumi.runtime.test
-def test_ssh_only_from_the_gateway_without_cidrs(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+@pulumi_test
+def test_ssh_only_from_the_gateway_without_cidrs(mocks: RecordingMocks, catalog: Catalog) -> Any:
     dep = _deploy(catalog, _spec(ssh=Ssh(), replicas=1))
 
     def check(_: object) -> None:
@@ -103,8 +105,8 @@ def test_ssh_only_from_the_gateway_without_cidrs(mocks: RecordingMocks, catalog:
     return settled(dep).apply(check)
 
 
-@pulumi.runtime.test
-def test_cache_volumes_attached_and_protected(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+@pulumi_test
+def test_cache_volumes_attached_and_protected(mocks: RecordingMocks, catalog: Catalog) -> Any:
     from infra.spec import Scaling
 
     spec = _spec(scaling=Scaling(min_replicas=0, max_replicas=3, scale_to_zero=True), replicas=2)
@@ -127,8 +129,8 @@ def test_cache_volumes_attached_and_protected(mocks: RecordingMocks, catalog: Ca
     return settled(dep).apply(check)
 
 
-@pulumi.runtime.test
-def test_scale_to_zero_keeps_volumes(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+@pulumi_test
+def test_scale_to_zero_keeps_volumes(mocks: RecordingMocks, catalog: Catalog) -> Any:
     from infra.spec import Scaling
 
     dep = _deploy(
@@ -142,8 +144,8 @@ def test_scale_to_zero_keeps_volumes(mocks: RecordingMocks, catalog: Catalog):  
     return settled(dep).apply(check)
 
 
-@pulumi.runtime.test
-def test_existing_vpc_is_joined(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+@pulumi_test
+def test_existing_vpc_is_joined(mocks: RecordingMocks, catalog: Catalog) -> Any:
     dep = _deploy(catalog, _spec(replicas=1, network=Network(vpc_uuid="vpc-123")))
 
     def check(_: object) -> None:
@@ -153,8 +155,8 @@ def test_existing_vpc_is_joined(mocks: RecordingMocks, catalog: Catalog):  # typ
     return settled(dep).apply(check)
 
 
-@pulumi.runtime.test
-def test_outputs(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-untyped-def]
+@pulumi_test
+def test_outputs(mocks: RecordingMocks, catalog: Catalog) -> Any:
     dep = _deploy(catalog, _spec())
 
     def check(endpoints: list[dict[str, object]]) -> None:
@@ -168,7 +170,7 @@ def test_outputs(mocks: RecordingMocks, catalog: Catalog):  # type: ignore[no-un
     return pulumi.Output.all(dep.endpoints, settled(dep)).apply(lambda r: check(r[0]))
 
 
-@pulumi.runtime.test
+@pulumi_test
 def test_program_reads_stack_config(mocks: RecordingMocks):  # type: ignore[no-untyped-def]
     import json
 

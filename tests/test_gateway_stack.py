@@ -8,7 +8,7 @@ import yaml
 
 from infra.gateway_stack import GatewaySpec, user_data
 from infra.spec import STACKS_DIR
-from tests.pulumi_mocks import RecordingMocks
+from tests.pulumi_mocks import RecordingMocks, pulumi_test
 
 
 def _shipped() -> GatewaySpec:
@@ -49,7 +49,7 @@ def settled(host) -> pulumi.Output:  # type: ignore[no-untyped-def,type-arg]
     return pulumi.Output.all(*ids)
 
 
-@pulumi.runtime.test
+@pulumi_test
 def test_single_replica_behind_tls_load_balancer(mocks: RecordingMocks):  # type: ignore[no-untyped-def]
     from infra.components.gateway_host import GatewayHost, GatewayHostArgs
 
@@ -75,7 +75,7 @@ def test_single_replica_behind_tls_load_balancer(mocks: RecordingMocks):  # type
     return settled(host).apply(check)
 
 
-@pulumi.runtime.test
+@pulumi_test
 def test_replicas_share_managed_postgres_and_valkey(mocks: RecordingMocks):  # type: ignore[no-untyped-def]
     from infra.components.gateway_host import GatewayHost, GatewayHostArgs
 

@@ -17,12 +17,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_firewall_guardrails() -> None:
-    ok = {"inboundRules": [{"portRange": "8000", "sourceTags": ["agentcloud-gateway"]},
-                           {"portRange": "22", "sourceAddresses": ["203.0.113.0/24"]},
-                           {"portRange": "443", "sourceAddresses": ["0.0.0.0/0"]}]}  # fmt: skip
+    ok = {
+        "inboundRules": [
+            {"portRange": "8000", "sourceTags": ["agentcloud-gateway"]},
+            {"portRange": "22", "sourceAddresses": ["203.0.113.0/24"]},
+            {"portRange": "443", "sourceAddresses": ["0.0.0.0/0"]},
+        ]
+    }
     assert firewall_violations(ok) == []
-    bad = {"inbound_rules": [{"port_range": "22", "source_addresses": ["0.0.0.0/0"]},
-                             {"port_range": "8000", "source_addresses": ["::/0"]}]}  # fmt: skip
+    bad = {
+        "inbound_rules": [
+            {"port_range": "22", "source_addresses": ["0.0.0.0/0"]},
+            {"port_range": "8000", "source_addresses": ["::/0"]},
+        ]
+    }
     assert [v.split(" ")[0] for v in firewall_violations(bad)] == ["SSH", "port"]
 
 
@@ -43,8 +51,12 @@ def test_cost_ceiling() -> None:
 
 def test_report_on_a_git_history(tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
     def git(*args: str) -> None:
-        subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args], cwd=tmp_path,
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
 
     git("init", "-q", "-b", "main")
     write_stack(tmp_path, deployment(name="a-1"), name="a")

@@ -18,8 +18,14 @@ def test_lifecycle_happy_path_with_history() -> None:
     lc = lc.to(S.SCALING, 100.0, "replicas 1 -> 2").to(S.ACTIVE, 160.0, "scaled", healthy=True)
     lc = lc.to(S.TEARDOWN, 200.0, "DELETE").to(S.INACTIVE, 260.0, "destroyed")
     assert lc.status is S.INACTIVE and lc.since == 260.0
-    assert [t["to"] for t in lc.as_dict()["history"]] == [  # type: ignore[index]
-        "provisioning", "active", "scaling", "active", "teardown", "inactive"]  # fmt: skip
+    assert [t["to"] for t in lc.as_dict()["history"]] == [
+        "provisioning",
+        "active",
+        "scaling",
+        "active",
+        "teardown",
+        "inactive",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -43,13 +49,24 @@ def test_active_needs_a_health_check() -> None:
         Lifecycle.new(0.0).to(S.ACTIVE, 1.0, "trust me")
 
 
-SCALING = Scaling(min_replicas=0, max_replicas=4, scale_to_zero=True, idle_timeout_seconds=300,
-                  target_in_flight_per_replica=10)  # fmt: skip
+SCALING = Scaling(
+    min_replicas=0,
+    max_replicas=4,
+    scale_to_zero=True,
+    idle_timeout_seconds=300,
+    target_in_flight_per_replica=10,
+)
 
 
 def obs(replicas: int, load: int = 0, last: float | None = 0.0, wake: bool = False) -> Observation:
-    return Observation(replicas, waiting=load // 2, running=load - load // 2, gateway_in_flight=0,
-                       last_request_at=last, wake_requested=wake)  # fmt: skip
+    return Observation(
+        replicas,
+        waiting=load // 2,
+        running=load - load // 2,
+        gateway_in_flight=0,
+        last_request_at=last,
+        wake_requested=wake,
+    )
 
 
 def test_scale_up_under_queue() -> None:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any, cast
 
 import pytest
 
 from infra.catalog import Catalog, Precision
 from infra.errors import PlanError
 from infra.memory import GIB, OVERHEAD_GIB_PER_GPU
-from infra.planner import ServingPlan, plan
+from infra.planner import Alternative, ServingPlan, plan
 from infra.spec import DeploymentSpec, Scaling
 
 
-def _spec(catalog: Catalog, model: str, gpu: str, preset: str = "balanced", **kw: object) -> DeploymentSpec:
+def _spec(catalog: Catalog, model: str, gpu: str, preset: str = "balanced", **kw: Any) -> DeploymentSpec:
     region = catalog.regions_offering(gpu)[0]
-    return DeploymentSpec(name="t-1", model_id=model, gpu_type=gpu, region=region, preset=preset, **kw)  # type: ignore[arg-type]
+    return DeploymentSpec(name="t-1", model_id=model, gpu_type=gpu, region=region, preset=preset, **kw)
 
 
 def all_outcomes(catalog: Catalog) -> list[tuple[tuple[str, str, str], ServingPlan | PlanError]]:
@@ -59,7 +60,7 @@ def test_every_failure_offers_alternatives_that_really_fit(catalog: Catalog) -> 
         if not isinstance(result, PlanError) or "tensor parallel" in str(result):
             continue
         assert result.alternatives, f"{preset}/{gpu}/{model} has no alternative"
-        for alt in result.alternatives:
+        for alt in cast(list[Alternative], result.alternatives):
             spec = _spec(catalog, model, alt.gpu_type, alt.preset, precision=alt.precision)
             assert plan(spec, catalog).fit.fits
 
@@ -74,14 +75,16 @@ def test_70b_fp16_on_one_h100_is_refused_honestly(catalog: Catalog) -> None:
     )
     with pytest.raises(PlanError) as err:
         plan(spec, catalog)
-    alts = {(a.gpu_type, a.precision) for a in err.value.alternatives}
+    alternatives = cast(list[Alternative], err.value.alternatives)
+    alts = {(a.gpu_type, a.precision) for a in alternatives}
     assert ("h200", Precision.FP8) in alts, "a bigger gpu with fp8 in the same region"
     assert ("mi300x", Precision.BF16) in alts, "the cheapest gpu that holds it in bf16"
-    assert all(a.gpu_type != "h100" for a in err.value.alternatives), "fp8 on one H100 leaves ~10k KV tokens"
+    assert all(a.gpu_type != "h100" for a in alternatives), "fp8 on one H100 leaves ~10k KV tokens"
 
 
 def test_reference_memory_figures(catalog: Catalog) -> None:
-    # reference/serving.md: 70B fits one MI300X in bf16 with ~133k KV tokens, ~349k in fp8; one H100 in fp8 ~11k (at 0.90 utilization).
+    # reference/serving.md: 70B fits one MI300X in bf16 with ~133k KV tokens, ~349k in fp8; one H100 in
+    # fp8 ~11k (at 0.90 utilization).
     bf16 = plan(_spec(catalog, "llama-3.3-70b-instruct", "mi300x"), catalog)
     assert bf16.fit.weights_gib == pytest.approx(131.5, abs=0.2)
     assert 120_000 < bf16.fit.max_kv_tokens < 145_000
@@ -145,11 +148,15 @@ def test_cost_counts_replicas_and_volumes(catalog: Catalog) -> None:
     two = plan(_spec(catalog, "llama-3.1-8b-instruct", "h100", "speed", replicas=2), catalog)
     zero = plan(
         _spec(
-            catalog, "llama-3.1-8b-instruct", "h100", "speed", replicas=0,
+            catalog,
+            "llama-3.1-8b-instruct",
+            "h100",
+            "speed",
+            replicas=0,
             scaling=Scaling(min_replicas=0, max_replicas=2, scale_to_zero=True),
         ),
         catalog,
-    )  # fmt: skip
+    )
     volume_hourly = one.cache_disk_gib * 0.10 / 744
     assert one.hourly_usd == pytest.approx(3.39 + volume_hourly, abs=0.01)
     assert two.hourly_usd == pytest.approx(2 * (3.39 + volume_hourly), abs=0.01)

@@ -106,10 +106,23 @@ def test_cli_secrets_push(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("AGENTCLOUD_HF_TOKEN", "hf_token_1")
     code = main(
         [
-            "secrets", "push", "gguf-8b", "--host", "127.0.0.1", "--host-key", sshd.host_public_key,
-            "--port", str(sshd.port), "--user", sshd.username, "--identity", sshd.client_key, "--remote-path", str(dest),
+            "secrets",
+            "push",
+            "gguf-8b",
+            "--host",
+            "127.0.0.1",
+            "--host-key",
+            sshd.host_public_key,
+            "--port",
+            str(sshd.port),
+            "--user",
+            sshd.username,
+            "--identity",
+            sshd.client_key,
+            "--remote-path",
+            str(dest),
         ]
-    )  # fmt: skip
+    )
     assert code == 0
     assert dest.read_text() == "LLAMA_API_KEY=engine-key-1\nHF_TOKEN=hf_token_1\n"
 

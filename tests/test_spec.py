@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,7 +99,8 @@ def test_ssh_from_the_world_refused(tmp_path: Path, catalog: Catalog) -> None:
 
 
 def test_unknown_project_config_key(tmp_path: Path, catalog: Catalog) -> None:
-    path = write_stack(tmp_path, deployment(), **{"agent-cloud:deploymnet": {}})
+    config: dict[str, Any] = {"agent-cloud:deploymnet": {}}
+    path = write_stack(tmp_path, deployment(), **config)
     with pytest.raises(SpecError) as err:
         load_stack(path, catalog)
     assert "config.agent-cloud:deploymnet: unknown config key" in str(err.value)

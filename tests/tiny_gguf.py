@@ -11,16 +11,26 @@ from pathlib import Path
 
 import numpy as np
 
-WORDS = ("hello world the a of and to in is it you that he was for on are with as I his they be at one have "
-         "this from or had by hot word but what some we can out other were all").split()  # fmt: skip
+WORDS = (
+    "hello world the a of and to in is it you that he was for on are with as I his they be at one have "
+    "this from or had by hot word but what some we can out other were all"
+).split()
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
 
-def write_tiny_gguf(path: Path, n_embd: int = 64, n_layers: int = 2, n_head: int = 4, n_head_kv: int = 2,
-                    context: int = 2048, seed: int = 0, name: str = "tiny-test") -> Path:  # fmt: skip
+def write_tiny_gguf(
+    path: Path,
+    n_embd: int = 64,
+    n_layers: int = 2,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    context: int = 2048,
+    seed: int = 0,
+    name: str = "tiny-test",
+) -> Path:
     import gguf
 
     rng = np.random.default_rng(seed)

@@ -50,8 +50,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100_000)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp())
-    env = {**os.environ, "AGENTCLOUD_DATABASE": str(work / "gw.sqlite3"), "AGENTCLOUD_KEY_PEPPER": "soak",
-           "AGENTCLOUD_UPLOAD_DIR": str(work / "models")}  # fmt: skip
+    env = {
+        **os.environ,
+        "AGENTCLOUD_DATABASE": str(work / "gw.sqlite3"),
+        "AGENTCLOUD_KEY_PEPPER": "soak",
+        "AGENTCLOUD_UPLOAD_DIR": str(work / "models"),
+    }
     ac = str(ROOT / ".venv/bin/agentcloud")
     subprocess.run(
         [ac, "gateway", "orgs", "create", "soak", "--id", "org_soak"],
@@ -59,13 +63,55 @@ def main() -> None:
         check=True,
         capture_output=True,
     )
-    key = json.loads(subprocess.run([ac, "gateway", "keys", "create", "--org", "org_soak", "--plan", "enterprise", "--rpm",
-                                     "1000000000", "--tpm", "1000000000", "--json"], env=env, check=True,
-                                    capture_output=True, text=True).stdout)["key"]  # fmt: skip
-    upstream = subprocess.Popen([str(BENCH_PY if BENCH_PY.exists() else sys.executable), str(HARNESS / "fake_upstream.py"),
-                                 "--port", "18095"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    gateway = subprocess.Popen([ac, "gateway", "serve", "--port", "4095", "--upstream", "http://127.0.0.1:18095/v1",
-                                "--model", "fake-model"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    key = json.loads(
+        subprocess.run(
+            [
+                ac,
+                "gateway",
+                "keys",
+                "create",
+                "--org",
+                "org_soak",
+                "--plan",
+                "enterprise",
+                "--rpm",
+                "1000000000",
+                "--tpm",
+                "1000000000",
+                "--json",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )["key"]
+    upstream = subprocess.Popen(
+        [
+            str(BENCH_PY if BENCH_PY.exists() else sys.executable),
+            str(HARNESS / "fake_upstream.py"),
+            "--port",
+            "18095",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    gateway = subprocess.Popen(
+        [
+            ac,
+            "gateway",
+            "serve",
+            "--port",
+            "4095",
+            "--upstream",
+            "http://127.0.0.1:18095/v1",
+            "--model",
+            "fake-model",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(100):
             try:

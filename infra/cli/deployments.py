@@ -16,18 +16,26 @@ from typing import Any
 import requests
 
 from infra.document import load_document
+from infra.records import Status
 from infra.spec import DEPLOYMENT_KEY, resolve_stack
 
 API = "/api/v1/public/deployments"
 
 
 class Client:
+    """The management API over HTTP, errors turned into one line for people."""
+
     def __init__(self, url: str, key: str) -> None:
         self.url, self.key = url.rstrip("/"), key
 
     def call(self, method: str, path: str = "", **kw: Any) -> dict[str, Any]:
-        resp = requests.request(method, f"{self.url}{API}{path}", headers={"Authorization": f"Bearer {self.key}"},
-                                timeout=30, **kw)  # fmt: skip
+        resp = requests.request(
+            method,
+            f"{self.url}{API}{path}",
+            headers={"Authorization": f"Bearer {self.key}"},
+            timeout=30,
+            **kw,
+        )
         body = resp.json() if resp.content else {}
         if resp.status_code >= 400:
             message = (body.get("error") or {}).get("message", resp.text)
@@ -69,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
     if action == "list":
         rows = client.call("GET")["data"]
         for d in rows:
-            print(f"{d['id']}  {d['name']:<20} {d['model_id']:<32} {d['gpu_type'] or '-':<9} {d['region'] or '-':<5} "
-                  f"x{d['replicas']}  {d['status']}")  # fmt: skip
+            print(
+                f"{d['id']}  {d['name']:<20} {d['model_id']:<32} {d['gpu_type'] or '-':<9} "
+                f"{d['region'] or '-':<5} "
+                f"x{d['replicas']}  {d['status']}"
+            )
         return 0
     if action == "get":
         print(json.dumps(client.call("GET", f"/{args.id}"), indent=2))
@@ -79,12 +90,23 @@ def run(args: argparse.Namespace) -> int:
         dep = client.call("POST", json=_stack_deployment(args.stack))
         print(f"created {dep['id']} ({dep['name']})")
     elif action == "scale":
-        body = {"min_replicas": args.min, "max_replicas": args.max, "scale_to_zero": args.scale_to_zero,
-                "idle_timeout_seconds": args.idle_timeout}  # fmt: skip
+        body = {
+            "min_replicas": args.min,
+            "max_replicas": args.max,
+            "scale_to_zero": args.scale_to_zero,
+            "idle_timeout_seconds": args.idle_timeout,
+        }
         dep = client.call("PATCH", f"/{args.id}/scaling", json=body)
     elif action == "sla":
-        targets = {k: v for k, v in (("ttft_target_ms", args.ttft_ms), ("throughput_target_tps", args.tps),
-                                     ("concurrency_limit", args.concurrency)) if v is not None}  # fmt: skip
+        targets = {
+            k: v
+            for k, v in (
+                ("ttft_target_ms", args.ttft_ms),
+                ("throughput_target_tps", args.tps),
+                ("concurrency_limit", args.concurrency),
+            )
+            if v is not None
+        }
         out = (
             client.call("PATCH", f"/{args.id}/sla", json=targets)
             if targets
@@ -101,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{dep['id']}: {dep['status']} (job {(dep.get('job') or {}).get('id')})")
         return 0
     final = follow(client, dep["id"])
-    return 0 if final["status"] in ("active", "inactive") else 1
+    return 0 if final["status"] in (Status.ACTIVE, Status.INACTIVE) else 1
 
 
 def add_parser(sub: Any) -> None:

@@ -15,8 +15,11 @@ from infra.store.keys import KINDS
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
-    return GatewayConfig.from_env(database=args.database, redis_url=getattr(args, "redis", None),
-                                  routes_file=getattr(args, "routes", None))  # fmt: skip
+    return GatewayConfig.from_env(
+        database=args.database,
+        redis_url=getattr(args, "redis", None),
+        routes_file=getattr(args, "routes", None),
+    )
 
 
 def _store(args: argparse.Namespace) -> tuple[Store, GatewayConfig]:
@@ -37,8 +40,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     routes = routes_for(config, catalog, args.upstream, args.model, upstream_key)
     planes = PLANES if args.plane == "both" else (args.plane,)
     gateway = build(config, planes, catalog=catalog, routes=routes)
-    print(f"gateway ({args.plane} plane{'s' if args.plane == 'both' else ''}) on http://{args.host}:{args.port} "
-          f"(store: {config.database})", flush=True)  # fmt: skip
+    print(
+        f"gateway ({args.plane} plane{'s' if args.plane == 'both' else ''}) on "
+        f"http://{args.host}:{args.port} "
+        f"(store: {config.database})",
+        flush=True,
+    )
     serve(gateway, args.host, args.port)
     return 0
 
@@ -52,8 +59,9 @@ def cmd_org_create(args: argparse.Namespace) -> int:
 def cmd_key_create(args: argparse.Namespace) -> int:
     store, config = _store(args)
     expires = time.time() + args.expires_days * 86400 if args.expires_days else None
-    key_id, token = store.create_key(config.pepper, args.org, args.name, args.plan, args.kind, expires,
-                                     args.rpm, args.tpm)  # fmt: skip
+    key_id, token = store.create_key(
+        config.pepper, args.org, args.name, args.plan, args.kind, expires, args.rpm, args.tpm
+    )
     out = {"id": key_id, "key": token, "org_id": args.org, "plan": args.plan, "kind": args.kind}
     print(json.dumps(out) if args.json else f"{key_id}\n{token}\n(shown once: store it now)")
     return 0
@@ -99,7 +107,9 @@ def cmd_route_add(args: argparse.Namespace) -> int:
     routes: dict[str, Any] = {"endpoints": args.endpoint, "concurrency_limit": args.concurrency_limit}
     if args.api_key_env:
         routes["api_key_env"] = args.api_key_env
-    store.save_deployment(DeploymentRecord(args.id, args.org, args.name or args.id, args.model, routes=routes))
+    store.save_deployment(
+        DeploymentRecord(args.id, args.org, args.name or args.id, args.model, routes=routes)
+    )
     print(f"deployment {args.id} ({args.model}) routes to {', '.join(args.endpoint)}")
     return 0
 
@@ -117,10 +127,14 @@ def cmd_route_from_stack(args: argparse.Namespace) -> int:
         return 1
     dep_id = args.id or f"dep_{args.stack.replace('-', '_')}"
     status = Status.ACTIVE if routes["endpoints"] else Status.INACTIVE
-    store.save_deployment(DeploymentRecord(dep_id, args.org, args.stack, routes["model_id"], status,
-                                           stack=args.stack, routes=routes))  # fmt: skip
+    store.save_deployment(
+        DeploymentRecord(
+            dep_id, args.org, args.stack, routes["model_id"], status, stack=args.stack, routes=routes
+        )
+    )
     print(
-        f"deployment {dep_id} ({routes['model_id']}, {status}) routes to {', '.join(routes['endpoints']) or 'nothing'}"
+        f"deployment {dep_id} ({routes['model_id']}, {status}) routes to "
+        f"{', '.join(routes['endpoints']) or 'nothing'}"
     )
     return 0
 
@@ -140,9 +154,13 @@ def add_parser(sub: Any) -> None:
         "--model", action="append", default=[], help="model name served by --upstream (repeatable)"
     )
     s.add_argument("--upstream-key-env", help="environment variable holding --upstream's API key")
-    s.add_argument("--plane", choices=["both", "data", "control"], default="both",
-                   help="run the data plane (serving), the control plane (deployments), or both (default); "
-                        "processes share state through --database (and --redis)")  # fmt: skip
+    s.add_argument(
+        "--plane",
+        choices=["both", "data", "control"],
+        default="both",
+        help="run the data plane (serving), the control plane (deployments), or both (default); "
+        "processes share state through --database (and --redis)",
+    )
     s.set_defaults(func=cmd_serve)
 
     o = gs.add_parser("orgs", help="organisations")

@@ -1,5 +1,6 @@
-"""GatewayHost: the gateway on CPU droplets behind a DigitalOcean load balancer (TLS with a managed certificate),
-firewalled so only the load balancer reaches the gateway port; managed PostgreSQL and Valkey when replicas > 1."""
+"""GatewayHost: the gateway on CPU droplets behind a DigitalOcean load balancer (TLS with a managed
+certificate), firewalled so only the load balancer reaches the gateway port; managed PostgreSQL and Valkey
+when replicas > 1."""
 
 from __future__ import annotations
 
@@ -16,10 +17,15 @@ from infra.render import HostKey as HostKeyPair
 
 @dataclass(frozen=True)
 class GatewayHostArgs:
+    """Inputs of the gateway stack's component."""
+
     spec: GatewaySpec
 
 
 class GatewayHost(pulumi.ComponentResource):
+    """The gateway's droplets, load balancer with managed TLS, firewall, and (with replicas) managed
+    PostgreSQL and Valkey."""
+
     TYPE = "agentcloud:gateway:GatewayHost"
 
     def __init__(self, name: str, args: GatewayHostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -52,14 +58,29 @@ class GatewayHost(pulumi.ComponentResource):
             )
             for i in range(spec.replicas)
         ]
-        rules = [do.LoadBalancerForwardingRuleArgs(entry_port=80, entry_protocol="http", target_port=spec.port,
-                                                   target_protocol="http")]  # fmt: skip
+        rules = [
+            do.LoadBalancerForwardingRuleArgs(
+                entry_port=80, entry_protocol="http", target_port=spec.port, target_protocol="http"
+            )
+        ]
         self.certificate = None
         if spec.domain:
-            self.certificate = do.Certificate(f"{name}-cert", name=f"agentcloud-{spec.name}", type="lets_encrypt",
-                                              domains=[spec.domain], opts=child)  # fmt: skip
-            rules.append(do.LoadBalancerForwardingRuleArgs(entry_port=443, entry_protocol="https", target_port=spec.port,
-                                                           target_protocol="http", certificate_name=self.certificate.name))  # fmt: skip
+            self.certificate = do.Certificate(
+                f"{name}-cert",
+                name=f"agentcloud-{spec.name}",
+                type="lets_encrypt",
+                domains=[spec.domain],
+                opts=child,
+            )
+            rules.append(
+                do.LoadBalancerForwardingRuleArgs(
+                    entry_port=443,
+                    entry_protocol="https",
+                    target_port=spec.port,
+                    target_protocol="http",
+                    certificate_name=self.certificate.name,
+                )
+            )
         self.load_balancer = do.LoadBalancer(
             f"{name}-lb",
             name=f"agentcloud-{spec.name}",
@@ -74,8 +95,11 @@ class GatewayHost(pulumi.ComponentResource):
             http_idle_timeout_seconds=600,  # long streams
             opts=child,
         )
-        inbound = [do.FirewallInboundRuleArgs(protocol="tcp", port_range=str(spec.port),
-                                              source_load_balancer_uids=[self.load_balancer.id])]  # fmt: skip
+        inbound = [
+            do.FirewallInboundRuleArgs(
+                protocol="tcp", port_range=str(spec.port), source_load_balancer_uids=[self.load_balancer.id]
+            )
+        ]
         if spec.ssh.allowed_cidrs:
             inbound.append(
                 do.FirewallInboundRuleArgs(
@@ -100,15 +124,35 @@ class GatewayHost(pulumi.ComponentResource):
         )
         self.postgres = self.redis = None
         if spec.store is not None:
-            self.postgres = do.DatabaseCluster(f"{name}-pg", name=f"agentcloud-{spec.name}-pg", engine="pg", version="16",
-                                               size=spec.store.postgres_size, region=spec.region, node_count=1,
-                                               private_network_uuid=vpc_id, opts=child)  # fmt: skip
-            self.redis = do.DatabaseCluster(f"{name}-redis", name=f"agentcloud-{spec.name}-valkey", engine="valkey",
-                                            version="8", size=spec.store.redis_size, region=spec.region, node_count=1,
-                                            private_network_uuid=vpc_id, opts=child)  # fmt: skip
+            self.postgres = do.DatabaseCluster(
+                f"{name}-pg",
+                name=f"agentcloud-{spec.name}-pg",
+                engine="pg",
+                version="16",
+                size=spec.store.postgres_size,
+                region=spec.region,
+                node_count=1,
+                private_network_uuid=vpc_id,
+                opts=child,
+            )
+            self.redis = do.DatabaseCluster(
+                f"{name}-redis",
+                name=f"agentcloud-{spec.name}-valkey",
+                engine="valkey",
+                version="8",
+                size=spec.store.redis_size,
+                region=spec.region,
+                node_count=1,
+                private_network_uuid=vpc_id,
+                opts=child,
+            )
             for db, label in ((self.postgres, "pg"), (self.redis, "redis")):
-                do.DatabaseFirewall(f"{name}-{label}-fw", cluster_id=db.id,
-                                    rules=[do.DatabaseFirewallRuleArgs(type="tag", value=spec.tag)], opts=child)  # fmt: skip
+                do.DatabaseFirewall(
+                    f"{name}-{label}-fw",
+                    cluster_id=db.id,
+                    rules=[do.DatabaseFirewallRuleArgs(type="tag", value=spec.tag)],
+                    opts=child,
+                )
         scheme = "https" if spec.domain else "http"
         self.url = (
             pulumi.Output.from_input(f"https://{spec.domain}")

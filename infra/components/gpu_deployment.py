@@ -35,11 +35,15 @@ def deployment_tags(plan: ServingPlan) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class GpuDeploymentArgs:
+    """Inputs of one deployment stack: the plan and its network."""
+
     plan: ServingPlan
     keep_model_cache: bool = True
 
 
 class GpuDeployment(pulumi.ComponentResource):
+    """One deployment: GPU droplets from the plan, their cloud-init, cache volumes and firewall."""
+
     TYPE = "agentcloud:deployment:GpuDeployment"
 
     def __init__(

@@ -13,6 +13,8 @@ WORLD = ["0.0.0.0/0", "::/0"]
 
 @dataclass(frozen=True)
 class EngineFirewallArgs:
+    """Who may reach the engines: the gateway's tag, SSH sources."""
+
     deployment: str
     droplet_ids: Sequence[pulumi.Input[int]]
     engine_port: int
@@ -22,6 +24,8 @@ class EngineFirewallArgs:
 
 
 class EngineFirewall(pulumi.ComponentResource):
+    """The engine port open to the gateway tag only; SSH never from the world."""
+
     TYPE = "agentcloud:network:EngineFirewall"
 
     def __init__(
@@ -43,7 +47,7 @@ class EngineFirewall(pulumi.ComponentResource):
                 source_addresses=list(args.gateway_cidrs) or None,
             )
         ]
-        # SSH: the gateway (it delivers uploaded models and secrets) and the operators' CIDRs, never the world.
+        # SSH: the gateway (it delivers models and secrets) and the operators' CIDRs, never the world.
         inbound.append(
             do.FirewallInboundRuleArgs(
                 protocol="tcp",

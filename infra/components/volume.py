@@ -10,6 +10,8 @@ import pulumi_digitalocean as do
 
 @dataclass(frozen=True)
 class ModelCacheArgs:
+    """A model-cache volume's slot, size and protection."""
+
     deployment: str
     region: str
     size_gib: int

@@ -1,8 +1,7 @@
 """The management API's HTTP handlers (thin): deployments, scaling, SLA, refresh, permissions, webhooks.
 
-Same keys as inference: an admin key of the org creates, scales and deletes; keys of the org (or members) read.
-Long operations return 202 at once and run as jobs (see deployments.py); a busy stack answers 409.
-"""
+Same keys as inference: an admin key of the org creates, scales and deletes; keys of the org (or members)
+read. Long operations return 202 at once and run as jobs (see deployments.py); a busy stack answers 409."""
 
 from __future__ import annotations
 
@@ -40,10 +39,24 @@ class ManagementApi:
     """Handlers of the management routes; each checks the caller's right on the deployment, then acts."""
 
     def __init__(
-        self, deployments: Deployments, routes: RouteTable, catalog: Catalog, store: Store, db: StoreThread,
-        sla: SlaWatch, webhooks: WebhookSender, pepper: bytes, max_body_bytes: int,
-    ) -> None:  # fmt: skip
-        self.deployments, self.routes, self.catalog, self.store, self.db = deployments, routes, catalog, store, db
+        self,
+        deployments: Deployments,
+        routes: RouteTable,
+        catalog: Catalog,
+        store: Store,
+        db: StoreThread,
+        sla: SlaWatch,
+        webhooks: WebhookSender,
+        pepper: bytes,
+        max_body_bytes: int,
+    ) -> None:
+        self.deployments, self.routes, self.catalog, self.store, self.db = (
+            deployments,
+            routes,
+            catalog,
+            store,
+            db,
+        )
         self.sla, self.webhooks, self.pepper, self.max_body_bytes = sla, webhooks, pepper, max_body_bytes
 
     async def _body_as(self, req: Request, model: type[M], what: str) -> M:
@@ -56,20 +69,27 @@ class ManagementApi:
     async def _record(self, dep: Deployment) -> DeploymentRecord:
         record = await self.deployments.get(dep.id)
         if record is None:
-            raise GatewayError(409, f"deployment {dep.id} is not managed by this gateway (added as a route)",
-                               code="not_managed")  # fmt: skip
+            raise GatewayError(
+                409,
+                f"deployment {dep.id} is not managed by this gateway (added as a route)",
+                code="not_managed",
+            )
         return record
 
     async def _managed(self, req: Request) -> DeploymentRecord:
         """The deployment named by the route, which the caller's key may manage (else 401/403/404)."""
         dep_id = req.params["deployment_id"]
-        return await self._record(authz.manage_deployment(req.caller, self.routes.deployments.get(dep_id), dep_id))
+        return await self._record(
+            authz.manage_deployment(req.caller, self.routes.deployments.get(dep_id), dep_id)
+        )
 
     async def _readable(self, req: Request) -> DeploymentRecord:
         dep_id = req.params["deployment_id"]
-        return await self._record(authz.read_deployment(req.caller, self.routes.deployments.get(dep_id), dep_id))
+        return await self._record(
+            authz.read_deployment(req.caller, self.routes.deployments.get(dep_id), dep_id)
+        )
 
-    # -- deployments ------------------------------------------------------------------------------------------
+    # -- deployments -----------------------------------------------------------------------------------------
     async def create(self, req: Request) -> None:
         key = req.caller
         if "deployment:manage" not in key.org_permissions(key.org_id):
@@ -138,7 +158,7 @@ class ManagementApi:
     async def get_sla(self, req: Request) -> None:
         await req.json(await self.sla.report(await self._readable(req)))
 
-    # -- permissions and webhooks -----------------------------------------------------------------------------
+    # -- permissions and webhooks ----------------------------------------------------------------------------
     async def grant(self, req: Request) -> None:
         dep_id = req.params["deployment_id"]
         dep = authz.manage_deployment(req.caller, self.routes.deployments.get(dep_id), dep_id)
@@ -182,6 +202,17 @@ class ManagementApi:
             raise bad_request(f"url refused: {exc}", param="url", code="unsafe_url") from None
         secret = secrets.token_hex(32)
         hook_id = new_id("whk")
-        await self.db(self.store.create_webhook, hook_id, dep.org_id, dep.id, url, events, seal(self.pepper, secret))
-        await req.json({"id": hook_id, "deployment_id": dep.id, "url": url, "events": events, "secret": secret,
-                        "signature_header": "X-AINative-Signature"}, status=201)  # fmt: skip
+        await self.db(
+            self.store.create_webhook, hook_id, dep.org_id, dep.id, url, events, seal(self.pepper, secret)
+        )
+        await req.json(
+            {
+                "id": hook_id,
+                "deployment_id": dep.id,
+                "url": url,
+                "events": events,
+                "secret": secret,
+                "signature_header": "X-AINative-Signature",
+            },
+            status=201,
+        )

@@ -1,8 +1,8 @@
 """The autoscaler loop and waking from zero. Thin: it observes (engine queues, the data planes' in-flight load
 and last requests from the store, the SLA monitors), calls the pure policy (infra.autoscaler.decide) and acts
 through `Deployments.scale_to`. Runs on one control-plane process at a time (a lease in the store), every
-`autoscale_interval_s` (30 s); each round also feeds and evaluates the SLA monitors. Wake requests are picked up
-every `wake_poll_s` by `wake_due`, one wake per deployment however many requests ask."""
+`autoscale_interval_s` (30 s); each round also feeds and evaluates the SLA monitors. Wake requests are picked
+up every `wake_poll_s` by `wake_due`, one wake per deployment however many requests ask."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from infra.store.offload import StoreThread
 from infra.upstream.http_client import HttpPool
 
 # waiting and running requests on an engine: vLLM, then llama.cpp
-QUEUE_METRICS = {"waiting": ("vllm:num_requests_waiting", "llamacpp:requests_deferred"),
-                 "running": ("vllm:num_requests_running", "llamacpp:requests_processing")}  # fmt: skip
+QUEUE_METRICS = {
+    "waiting": ("vllm:num_requests_waiting", "llamacpp:requests_deferred"),
+    "running": ("vllm:num_requests_running", "llamacpp:requests_processing"),
+}
 SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+([0-9.eE+-]+)$")
 LOAD_FRESH_S = 10.0  # a data plane's in-flight report older than this no longer counts
 
@@ -45,9 +47,15 @@ class Autoscaler:
     """One round (`tick`) decides each deployment's replicas; `wake_due` serves wake requests."""
 
     def __init__(
-        self, store: Store, db: StoreThread, deployments: Deployments, jobs: JobRunner, sla: SlaWatch,
-        interval_s: float, clock: Callable[[], float] = time.time,
-    ) -> None:  # fmt: skip
+        self,
+        store: Store,
+        db: StoreThread,
+        deployments: Deployments,
+        jobs: JobRunner,
+        sla: SlaWatch,
+        interval_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store, self.db, self.deployments, self.jobs, self.sla = store, db, deployments, jobs, sla
         self.interval_s = interval_s
         self.clock = clock
@@ -62,8 +70,9 @@ class Autoscaler:
             try:
                 async with asyncio.timeout(5):
                     assert self.pool is not None
-                    response = await self.pool.request(base_url.removesuffix("/v1") + "/metrics", b"", headers,
-                                                       method="GET")  # fmt: skip
+                    response = await self.pool.request(
+                        base_url.removesuffix("/v1") + "/metrics", b"", headers, method="GET"
+                    )
                     body = await response.read()
                     response.release()
                 w, r = parse_queue(body.decode("utf-8", "replace")) if response.status == 200 else (0, 0)
@@ -93,8 +102,14 @@ class Autoscaler:
             waiting, running = await self._queue(endpoints, api_key) if replicas else (0, 0)
             last = activity.get(record.id, (None, None))[0]
             last_request_at = max(last or 0.0, self.first_seen.setdefault(record.id, now))
-            obs = Observation(replicas, waiting, running, in_flight.get(record.id, 0), last_request_at,
-                              slow=self.sla.slow(record.id))  # fmt: skip
+            obs = Observation(
+                replicas,
+                waiting,
+                running,
+                in_flight.get(record.id, 0),
+                last_request_at,
+                slow=self.sla.slow(record.id),
+            )
             decision = decide(scaling, obs, self.memory.get(record.id, Memory()), now)
             self.memory[record.id] = decision.memory
             if decision.changes(replicas) and await self.deployments.scale_to(

@@ -1,7 +1,8 @@
-"""Deployments as operations on typed records: create, scale, refresh, teardown, SLA, each a stack operation in
-a background job, with the lifecycle moved and saved through one path (`move`) and every state change sent as a
-signed webhook. Side effects go through ports handed in at composition: `StackOps` (Pulumi, or a stand-in),
-the stack files' folder, the engines' health check, and `publish` (tell an in-process data plane at once)."""
+"""Deployments as operations on typed records: create, scale, refresh, teardown, SLA, each a stack operation
+in a background job, with the lifecycle moved and saved through one path (`move`) and every state change sent
+as a signed webhook. Side effects go through ports handed in at composition: `StackOps` (Pulumi, or a
+stand-in), the stack files' folder, the engines' health check, and `publish` (tell an in-process data plane at
+once)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ HealthCheck = Callable[[list[str]], Awaitable[bool]]
 
 
 class StackOps(Protocol):
-    """The port to a deployment's stack: `pulumi up`, `refresh` and `destroy` (Automation API in production)."""
+    """The port to a deployment's stack: `up`, `refresh` and `destroy` (the Automation API in production)."""
 
     def up(self, stack: str, progress: Progress) -> dict[str, Any]: ...
 
@@ -44,9 +45,18 @@ class Deployments:
     """The control plane's deployments: the only writer of deployment records."""
 
     def __init__(
-        self, store: Store, db: StoreThread, catalog: Catalog, jobs: JobRunner, stack_ops: StackOps,
-        stacks_dir: Path, webhooks: WebhookSender, sla: SlaWatch, healthy: HealthCheck, publish: Publish,
-    ) -> None:  # fmt: skip
+        self,
+        store: Store,
+        db: StoreThread,
+        catalog: Catalog,
+        jobs: JobRunner,
+        stack_ops: StackOps,
+        stacks_dir: Path,
+        webhooks: WebhookSender,
+        sla: SlaWatch,
+        healthy: HealthCheck,
+        publish: Publish,
+    ) -> None:
         self.store, self.db, self.catalog, self.jobs = store, db, catalog, jobs
         self.stack_ops, self.stacks_dir, self.webhooks, self.sla = stack_ops, stacks_dir, webhooks, sla
         self.healthy, self.publish = healthy, publish
@@ -80,20 +90,28 @@ class Deployments:
         spec = record.spec
         running = await self.jobs.running(record.stack or record.name)
         return {
-            "id": record.id, "object": "deployment", "name": record.name, "model_id": spec.get("model_id", record.model_id),
-            "gpu_type": spec.get("gpu_type") or record.routes.get("gpu_type"), "region": spec.get("region"),
-            "replicas": spec.get("replicas", 1), "preset": spec.get("preset", "balanced"), "status": record.status.value,
-            "scaling": spec.get("scaling"), "sla": spec.get("sla"), "endpoints": list(record.routes.get("endpoints") or []),
+            "id": record.id,
+            "object": "deployment",
+            "name": record.name,
+            "model_id": spec.get("model_id", record.model_id),
+            "gpu_type": spec.get("gpu_type") or record.routes.get("gpu_type"),
+            "region": spec.get("region"),
+            "replicas": spec.get("replicas", 1),
+            "preset": spec.get("preset", "balanced"),
+            "status": record.status.value,
+            "scaling": spec.get("scaling"),
+            "sla": spec.get("sla"),
+            "endpoints": list(record.routes.get("endpoints") or []),
             "lifecycle": record.lifecycle.as_dict() if record.lifecycle else None,
             "job": running.as_dict() if running else None,
-        }  # fmt: skip
+        }
 
     # -- jobs -----------------------------------------------------------------------------------------------
     async def _start(
         self, stack: str, operation: str, work: Callable[[Job], Awaitable[None]]
     ) -> tuple[Job, asyncio.Event]:
-        """Reserve the stack (StackBusy when held anywhere) with a job that waits until the caller has done its
-        bookkeeping (stack file written, status recorded) and sets the returned event."""
+        """Reserve the stack (StackBusy when held anywhere) with a job that waits until the caller has done
+        its bookkeeping (stack file written, status recorded) and sets the returned event."""
         go = asyncio.Event()
 
         async def gated(job: Job) -> None:
@@ -136,11 +154,18 @@ class Deployments:
     async def create(self, org_id: str, spec: DeploymentSpec) -> DeploymentRecord:
         dep_id = f"dep_{secrets.token_hex(6)}"
         record = DeploymentRecord(
-            id=dep_id, org_id=org_id, name=spec.name, model_id=spec.model_id, status=Status.PROVISIONING,
-            spec=spec.model_dump(mode="json", exclude_defaults=True), stack=spec.name,
+            id=dep_id,
+            org_id=org_id,
+            name=spec.name,
+            model_id=spec.model_id,
+            status=Status.PROVISIONING,
+            spec=spec.model_dump(mode="json", exclude_defaults=True),
+            stack=spec.name,
             lifecycle=Lifecycle.new(time.time()),
-        )  # fmt: skip
-        _, go = await self._start(spec.name, "create", lambda job: self._converge(dep_id, job, "create", spec.name))
+        )
+        _, go = await self._start(
+            spec.name, "create", lambda job: self._converge(dep_id, job, "create", spec.name)
+        )
         try:
             await self.save(record)
             await asyncio.to_thread(write_stack_file, spec, self.stacks_dir)
@@ -190,7 +215,9 @@ class Deployments:
         """Write the new deployment object to its stack file and converge (`up`) in a job; status scaling."""
         spec = validate_deployment(new, self.catalog)
         stack = record.stack or record.name
-        job, go = await self._start(stack, "scale", lambda job: self._converge(record.id, job, "scale", stack))
+        job, go = await self._start(
+            stack, "scale", lambda job: self._converge(record.id, job, "scale", stack)
+        )
         try:
             await asyncio.to_thread(write_stack_file, spec, self.stacks_dir)
             return await self.move(record.id, Status.SCALING, f"{reason} (job {job.id})", spec=new)
@@ -201,7 +228,7 @@ class Deployments:
             go.set()
 
     async def refresh(self, record: DeploymentRecord) -> JobRow:
-        """`pulumi refresh`: a droplet deleted outside Pulumi shows as drift, and the deployment as degraded."""
+        """`pulumi refresh`: a droplet deleted outside Pulumi shows as drift, the deployment as degraded."""
         dep_id, stack = record.id, record.stack or record.name
 
         async def work(job: Job) -> None:
@@ -212,9 +239,12 @@ class Deployments:
             found = len(routes_from_outputs(outputs, None)["endpoints"])
             if found < wanted:
                 await self.move(dep_id, Status.DEGRADED, f"drift: {found} of {wanted} droplets exist")
-                await self.webhooks.emit(dep_id, "deployment.degraded", {"reason": "drift", "found": found,
-                                                                          "wanted": wanted})  # fmt: skip
-            elif current.status is Status.DEGRADED and await self.healthy(current.routes.get("endpoints") or []):
+                await self.webhooks.emit(
+                    dep_id, "deployment.degraded", {"reason": "drift", "found": found, "wanted": wanted}
+                )
+            elif current.status is Status.DEGRADED and await self.healthy(
+                current.routes.get("endpoints") or []
+            ):
                 await self.move(dep_id, Status.ACTIVE, "refresh: no drift, engine healthy", healthy=True)
 
         job, go = await self._start(stack, "refresh", work)

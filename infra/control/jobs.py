@@ -40,8 +40,16 @@ class Job:
     log: deque[str] = field(default_factory=lambda: deque(maxlen=200))
 
     def row(self) -> JobRow:
-        return JobRow(self.id, self.stack, self.operation, self.status, self.started_at, self.finished_at,
-                      self.error, tuple(self.log))  # fmt: skip
+        return JobRow(
+            self.id,
+            self.stack,
+            self.operation,
+            self.status,
+            self.started_at,
+            self.finished_at,
+            self.error,
+            tuple(self.log),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return self.row().as_dict()

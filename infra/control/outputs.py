@@ -10,15 +10,22 @@ def routes_from_outputs(outputs: dict[str, Any], engine_key_env: str | None) -> 
     served model, the SSH hosts with the pinned host key (model delivery), the SLA's concurrency limit."""
     plan = outputs.get("plan") or {}
     endpoints = [
-        f"http://{e['private_ip']}:{e['port']}/v1" for e in outputs.get("endpoints") or [] if e.get("private_ip")
+        f"http://{e['private_ip']}:{e['port']}/v1"
+        for e in outputs.get("endpoints") or []
+        if e.get("private_ip")
     ]
     hosts = [
         {"host": e["private_ip"], "host_public_key": outputs.get("host_public_key"), "port": 22}
         for e in outputs.get("endpoints") or []
         if e.get("private_ip") and outputs.get("host_public_key")
     ]
-    routes: dict[str, Any] = {"endpoints": endpoints, "model_id": plan.get("model_id"), "hosts": hosts,
-                              "gpu_type": plan.get("gpu_type"), "preset": plan.get("preset")}  # fmt: skip
+    routes: dict[str, Any] = {
+        "endpoints": endpoints,
+        "model_id": plan.get("model_id"),
+        "hosts": hosts,
+        "gpu_type": plan.get("gpu_type"),
+        "preset": plan.get("preset"),
+    }
     if plan.get("concurrency_limit"):
         routes["concurrency_limit"] = plan["concurrency_limit"]
     if engine_key_env:

@@ -41,29 +41,72 @@ class ControlPlane:
     """Everything that changes deployments, for one process; background loops run under store leases."""
 
     def __init__(
-        self, config: GatewayConfig, catalog: Catalog, store: Store, routes: RouteTable, stack_ops: StackOps,
-        stacks_dir: Path, deliver: Deliver, publish: Publish,
-    ) -> None:  # fmt: skip
+        self,
+        config: GatewayConfig,
+        catalog: Catalog,
+        store: Store,
+        routes: RouteTable,
+        stack_ops: StackOps,
+        stacks_dir: Path,
+        deliver: Deliver,
+        publish: Publish,
+    ) -> None:
         self.config, self.store = config, store
         self.holder = f"control-{secrets.token_hex(4)}"
         self.db = StoreThread("control")
         self.pool: HttpPool | None = None
-        self.webhooks = WebhookSender(store, self.db, config.pepper,
-                                      Policy(config.webhooks_allow_http, config.webhooks_allow_loopback),
-                                      config.webhook_backoff_s, config.webhook_tick_s)  # fmt: skip
+        self.webhooks = WebhookSender(
+            store,
+            self.db,
+            config.pepper,
+            Policy(config.webhooks_allow_http, config.webhooks_allow_loopback),
+            config.webhook_backoff_s,
+            config.webhook_tick_s,
+        )
         self.jobs = JobRunner(store, self.db)
         self.sla = SlaWatch(store, self.db, self.webhooks)
-        self.deployments = Deployments(store, self.db, catalog, self.jobs, stack_ops, stacks_dir, self.webhooks,
-                                       self.sla, self.healthy, publish)  # fmt: skip
-        self.autoscaler = Autoscaler(store, self.db, self.deployments, self.jobs, self.sla,
-                                     config.autoscale_interval_s)  # fmt: skip
+        self.deployments = Deployments(
+            store,
+            self.db,
+            catalog,
+            self.jobs,
+            stack_ops,
+            stacks_dir,
+            self.webhooks,
+            self.sla,
+            self.healthy,
+            publish,
+        )
+        self.autoscaler = Autoscaler(
+            store, self.db, self.deployments, self.jobs, self.sla, config.autoscale_interval_s
+        )
         delivery = config.delivery
         if config.ssh_key and delivery.identity_file is None:
             delivery = dataclasses.replace(delivery, identity_file=config.ssh_key)
-        self.uploads = Uploads(store, self.db, catalog, routes, self.deployments, self.healthy, deliver,
-                               Path(config.upload_dir), config.max_model_bytes, config.max_body_bytes, delivery)  # fmt: skip
-        self.api = ManagementApi(self.deployments, routes, catalog, store, self.db, self.sla, self.webhooks,
-                                 config.pepper, config.max_body_bytes)  # fmt: skip
+        self.uploads = Uploads(
+            store,
+            self.db,
+            catalog,
+            routes,
+            self.deployments,
+            self.healthy,
+            deliver,
+            Path(config.upload_dir),
+            config.max_model_bytes,
+            config.max_body_bytes,
+            delivery,
+        )
+        self.api = ManagementApi(
+            self.deployments,
+            routes,
+            catalog,
+            store,
+            self.db,
+            self.sla,
+            self.webhooks,
+            config.pepper,
+            config.max_body_bytes,
+        )
         self.background: list[asyncio.Task[None]] = []
 
     async def healthy(self, endpoints: list[str]) -> bool:

@@ -1,5 +1,6 @@
-"""SLA monitors of the deployments that declare targets, fed by the data planes' samples from the store; breaches
-and recoveries are kept in the store (any process answers GET .../sla) and sent as signed webhooks."""
+"""SLA monitors of the deployments that declare targets, fed by the data planes' samples from the store;
+breaches and recoveries are kept in the store (any process answers GET .../sla) and sent as signed webhooks.
+"""
 
 from __future__ import annotations
 
@@ -66,5 +67,9 @@ class SlaWatch:
         breached: set[str] = set()
         for event in history:
             (breached.add if event["event"] == "breach" else breached.discard)(event["metric"])
-        return {"deployment_id": record.id, "targets": record.spec.get("sla") or {}, "breached": sorted(breached),
-                "history": history}  # fmt: skip
+        return {
+            "deployment_id": record.id,
+            "targets": record.spec.get("sla") or {},
+            "breached": sorted(breached),
+            "history": history,
+        }

@@ -2,10 +2,9 @@
 
 Bodies are streamed to a temporary file in the upload directory with a size cap and a sha256 computed while
 writing; nothing is buffered in memory and no user-supplied path part is ever used (files are named by upload
-id). A complete file is checked by the bounded GGUF reader and against the deployment's GPU, renamed into place,
-then delivered to the deployment's droplets in the background. Statuses: pending_upload -> uploading -> ready,
-or failed with a reason. Anything refused leaves nothing on disk.
-"""
+id). A complete file is checked by the bounded GGUF reader and against the deployment's GPU, renamed into
+place, then delivered to the deployment's droplets in the background. Statuses: pending_upload -> uploading ->
+ready, or failed with a reason. Anything refused leaves nothing on disk."""
 
 from __future__ import annotations
 
@@ -77,11 +76,26 @@ class Uploads:
     """The upload routes and the background delivery. ``deliver`` is the port to the droplets (SFTP)."""
 
     def __init__(
-        self, store: Store, db: StoreThread, catalog: Catalog, routes: RouteTable, deployments: Deployments,
-        healthy: HealthCheck, deliver: Deliver, directory: Path, max_bytes: int, max_body_bytes: int,
+        self,
+        store: Store,
+        db: StoreThread,
+        catalog: Catalog,
+        routes: RouteTable,
+        deployments: Deployments,
+        healthy: HealthCheck,
+        deliver: Deliver,
+        directory: Path,
+        max_bytes: int,
+        max_body_bytes: int,
         delivery: DeliveryConfig,
-    ) -> None:  # fmt: skip
-        self.store, self.db, self.catalog, self.routes, self.deployments = store, db, catalog, routes, deployments
+    ) -> None:
+        self.store, self.db, self.catalog, self.routes, self.deployments = (
+            store,
+            db,
+            catalog,
+            routes,
+            deployments,
+        )
         self.healthy, self.deliver, self.max_body_bytes = healthy, deliver, max_body_bytes
         self.dir = directory
         self.incoming = directory / ".incoming"
@@ -98,8 +112,12 @@ class Uploads:
             raise bad_request("deployment_id: required", param="deployment_id")
         dep = authz.manage_deployment(key, self.routes.deployments.get(dep_id), dep_id)
         if not dep.hosts:
-            raise GatewayError(409, f"deployment {dep.id} has no droplets the gateway can deliver to (scaled to "
-                               "zero, or registered without hosts)", code="deployment_unavailable")  # fmt: skip
+            raise GatewayError(
+                409,
+                f"deployment {dep.id} has no droplets the gateway can deliver to (scaled to "
+                "zero, or registered without hosts)",
+                code="deployment_unavailable",
+            )
         return dep
 
     def _name(self, value: Any) -> str:
@@ -113,8 +131,11 @@ class Uploads:
     async def _check_unique(self, key: KeyRecord, name: str, own_id: str | None = None) -> None:
         existing = await self.db(self.store.upload_named, key.org_id, name)
         if existing is not None and existing["id"] != own_id:
-            raise GatewayError(409, f"a model named {name} already exists ({existing['id']}, {existing['status']})",
-                               code="name_taken")  # fmt: skip
+            raise GatewayError(
+                409,
+                f"a model named {name} already exists ({existing['id']}, {existing['status']})",
+                code="name_taken",
+            )
 
     def _validate(self, path: Path, dep: Deployment, name: str) -> tuple[dict[str, Any], dict[str, str]]:
         """Header check and fit; raises GatewayError 422 with the reason."""
@@ -129,18 +150,28 @@ class Uploads:
                 409, f"deployment {dep.id} does not say which gpu type it runs on", code="unknown_gpu"
             )
         try:
-            serving = plan_gguf(info, catalog.gpu_types[gpu_name], gpu_name, catalog.presets[dep.preset or "balanced"],
-                                f"{self.delivery.container_dir}/{name}.gguf", f"byom:{name}")  # fmt: skip
+            serving = plan_gguf(
+                info,
+                catalog.gpu_types[gpu_name],
+                gpu_name,
+                catalog.presets[dep.preset or "balanced"],
+                f"{self.delivery.container_dir}/{name}.gguf",
+                f"byom:{name}",
+            )
         except PlanError as exc:
             raise GatewayError(422, str(exc), code="does_not_fit") from None
-        summary = {**info.summary(), "ctx_size": serving.ctx_size, "parallel": serving.parallel,
-                   "max_kv_tokens": serving.fit.max_kv_tokens}  # fmt: skip
+        summary = {
+            **info.summary(),
+            "ctx_size": serving.ctx_size,
+            "parallel": serving.parallel,
+            "max_kv_tokens": serving.fit.max_kv_tokens,
+        }
         return summary, serving.env()
 
     async def _finish(
         self, upload_id: str, sink: Sink, dep: Deployment, name: str, expected_sha: str | None
     ) -> dict[str, Any]:
-        """The body is complete: validate, keep, deliver in the background. On refusal nothing stays on disk."""
+        """The body is complete: validate, keep, deliver in the background (a refusal leaves nothing)."""
         sink.close()
         digest = sink.hash.hexdigest()
         try:
@@ -159,8 +190,14 @@ class Uploads:
             raise
         final = self.dir / f"{upload_id}.gguf"
         os.replace(sink.path, final)  # atomic: same directory tree, same filesystem
-        await self.db(self.store.update_upload, upload_id, status="uploading", sha256=digest, info=summary,
-                         received=sink.size)  # fmt: skip
+        await self.db(
+            self.store.update_upload,
+            upload_id,
+            status="uploading",
+            sha256=digest,
+            info=summary,
+            received=sink.size,
+        )
         task = asyncio.get_running_loop().create_task(
             self._deliver(upload_id, final, dep, name, settings, digest)
         )
@@ -168,8 +205,9 @@ class Uploads:
         task.add_done_callback(self.tasks.discard)
         return await self.status_of(upload_id)
 
-    async def _deliver(self, upload_id: str, path: Path, dep: Deployment, name: str, settings: dict[str, str],
-                       digest: str) -> None:  # fmt: skip
+    async def _deliver(
+        self, upload_id: str, path: Path, dep: Deployment, name: str, settings: dict[str, str], digest: str
+    ) -> None:
         try:
             for host in dep.hosts:
                 remote = await asyncio.to_thread(
@@ -200,10 +238,18 @@ class Uploads:
         record = await self.db(self.store.upload, upload_id)
         assert record is not None
         return {
-            "id": record["id"], "object": "model.upload", "name": record["name"], "model": f"byom:{record['name']}",
-            "deployment_id": record["deployment_id"], "status": record["status"], "size": record["size"],
-            "offset": record["received"], "sha256": record["sha256"], "reason": record["reason"], "gguf": record["info"],
-        }  # fmt: skip
+            "id": record["id"],
+            "object": "model.upload",
+            "name": record["name"],
+            "model": f"byom:{record['name']}",
+            "deployment_id": record["deployment_id"],
+            "status": record["status"],
+            "size": record["size"],
+            "offset": record["received"],
+            "sha256": record["sha256"],
+            "reason": record["reason"],
+            "gguf": record["info"],
+        }
 
     # -- multipart (the spec's route) -----------------------------------------------------------------------
     async def multipart(self, req: Request) -> None:
@@ -287,8 +333,12 @@ class Uploads:
             )
             self.sinks[upload_id] = sink
             if int(offset_text) != sink.size:
-                raise GatewayError(409, f"offset mismatch: the upload is at {sink.size}", code="offset_mismatch",
-                                   headers={"Upload-Offset": str(sink.size)})  # fmt: skip
+                raise GatewayError(
+                    409,
+                    f"offset mismatch: the upload is at {sink.size}",
+                    code="offset_mismatch",
+                    headers={"Upload-Offset": str(sink.size)},
+                )
             if record["status"] == "pending_upload":
                 await self.db(self.store.update_upload, upload_id, status="uploading")
             try:

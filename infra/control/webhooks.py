@@ -1,12 +1,11 @@
 """Deployment webhooks: SSRF-checked URLs, signed bodies, a durable outbox delivered at least once.
 
-Signature, exactly as the reference product's verify() expects:
-    X-AINative-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>
-The event id and a timestamp are inside the signed body and in X-AINative-Event-Id / X-AINative-Timestamp, so a
-receiver can refuse replays (timestamps older than 5 minutes, ids already seen). Events are written to the
-outbox in the store first, then sent with exponential backoff and jitter until a 2xx (redirects are not
-followed), for up to a day; a gateway restart loses nothing. One gateway replica sends at a time (a lease).
-"""
+Signature, exactly as the reference product's verify() expects: X-AINative-Signature: sha256=<hex
+HMAC-SHA256(secret, raw body)> The event id and a timestamp are inside the signed body and in
+X-AINative-Event-Id / X-AINative-Timestamp, so a receiver can refuse replays (timestamps older than 5 minutes,
+ids already seen). Events are written to the outbox in the store first, then sent with exponential backoff and
+jitter until a 2xx (redirects are not followed), for up to a day; a gateway restart loses nothing. One gateway
+replica sends at a time (a lease)."""
 
 from __future__ import annotations
 
@@ -31,8 +30,13 @@ from infra.store.keys import new_id
 from infra.store.offload import StoreThread
 from infra.upstream.http_client import HttpPool
 
-EVENTS = ("deployment.active", "deployment.degraded", "deployment.sla_breach", "deployment.recovered",
-          "deployment.scaled")  # fmt: skip
+EVENTS = (
+    "deployment.active",
+    "deployment.degraded",
+    "deployment.sla_breach",
+    "deployment.recovered",
+    "deployment.scaled",
+)
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 METADATA = ipaddress.ip_address("169.254.169.254")
@@ -121,12 +125,18 @@ def backoff_s(attempts: int, base_s: float) -> float:
 
 
 class WebhookSender:
-    """Writes events to the outbox (`emit`) and delivers what is due (`send_due`, on one process at a time)."""
+    """Writes events to the outbox (`emit`); delivers what is due (`send_due`, one process at a time)."""
 
     def __init__(
-        self, store: Store, db: StoreThread, pepper: bytes, policy: Policy, base_backoff_s: float = 5.0,
-        tick_s: float = 1.0, timeout_s: float = 15.0,
-    ) -> None:  # fmt: skip
+        self,
+        store: Store,
+        db: StoreThread,
+        pepper: bytes,
+        policy: Policy,
+        base_backoff_s: float = 5.0,
+        tick_s: float = 1.0,
+        timeout_s: float = 15.0,
+    ) -> None:
         self.store, self.db, self.pepper = store, db, pepper
         self.pool: HttpPool | None = None  # set when the control plane starts
         self.policy = policy
@@ -144,8 +154,15 @@ class WebhookSender:
         rows, ids = [], []
         for hook_id, _, _ in hooks:
             event_id = new_id("evt")
-            body = orjson.dumps({"id": event_id, "type": event, "created": int(now), "deployment_id": deployment_id,
-                                 "data": data}).decode()  # fmt: skip
+            body = orjson.dumps(
+                {
+                    "id": event_id,
+                    "type": event,
+                    "created": int(now),
+                    "deployment_id": deployment_id,
+                    "data": data,
+                }
+            ).decode()
             rows.append((new_id("out"), hook_id, event_id, body))
             ids.append(event_id)
         if rows:
@@ -154,7 +171,9 @@ class WebhookSender:
 
     async def send_due(self) -> int:
         sent = 0
-        for outbox_id, hook_id, event_id, body, attempts, created in await self.db(self.store.due, time.time()):
+        for outbox_id, hook_id, event_id, body, attempts, created in await self.db(
+            self.store.due, time.time()
+        ):
             hook = await self.db(self.store.webhook, hook_id)
             if hook is None:
                 await self.db(self.store.retry_later, outbox_id, time.time(), "webhook deleted", True)
@@ -167,8 +186,13 @@ class WebhookSender:
                 sent += 1
             else:
                 dead = now - created > GIVE_UP_AFTER_S
-                await self.db(self.store.retry_later, outbox_id, now + backoff_s(attempts, self.base_backoff_s),
-                                 error, dead)  # fmt: skip
+                await self.db(
+                    self.store.retry_later,
+                    outbox_id,
+                    now + backoff_s(attempts, self.base_backoff_s),
+                    error,
+                    dead,
+                )
         return sent
 
     async def _post(self, url: str, secret: str, event_id: str, body: bytes) -> str | None:
@@ -176,9 +200,13 @@ class WebhookSender:
         assert pool is not None, "control plane not started"
         try:
             _, address = await asyncio.to_thread(check_url, url, self.policy)  # checked again at each attempt
-            headers = {"Content-Type": "application/json", "X-AINative-Signature": sign(secret, body),
-                       "X-AINative-Event-Id": event_id, "X-AINative-Timestamp": str(int(time.time())),
-                       "User-Agent": "agentcloud-webhooks"}  # fmt: skip
+            headers = {
+                "Content-Type": "application/json",
+                "X-AINative-Signature": sign(secret, body),
+                "X-AINative-Event-Id": event_id,
+                "X-AINative-Timestamp": str(int(time.time())),
+                "User-Agent": "agentcloud-webhooks",
+            }
             async with asyncio.timeout(self.timeout_s):
                 response = await pool.request(url, body, headers, address=address)
                 await response.read()

@@ -2,9 +2,8 @@
 what the control plane needs to see (per-request samples, last request, in-flight load), written to the store
 in batches off the request path.
 
-Hot-path rules (reference/gateway-performance.md): metrics in memory, usage as per-minute rollups (no object per
-request), no store round trip per request.
-"""
+Hot-path rules (reference/gateway-performance.md): metrics in memory, usage as per-minute rollups (no object
+per request), no store round trip per request."""
 
 from __future__ import annotations
 
@@ -66,7 +65,9 @@ class Admission:
     """Requests/min before the body is read; then, once the handler knows the model, tokens/min and the
     deployment's concurrency limit (`begin`)."""
 
-    def __init__(self, plans: Plans, limiter: RateLimiter, concurrency: ConcurrencyLimiter, metrics: Metrics) -> None:
+    def __init__(
+        self, plans: Plans, limiter: RateLimiter, concurrency: ConcurrencyLimiter, metrics: Metrics
+    ) -> None:
         self.plans, self.limiter, self.concurrency, self.metrics = plans, limiter, concurrency, metrics
 
     async def admit(self, req: Request) -> None:
@@ -79,9 +80,11 @@ class Admission:
         req.extra_headers = decision.headers()
         if not decision.allowed:
             raise GatewayError(
-                429, "request rate limit exceeded for this key's plan; retry after Retry-After seconds",
-                "rate_limit_error", code="rate_limit_exceeded",
-            )  # fmt: skip
+                429,
+                "request rate limit exceeded for this key's plan; retry after Retry-After seconds",
+                "rate_limit_error",
+                code="rate_limit_exceeded",
+            )
 
     async def begin(self, req: Request, model_id: str, dep: Deployment | None, estimate: int) -> Call:
         """Reserve the token estimate and a concurrency slot; the call is settled by the accounting middleware
@@ -94,19 +97,26 @@ class Admission:
                 req.extra_headers = decision.headers()
             if not decision.allowed:
                 retry = next(v for k, v in decision.headers() if k == b"retry-after")
-                req.extra_headers = [h for h in req.extra_headers if h[0] != b"retry-after"] + [(b"retry-after", retry)]
+                req.extra_headers = [h for h in req.extra_headers if h[0] != b"retry-after"] + [
+                    (b"retry-after", retry)
+                ]
                 raise GatewayError(
-                    429, "token rate limit exceeded for this key's plan; retry after Retry-After seconds",
-                    "rate_limit_error", code="token_rate_limit_exceeded",
-                )  # fmt: skip
+                    429,
+                    "token rate limit exceeded for this key's plan; retry after Retry-After seconds",
+                    "rate_limit_error",
+                    code="token_rate_limit_exceeded",
+                )
         lease = None
         if dep is not None and dep.concurrency_limit:
             lease = await self.concurrency.acquire(dep.id, dep.concurrency_limit)
             if lease is None:
                 raise GatewayError(
-                    429, f"deployment {dep.id} is at its concurrency limit ({dep.concurrency_limit})",
-                    "rate_limit_error", code="concurrency_limit", headers={"Retry-After": "1"},
-                )  # fmt: skip
+                    429,
+                    f"deployment {dep.id} is at its concurrency limit ({dep.concurrency_limit})",
+                    "rate_limit_error",
+                    code="concurrency_limit",
+                    headers={"Retry-After": "1"},
+                )
         series = self.metrics.series_for(model_id, dep.id if dep else None)
         call = Call(key, model_id, dep, estimate, series, lease=lease)
         self.metrics.started(series)
@@ -115,13 +125,20 @@ class Admission:
 
 
 class Accountant:
-    """Settles calls: tokens, concurrency, metrics, usage rollups and the control plane's observations; flushes
-    them to the store every ``flush_s``."""
+    """Settles calls: tokens, concurrency, metrics, usage rollups and the control plane's observations;
+    flushes them to the store every ``flush_s``."""
 
     def __init__(
-        self, plans: Plans, limiter: RateLimiter, concurrency: ConcurrencyLimiter, metrics: Metrics,
-        store: Store, db: StoreThread, process: str, queue_max: int = 100_000,
-    ) -> None:  # fmt: skip
+        self,
+        plans: Plans,
+        limiter: RateLimiter,
+        concurrency: ConcurrencyLimiter,
+        metrics: Metrics,
+        store: Store,
+        db: StoreThread,
+        process: str,
+        queue_max: int = 100_000,
+    ) -> None:
         self.plans, self.limiter, self.concurrency, self.metrics = plans, limiter, concurrency, metrics
         self.store, self.db, self.process, self.queue_max = store, db, process, queue_max
         # (minute, key, org, model, deployment) -> [requests, errors, prompt, completion, cost, latency ms]
@@ -150,10 +167,19 @@ class Accountant:
             tps = call.completion_tokens / gen_s if call.completion_tokens > 1 and gen_s > 0 else None
             ttft_ms = call.ttft_s * 1000 if call.ttft_s is not None else None
             if len(self.samples) < self.queue_max:
-                self.samples.append(Sample(dep.id, now, ttft_ms, tps, call.series[-1].active if call.series else 0))
+                self.samples.append(
+                    Sample(dep.id, now, ttft_ms, tps, call.series[-1].active if call.series else 0)
+                )
             self.last_request[dep.id] = now
-        self.metrics.finished(call.series, call.status, elapsed, call.ttft_s, call.prompt_tokens,
-                              call.completion_tokens, call.cost_usd)  # fmt: skip
+        self.metrics.finished(
+            call.series,
+            call.status,
+            elapsed,
+            call.ttft_s,
+            call.prompt_tokens,
+            call.completion_tokens,
+            call.cost_usd,
+        )
         slot = (now // 60 * 60, call.key.id, call.key.org_id, call.model_id, dep.id if dep else None)
         acc = self.usage.get(slot)
         if acc is None:
@@ -183,7 +209,9 @@ class Accountant:
         if not self.usage:
             return
         batch, self.usage = self.usage, {}
-        rows = [UsageRow(*k, int(v[0]), int(v[1]), int(v[2]), int(v[3]), v[4], v[5]) for k, v in batch.items()]
+        rows = [
+            UsageRow(*k, int(v[0]), int(v[1]), int(v[2]), int(v[3]), v[4], v[5]) for k, v in batch.items()
+        ]
         try:
             await self.db(self.store.add_usage, rows)
         except Exception:

@@ -1,8 +1,8 @@
 """The data plane, and the ASGI entry that serves whichever planes a process runs.
 
 `DataPlane` holds what serving a request needs: routes, upstreams, authentication, admission, accounting,
-metrics, and the sync that keeps routes and keys in step with the store. `Gateway` is the ASGI application: the
-middleware chain (see middleware.py) around one router on which each plane registered its routes, and a
+metrics, and the sync that keeps routes and keys in step with the store. `Gateway` is the ASGI application:
+the middleware chain (see middleware.py) around one router on which each plane registered its routes, and a
 lifespan that starts and stops the planes.
 
 Hot-path rules (reference/gateway-performance.md): no framework, no per-request database round trip (keys come
@@ -63,7 +63,9 @@ class DataPlane:
         self.process = f"data-{secrets.token_hex(4)}"
         self.db = StoreThread("data")
         self.metrics = Metrics()
-        self.key_cache: TtlCache[str, KeyRecord | None] = TtlCache(config.key_cache_size, config.key_cache_ttl_s)
+        self.key_cache: TtlCache[str, KeyRecord | None] = TtlCache(
+            config.key_cache_size, config.key_cache_ttl_s
+        )
         self.redis: Any = None
         self.limiter: RateLimiter = MemoryRateLimiter()
         self.concurrency: ConcurrencyLimiter = MemoryConcurrency()
@@ -74,12 +76,21 @@ class DataPlane:
             self.limiter, self.concurrency = RedisRateLimiter(self.redis), RedisConcurrency(self.redis)
         plans = Plans(catalog)
         self.upstreams = Upstreams(
-            routes.breakers, Timeouts(config.connect_timeout_s, config.first_byte_timeout_s, config.idle_timeout_s)
+            routes.breakers,
+            Timeouts(config.connect_timeout_s, config.first_byte_timeout_s, config.idle_timeout_s),
         )
         self.authenticate = mw.Authenticator(store, self.db, config.pepper, self.key_cache)
         self.admission = Admission(plans, self.limiter, self.concurrency, self.metrics)
-        self.accountant = Accountant(plans, self.limiter, self.concurrency, self.metrics, store, self.db,
-                                     self.process, config.usage_queue_max)  # fmt: skip
+        self.accountant = Accountant(
+            plans,
+            self.limiter,
+            self.concurrency,
+            self.metrics,
+            store,
+            self.db,
+            self.process,
+            config.usage_queue_max,
+        )
         self.sync = RouteSync(store, self.db, routes, self.key_cache, config.sync_interval_s)
         self.waker = Waker(store, self.db, routes)
         self.background: list[asyncio.Task[None]] = []
@@ -87,8 +98,15 @@ class DataPlane:
     def register(self, router: Router) -> None:
         """The data plane's routes: inference, catalog, metrics."""
         serving = Serving(self.routes, self.catalog, self.upstreams, self.admission, self.waker, self.config)
-        observing = Observing(self.catalog, self.routes, self.metrics, self.store, self.db, self.concurrency,
-                              self.config.metrics_token)  # fmt: skip
+        observing = Observing(
+            self.catalog,
+            self.routes,
+            self.metrics,
+            self.store,
+            self.db,
+            self.concurrency,
+            self.config.metrics_token,
+        )
         data_routes.register(router, serving, observing)
 
     async def startup(self) -> None:

@@ -82,8 +82,9 @@ class Request:
     def _watch_disconnect(self) -> None:
         """Once the body is read, a client disconnect cancels the handler (and so its upstream request).
 
-        The watcher starts after WATCH_AFTER_S: most requests are over by then, and a timer is much cheaper than
-        a task per request; a client that leaves a long generation or stream is noticed within that delay."""
+        The watcher starts after WATCH_AFTER_S: most requests are over by then, and a timer is much cheaper
+        than a task per request; a client that leaves a long generation or stream is noticed within that
+        delay."""
         handler = asyncio.current_task()
         if handler is not None:
             self.watcher = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start_watch, handler)

@@ -13,6 +13,8 @@ MISSING: Any = object()
 
 
 class TtlCache(Generic[K, V]):
+    """A bounded cache whose entries expire after a fixed time (keys, negative answers too)."""
+
     def __init__(self, maxsize: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.maxsize = maxsize
         self.ttl_s = ttl_s

@@ -58,24 +58,41 @@ class GatewayConfig:
     webhook_backoff_s: float = 5.0
     webhook_tick_s: float = 1.0
     autoscale_interval_s: float = 30.0
-    wake_hold_s: float = 30.0  # how long a request to a deployment at zero is held while it wakes (header bounded)
+    wake_hold_s: float = (
+        30.0  # how long a request to a deployment at zero is held while it wakes (header bounded)
+    )
     wake_hold_max_s: float = 600.0
     wake_poll_s: float = 0.25  # how often the control plane looks for wake requests
     sync_interval_s: float = 1.0  # how often a data plane polls the store for route and key changes
     stack_ops: str | None = None  # module:factory of the control plane's stack operations (default: Pulumi)
-    stacks_dir: str | None = None  # where the control plane writes stack files (default: the project's stacks/)
+    stacks_dir: str | None = (
+        None  # where the control plane writes stack files (default: the project's stacks/)
+    )
 
     @staticmethod
     def from_env(**overrides: object) -> GatewayConfig:
         env = os.environ
         values: dict[str, object] = {}
         for name, kind in (
-            ("database", str), ("redis_url", str), ("catalog", str), ("routes_file", str), ("metrics_token", str),
-            ("upload_dir", str), ("max_model_bytes", int), ("ssh_key", str),
-            ("max_body_bytes", int), ("max_upload_bytes", int), ("connect_timeout_s", float),
-            ("first_byte_timeout_s", float), ("idle_timeout_s", float), ("key_cache_ttl_s", float),
-            ("default_max_tokens", int), ("stack_ops", str), ("autoscale_interval_s", float), ("stacks_dir", str),
-        ):  # fmt: skip
+            ("database", str),
+            ("redis_url", str),
+            ("catalog", str),
+            ("routes_file", str),
+            ("metrics_token", str),
+            ("upload_dir", str),
+            ("max_model_bytes", int),
+            ("ssh_key", str),
+            ("max_body_bytes", int),
+            ("max_upload_bytes", int),
+            ("connect_timeout_s", float),
+            ("first_byte_timeout_s", float),
+            ("idle_timeout_s", float),
+            ("key_cache_ttl_s", float),
+            ("default_max_tokens", int),
+            ("stack_ops", str),
+            ("autoscale_interval_s", float),
+            ("stacks_dir", str),
+        ):
             raw = env.get(f"AGENTCLOUD_{name.upper()}")
             if raw:
                 values[name] = kind(raw)

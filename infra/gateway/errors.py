@@ -56,7 +56,9 @@ class GatewayError(DataPlaneError):
         """The data plane's form of an error raised by either package."""
         if isinstance(err, GatewayError):
             return err
-        return GatewayError(err.status, err.message, err.type, code=err.code, param=err.param, headers=err.headers)
+        return GatewayError(
+            err.status, err.message, err.type, code=err.code, param=err.param, headers=err.headers
+        )
 
     def openai_body(self) -> bytes:
         return orjson.dumps(

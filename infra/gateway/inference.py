@@ -1,4 +1,4 @@
-"""Chat completions (OpenAI format) and Anthropic messages: validation, target choice, and the upstream call."""
+"""Chat completions (OpenAI format) and Anthropic messages: validation, target choice, the upstream call."""
 
 from __future__ import annotations
 
@@ -105,7 +105,9 @@ def chat_fields(body: dict[str, Any], default_max_tokens: int) -> tuple[str | No
     return model, stream, max_tokens or default_max_tokens
 
 
-async def resolve_model(ctx: Serving, req: Request, model: str | None) -> tuple[list[Target], Deployment | None]:
+async def resolve_model(
+    ctx: Serving, req: Request, model: str | None
+) -> tuple[list[Target], Deployment | None]:
     """A model's targets, or a `byom:` model's deployment (the caller's own or granted one)."""
     key = req.caller
     if not model:
@@ -140,16 +142,25 @@ async def deployment_targets(ctx: Serving, req: Request, dep: Deployment) -> tup
         woken = await ctx.waker.wake(dep, hold)
         if woken is not None:
             return list(woken.targets), woken
-    raise GatewayError(503, f"deployment {dep.id} has no running replicas yet (status {dep.status}); retry shortly",
-                       "upstream_error", code="deployment_unavailable", headers={"Retry-After": "30"})  # fmt: skip
+    raise GatewayError(
+        503,
+        f"deployment {dep.id} has no running replicas yet (status {dep.status}); retry shortly",
+        "upstream_error",
+        code="deployment_unavailable",
+        headers={"Retry-After": "30"},
+    )
 
 
 async def with_call(
-    ctx: Serving, req: Request, model_id: str, dep: Deployment | None, estimate: int,
+    ctx: Serving,
+    req: Request,
+    model_id: str,
+    dep: Deployment | None,
+    estimate: int,
     run: Callable[[Call], Awaitable[None]],
-) -> None:  # fmt: skip
-    """Admission (tokens/min, deployment concurrency), then ``run(call)``; the accounting middleware settles the
-    call on every exit."""
+) -> None:
+    """Admission (tokens/min, deployment concurrency), then ``run(call)``; the accounting middleware settles
+    the call on every exit."""
     await run(await ctx.admission.begin(req, model_id, dep, estimate))
 
 
@@ -170,8 +181,12 @@ async def pass_upstream_error(req: Request, opened: Opened, call: Call) -> None:
     status = opened.response.status
     if status in (401, 403):  # the upstream refused the gateway's own credentials: not the caller's fault
         call.status = 502
-        raise GatewayError(502, f"upstream {opened.target.name} rejected the gateway's credentials ({status})",
-                           "upstream_error", code="upstream_auth")  # fmt: skip
+        raise GatewayError(
+            502,
+            f"upstream {opened.target.name} rejected the gateway's credentials ({status})",
+            "upstream_error",
+            code="upstream_auth",
+        )
     call.status = status
     if req.anthropic or opened.target.format is not ApiFormat.OPENAI:
         raise GatewayError(status, _error_message(opened.first), code="upstream_rejected")
@@ -217,9 +232,15 @@ async def chat_org(ctx: Serving, req: Request) -> None:
 
 
 async def _chat(
-    ctx: Serving, req: Request, body: dict[str, Any], model_id: str, targets: list[Target],
-    dep: Deployment | None, stream: bool, max_tokens: int,
-) -> None:  # fmt: skip
+    ctx: Serving,
+    req: Request,
+    body: dict[str, Any],
+    model_id: str,
+    targets: list[Target],
+    dep: Deployment | None,
+    stream: bool,
+    max_tokens: int,
+) -> None:
     usable = [t for t in targets if t.format is ApiFormat.OPENAI]
     if targets and not usable:
         raise bad_request(

@@ -2,10 +2,9 @@
 
 Both rates use GCRA: a key's state is one "theoretical arrival time" (TAT) per rate. A request of cost c is
 allowed when ``TAT + c*T - period <= now`` (T = period / limit), which admits up to `limit` at once and then
-refills smoothly. Tokens are reserved from an estimate before the upstream call and settled with the real usage
-after it (a refund moves TAT back). The check of both rates is atomic: in-process under the event loop, in Redis
-as one Lua script using Redis' clock, so several gateway processes share exactly one limit.
-"""
+refills smoothly. Tokens are reserved from an estimate before the upstream call and settled with the real
+usage after it (a refund moves TAT back). The check of both rates is atomic: in-process under the event loop,
+in Redis as one Lua script using Redis' clock, so several gateway processes share exactly one limit."""
 
 from __future__ import annotations
 
@@ -23,6 +22,8 @@ MAX_KEYS = 100_000
 
 @dataclass(frozen=True)
 class Decision:
+    """The outcome of a rate check, with the headers that say so."""
+
     allowed: bool
     limit: int
     remaining: int
@@ -41,6 +42,8 @@ class Decision:
 
 
 class RateLimiter(Protocol):
+    """Requests/min and tokens/min per key (GCRA), in memory or in Redis."""
+
     async def check(self, key: str, rpm: int | None, tpm: int | None, tokens: int) -> Decision | None: ...
 
     async def settle(self, key: str, tpm: int | None, delta_tokens: int) -> None: ...
@@ -138,7 +141,10 @@ if ok then
   if req then redis.call('SET', KEYS[1], tostring(req[2]), 'PX', math.ceil(period * 2000)) end
   if tok then redis.call('SET', KEYS[2], tostring(tok[2]), 'PX', math.ceil(period * 2000)) end
 end
-local function pack(r) if r == nil then return {-1, 0, 0, 0} end return {r[1], r[3], tostring(r[4]), tostring(r[5])} end
+local function pack(r)
+  if r == nil then return {-1, 0, 0, 0} end
+  return {r[1], r[3], tostring(r[4]), tostring(r[5])}
+end
 local a, b = pack(req), pack(tok)
 return {ok and 1 or 0, a[1], a[2], a[3], a[4], b[1], b[2], b[3], b[4]}
 """
@@ -181,6 +187,8 @@ class RedisRateLimiter:
 
 
 class ConcurrencyLimiter(Protocol):
+    """In-flight requests per deployment, bounded by its SLA's concurrency limit."""
+
     async def acquire(self, name: str, limit: int) -> str | None: ...
 
     async def release(self, name: str, token: str) -> None: ...
@@ -189,6 +197,8 @@ class ConcurrencyLimiter(Protocol):
 
 
 class MemoryConcurrency:
+    """Concurrency slots in this process."""
+
     def __init__(self) -> None:
         self._active: dict[str, set[str]] = {}
 
@@ -224,6 +234,8 @@ return 1
 
 
 class RedisConcurrency:
+    """Concurrency slots shared by every gateway process (a sorted set per deployment)."""
+
     def __init__(self, redis: Any, prefix: str = "agentcloud:cc", max_request_s: float = 900.0) -> None:
         self.redis = redis
         self.prefix = prefix

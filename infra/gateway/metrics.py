@@ -14,6 +14,8 @@ MAX_SERIES = 10_000
 
 
 class Histogram:
+    """Counts in fixed log buckets; quantiles within a bucket's width."""
+
     __slots__ = ("bounds", "count", "counts", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
@@ -43,6 +45,8 @@ class Histogram:
 
 @dataclass
 class Series:
+    """Counters and histograms of one model or deployment."""
+
     requests: int = 0
     errors: int = 0
     prompt_tokens: int = 0
@@ -86,6 +90,8 @@ def _round(v: float | None) -> float | None:
 
 
 class Metrics:
+    """Every series, in memory, exposed as Prometheus text and JSON snapshots."""
+
     def __init__(self) -> None:
         self.models: dict[str, Series] = {}
         self.deployments: dict[str, Series] = {}
@@ -165,7 +171,8 @@ class Metrics:
                         cumulative += n
                         if n:
                             lines.append(
-                                f'{prefix}_{metric}_bucket{{{label}="{_esc(name)}",le="{bound:.6g}"}} {cumulative}'
+                                f'{prefix}_{metric}_bucket{{{label}="{_esc(name)}",le="{bound:.6g}"}} '
+                                f"{cumulative}"
                             )
                     lines.append(f'{prefix}_{metric}_bucket{{{label}="{_esc(name)}",le="+Inf"}} {h.count}')
                     lines.append(f'{prefix}_{metric}_sum{{{label}="{_esc(name)}"}} {h.total:.6f}')

@@ -1,8 +1,8 @@
 """The data plane's pure ASGI middleware, outermost first:
 
-errors (the one place exceptions become answers) -> routing (404/405) -> authentication (routes that need a key)
--> admission (requests/min on metered routes) -> accounting (settles every upstream call the handler began) ->
-the route's handler.
+errors (the one place exceptions become answers) -> routing (404/405) -> authentication (routes that need a
+key) -> admission (requests/min on metered routes) -> accounting (settles every upstream call the handler
+began) -> the route's handler.
 
 Each layer is an ASGI application wrapping the next; the per-request `Request` travels in the scope.
 """
@@ -34,8 +34,8 @@ def request_of(scope: dict[str, Any]) -> Request:
 
 
 class Errors:
-    """Creates the request; turns errors into the client's error shape (OpenAI's, or Anthropic's on /v1/messages)
-    unless the response has started; a client that went away is not an error."""
+    """Creates the request; turns errors into the client's error shape (OpenAI's, or Anthropic's on
+    /v1/messages) unless the response has started; a client that went away is not an error."""
 
     def __init__(self, app: App, router: Router) -> None:
         self.app, self.router = app, router
@@ -77,7 +77,9 @@ class Authenticator:
     """Bearer (or x-api-key) token -> key record: hashed with the pepper, looked up in a bounded TTL cache
     (negative answers too, so a flood of bad keys stays off the store), then in the store."""
 
-    def __init__(self, store: Store, db: StoreThread, pepper: bytes, cache: TtlCache[str, KeyRecord | None]) -> None:
+    def __init__(
+        self, store: Store, db: StoreThread, pepper: bytes, cache: TtlCache[str, KeyRecord | None]
+    ) -> None:
         self.store, self.db, self.pepper, self.cache = store, db, pepper, cache
 
     async def __call__(self, req: Request) -> KeyRecord:

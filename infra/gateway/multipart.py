@@ -15,8 +15,15 @@ MAX_PARTS = 32
 
 
 class MultipartReader:
-    def __init__(self, content_type: str, file_field: str, write_file: Callable[[bytes], None],
-                 max_field_bytes: int = 1024) -> None:  # fmt: skip
+    """A streaming multipart/form-data parser: one file part to a sink, small fields kept, bounded."""
+
+    def __init__(
+        self,
+        content_type: str,
+        file_field: str,
+        write_file: Callable[[bytes], None],
+        max_field_bytes: int = 1024,
+    ) -> None:
         from python_multipart.multipart import MultipartParser, parse_options_header
 
         ctype, options = parse_options_header(content_type)
@@ -35,10 +42,18 @@ class MultipartReader:
         self.filename: str | None = None
         self.file_type: str | None = None
         self._part: dict[str, Any] = {}
-        self._parser = MultipartParser(boundary, {
-            "on_part_begin": self._begin, "on_header_field": self._header_field, "on_header_value": self._header_value,
-            "on_header_end": self._header_end, "on_headers_finished": self._headers_done,
-            "on_part_data": self._data, "on_part_end": self._end})  # fmt: skip
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_done,
+                "on_part_data": self._data,
+                "on_part_end": self._end,
+            },
+        )
 
     def feed(self, chunk: bytes) -> None:
         try:

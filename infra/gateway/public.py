@@ -47,11 +47,13 @@ def _card(ctx: Observing, model_id: str, model: Model | None) -> dict[str, Any]:
             dedicated=model.deployable,
             providers=[name for name, _ in providers],
             pricing={
-                name: {"usd_per_mtok_in": p.models[model_id].usd_per_mtok_in,
-                       "usd_per_mtok_out": p.models[model_id].usd_per_mtok_out}
+                name: {
+                    "usd_per_mtok_in": p.models[model_id].usd_per_mtok_in,
+                    "usd_per_mtok_out": p.models[model_id].usd_per_mtok_out,
+                }
                 for name, p in providers
             },
-        )  # fmt: skip
+        )
     return card
 
 
@@ -96,8 +98,16 @@ async def deployment_metrics(ctx: Observing, req: Request) -> None:
     )
     events = await ctx.db(ctx.store.sla_events, dep.id)
     breaches = [e for e in events if e.get("event") == "breach"]
-    await req.json({"object": "deployment.metrics", "deployment_id": dep.id, "model_id": dep.model_id,
-                    "status": dep.status, **snapshot, "sla_breaches": breaches})  # fmt: skip
+    await req.json(
+        {
+            "object": "deployment.metrics",
+            "deployment_id": dep.id,
+            "model_id": dep.model_id,
+            "status": dep.status,
+            **snapshot,
+            "sla_breaches": breaches,
+        }
+    )
 
 
 async def prometheus(ctx: Observing, req: Request) -> None:
@@ -106,4 +116,3 @@ async def prometheus(ctx: Observing, req: Request) -> None:
         if not hmac.compare_digest(token.encode(), ctx.metrics_token.encode()):
             raise unauthorized("metrics need the configured metrics token")
     await req.respond(200, ctx.metrics.prometheus().encode(), b"text/plain; version=0.0.4")
-

@@ -14,8 +14,8 @@ Handler = Callable[[Request], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Route:
-    """A handler and what the middleware does before it: ``auth`` (a key is required), ``metered`` (the request
-    counts against the key's requests/min), ``anthropic`` (errors in Anthropic's shape)."""
+    """A handler and what the middleware does before it: ``auth`` (a key is required), ``metered`` (the
+    request counts against the key's requests/min), ``anthropic`` (errors in Anthropic's shape)."""
 
     handler: Handler
     auth: bool = True
@@ -33,9 +33,15 @@ class Router:
         self.anthropic_paths: set[str] = set()
 
     def add(
-        self, method: str, path: str, handler: Handler, *, auth: bool = True, metered: bool = False,
+        self,
+        method: str,
+        path: str,
+        handler: Handler,
+        *,
+        auth: bool = True,
+        metered: bool = False,
         anthropic: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         route = Route(handler, auth, metered, anthropic)
         if anthropic:
             self.anthropic_paths.add(path)

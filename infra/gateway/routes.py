@@ -19,7 +19,9 @@ def register(router: Router, serving: Serving, observing: Observing) -> None:
     for path in (f"{API}/chat/completions", "/v1/chat/completions"):
         metered("POST", path, inference.chat)
     metered("POST", f"{API}/deployments/{{deployment_id}}/chat/completions", inference.chat_deployment)
-    metered("POST", f"{API}/orgs/{{org_id}}/deployments/{{deployment_id}}/chat/completions", inference.chat_org)
+    metered(
+        "POST", f"{API}/orgs/{{org_id}}/deployments/{{deployment_id}}/chat/completions", inference.chat_org
+    )
     for path in ("/v1/messages", f"{API}/messages"):
         metered("POST", path, inference.messages, anthropic=True)
     for path in (f"{API}/embeddings/generate", "/v1/embeddings"):

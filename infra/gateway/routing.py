@@ -1,5 +1,6 @@
-"""Where a request may go: for each model an ordered list of targets (a routes file's upstreams, then serverless
-providers from presets.yaml), and the dedicated deployments (from the store, kept in sync by `RouteSync`)."""
+"""Where a request may go: for each model an ordered list of targets (a routes file's upstreams, then
+serverless providers from presets.yaml), and the dedicated deployments (from the store, kept in sync by
+`RouteSync`)."""
 
 from __future__ import annotations
 
@@ -134,8 +135,16 @@ def deployment_from(entry: dict[str, Any]) -> Deployment:
 
 def deployment_from_record(record: DeploymentRecord) -> Deployment:
     routes = record.routes
-    return deployment_from({**routes, "id": record.id, "org_id": record.org_id, "name": record.name,
-                            "model_id": record.served_model, "status": record.status.value})  # fmt: skip
+    return deployment_from(
+        {
+            **routes,
+            "id": record.id,
+            "org_id": record.org_id,
+            "name": record.name,
+            "model_id": record.served_model,
+            "status": record.status.value,
+        }
+    )
 
 
 def load_routes(table: RouteTable, path: Path) -> RouteTable:

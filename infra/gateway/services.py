@@ -42,8 +42,8 @@ def _openai_targets(targets: list[Target]) -> list[Target]:
 async def _forward(
     ctx: Serving, req: Request, model: str, estimate: int, build: RequestBuilder, default_type: str
 ) -> tuple[bytes, str] | None:
-    """One non-streaming call (fallback, limits, accounting): the upstream's body and content type, or None when
-    an upstream error has already been answered."""
+    """One non-streaming call (fallback, limits, accounting): the upstream's body and content type, or None
+    when an upstream error has already been answered."""
     targets, dep = await resolve_model(ctx, req, model)
     result: dict[str, tuple[bytes, str]] = {}
 
@@ -148,7 +148,8 @@ def encode_multipart(fields: dict[str, str], file: tuple[str, str, str, bytes]) 
     ]
     name, filename, content_type, data = file
     parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"; filename="{_quote(filename)}"\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"; '
+        f'filename="{_quote(filename)}"\r\n'
         f"Content-Type: {content_type}\r\n\r\n".encode()
         + data
         + b"\r\n"
@@ -171,8 +172,10 @@ async def transcriptions(ctx: Serving, req: Request) -> None:
     filename, ctype, audio = form.filename, form.file_type, bytes(audio_buffer)
 
     def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
-        body, content_type = encode_multipart({"model": t.upstream_model, **fields},
-                                              ("file", filename or "audio", ctype or "application/octet-stream", audio))  # fmt: skip
+        body, content_type = encode_multipart(
+            {"model": t.upstream_model, **fields},
+            ("file", filename or "audio", ctype or "application/octet-stream", audio),
+        )
         return t.base_url + "/audio/transcriptions", body, {**openai_headers(t), "Content-Type": content_type}
 
     out = await _forward(ctx, req, model, len(audio) // 1000, build, "application/json")

@@ -1,6 +1,6 @@
 """How a data plane learns what the control plane changed, through the store alone: it polls the store's
-revisions (one small query a second) and reloads deployments when "routes" moved, or empties its key cache when
-"keys" moved. In one process the control plane also hands over each saved record at once (`apply`)."""
+revisions (one small query a second) and reloads deployments when "routes" moved, or empties its key cache
+when "keys" moved. In one process the control plane also hands over each saved record at once (`apply`)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,13 @@ class RouteSync:
     """Keeps ``routes.deployments`` and the key cache in step with the store."""
 
     def __init__(
-        self, store: Store, db: StoreThread, routes: RouteTable, keys: TtlCache[str, KeyRecord | None],
+        self,
+        store: Store,
+        db: StoreThread,
+        routes: RouteTable,
+        keys: TtlCache[str, KeyRecord | None],
         interval_s: float = 1.0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.store, self.db, self.routes, self.keys, self.interval_s = store, db, routes, keys, interval_s
         self.seen: dict[str, int] = {}
 

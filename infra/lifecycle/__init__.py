@@ -1,1 +1,1 @@
-"""Stack operations for deployments through the Pulumi Automation API (the control plane's real `StackOps`)."""
+"""Stack operations through the Pulumi Automation API (the control plane's `StackOps` in production)."""

@@ -1,17 +1,16 @@
 """Stack operations for a deployment, through the Pulumi Automation API (needs the `pulumi` CLI).
 
 create = write the stack file + `up`; scale = rewrite replicas/scaling + `up`; refresh = `refresh` (drift);
-teardown = `destroy` (the model-cache volumes are protected: kept unless asked, then unprotected by an `up` with
-agent-cloud:keepModelCache=false first). The backend is a local directory by default
-(PULUMI_BACKEND_URL=file://~/.agentcloud-state); any Pulumi backend works.
-"""
+teardown = `destroy` (the model-cache volumes are protected: kept unless asked, then unprotected by an `up`
+with agent-cloud:keepModelCache=false first). The backend is a local directory by default
+(PULUMI_BACKEND_URL=file://~/.agentcloud-state); any Pulumi backend works."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import yaml
 
@@ -24,14 +23,6 @@ from infra.spec import DEPLOYMENT_KEY, STACKS_DIR, DeploymentSpec, parse_stack
 
 Progress = Callable[[str], None]
 DEFAULT_BACKEND = f"file://{Path.home() / '.agentcloud-state'}"
-
-
-class StackOps(Protocol):
-    def up(self, stack: str, progress: Progress) -> dict[str, Any]: ...
-
-    def refresh(self, stack: str, progress: Progress) -> dict[str, Any]: ...
-
-    def destroy(self, stack: str, keep_model_cache: bool, progress: Progress) -> None: ...
 
 
 def validate_deployment(data: dict[str, Any], catalog: Catalog, file: str = "request") -> DeploymentSpec:
@@ -56,6 +47,8 @@ def write_stack_file(spec: DeploymentSpec, directory: Path = STACKS_DIR) -> Path
 
 
 class PulumiStackOps:
+    """Stack operations through the Pulumi Automation API (the control plane's `StackOps` in production)."""
+
     def __init__(self, work_dir: Path = PROJECT_ROOT, backend_url: str | None = None) -> None:
         self.work_dir = work_dir
         self.backend_url = backend_url or os.environ.get("PULUMI_BACKEND_URL", DEFAULT_BACKEND)

@@ -1,4 +1,4 @@
-"""Shared state: the one place the data plane and the control plane meet (SQLite, or PostgreSQL for replicas)."""
+"""Shared state: the one place the data and control planes meet (SQLite, or PostgreSQL for replicas)."""
 
 from infra.store.coordination import JobRow, Sample
 from infra.store.sql import StoreError

@@ -28,9 +28,16 @@ class JobRow:
     log: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "stack": self.stack, "operation": self.operation, "status": self.status,
-                "started_at": self.started_at, "finished_at": self.finished_at, "error": self.error,
-                "log_tail": list(self.log)[-20:]}  # fmt: skip
+        return {
+            "id": self.id,
+            "stack": self.stack,
+            "operation": self.operation,
+            "status": self.status,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "log_tail": list(self.log)[-20:],
+        }
 
 
 @dataclass(frozen=True)
@@ -68,25 +75,34 @@ class Coordination(Database):
         rows = self._exec("SELECT holder FROM leases WHERE name = ? AND expires_at >= ?", (name, now))
         return str(rows[0][0]) if rows else None
 
-    # -- revisions: data planes poll these to learn of route and key changes ------------------------------------
+    # -- revisions: data planes poll these to learn of route and key changes ---------------------------------
     def bump(self, topic: str) -> None:
         self._exec(
-            "INSERT INTO revisions (topic, rev) VALUES (?, 1) ON CONFLICT (topic) DO UPDATE SET rev = revisions.rev + 1",
+            "INSERT INTO revisions (topic, rev) VALUES (?, 1) "
+            "ON CONFLICT (topic) DO UPDATE SET rev = revisions.rev + 1",
             (topic,),
         )
 
     def revisions(self) -> dict[str, int]:
         return {str(t): int(r) for t, r in self._exec("SELECT topic, rev FROM revisions")}
 
-    # -- stack jobs (one per stack across every process: see control/jobs.py) -----------------------------------
+    # -- stack jobs (one per stack across every process: see control/jobs.py) --------------------------------
     def save_job(self, job: JobRow) -> None:
         self._exec(
             "INSERT INTO jobs (id, stack, operation, status, started_at, finished_at, error, log) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = excluded.status, "
             "finished_at = excluded.finished_at, error = excluded.error, log = excluded.log",
-            (job.id, job.stack, job.operation, job.status, job.started_at, job.finished_at, job.error,
-             json.dumps(list(job.log))),
-        )  # fmt: skip
+            (
+                job.id,
+                job.stack,
+                job.operation,
+                job.status,
+                job.started_at,
+                job.finished_at,
+                job.error,
+                json.dumps(list(job.log)),
+            ),
+        )
 
     def job(self, job_id: str) -> JobRow | None:
         rows = self._exec(
@@ -97,7 +113,8 @@ class Coordination(Database):
 
     def stack_jobs(self, stack: str, limit: int = 20) -> list[JobRow]:
         rows = self._exec(
-            "SELECT id, stack, operation, status, started_at, finished_at, error, log FROM jobs WHERE stack = ? "
+            "SELECT id, stack, operation, status, started_at, finished_at, error, log FROM jobs "
+            "WHERE stack = ? "
             "ORDER BY started_at DESC LIMIT ?",
             (stack, limit),
         )
@@ -108,7 +125,7 @@ class Coordination(Database):
         jid, stack, op, status, started, finished, error, log = row
         return JobRow(jid, stack, op, status, float(started), finished, error, tuple(json.loads(log)))
 
-    # -- observations the data plane writes for the control plane -----------------------------------------------
+    # -- observations the data plane writes for the control plane --------------------------------------------
     def add_samples(self, samples: Sequence[Sample]) -> None:
         if samples:
             self._many(
@@ -140,14 +157,17 @@ class Coordination(Database):
 
     def request_wake(self, dep_id: str, at: float) -> None:
         self._exec(
-            "INSERT INTO deployment_activity (deployment_id, last_request_at, wake_requested_at) VALUES (?, ?, ?) "
+            "INSERT INTO deployment_activity (deployment_id, last_request_at, wake_requested_at) "
+            "VALUES (?, ?, ?) "
             "ON CONFLICT (deployment_id) DO UPDATE SET wake_requested_at = excluded.wake_requested_at, "
             "last_request_at = excluded.last_request_at",
             (dep_id, at, at),
         )
 
     def clear_wake(self, dep_id: str) -> None:
-        self._exec("UPDATE deployment_activity SET wake_requested_at = NULL WHERE deployment_id = ?", (dep_id,))
+        self._exec(
+            "UPDATE deployment_activity SET wake_requested_at = NULL WHERE deployment_id = ?", (dep_id,)
+        )
 
     def activity(self) -> dict[str, tuple[float | None, float | None]]:
         """deployment -> (last request, pending wake request)."""
@@ -163,7 +183,8 @@ class Coordination(Database):
     def sla_events(self, deployment_id: str, limit: int = 500) -> list[dict[str, Any]]:
         """A deployment's SLA breaches and recoveries, oldest first (the last ``limit``)."""
         rows = self._exec(
-            "SELECT body FROM sla_events WHERE deployment_id = ? ORDER BY at DESC LIMIT ?", (deployment_id, limit)
+            "SELECT body FROM sla_events WHERE deployment_id = ? ORDER BY at DESC LIMIT ?",
+            (deployment_id, limit),
         )
         return [json.loads(r[0]) for r in reversed(rows)]
 

@@ -18,7 +18,9 @@ class StoreThread:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"agentcloud-{name}-store")
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, functools.partial(fn, *args, **kwargs)
+        )
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

@@ -1,8 +1,8 @@
 """The store's SQL plumbing: one connection (SQLite file or PostgreSQL URL), the schema, and placeholders.
 
-SQLite by default (one file, no server), PostgreSQL when several gateway processes share state. Both run the same
-SQL; only the placeholder differs. Calls are synchronous and short: callers on an event loop run them in a thread.
-"""
+SQLite by default (one file, no server), PostgreSQL when several gateway processes share state. Both run the
+same SQL; only the placeholder differs. Calls are synchronous and short: callers on an event loop run them in
+a thread."""
 
 from __future__ import annotations
 
@@ -37,11 +37,12 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS grants (
         deployment_id TEXT NOT NULL, key_id TEXT NOT NULL REFERENCES api_keys(id), role TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (deployment_id, key_id))""",
-    # Per-minute rollups, not one row per request: a minute may have several rows (one per flush); sums are exact.
+    # Per-minute rollups, not one row per request: a minute may have several rows (one per flush).
     """CREATE TABLE IF NOT EXISTS usage (
         minute DOUBLE PRECISION NOT NULL, key_id TEXT NOT NULL, org_id TEXT NOT NULL, model_id TEXT NOT NULL,
         deployment_id TEXT, requests BIGINT NOT NULL, errors BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL,
-        completion_tokens BIGINT NOT NULL, cost_usd DOUBLE PRECISION NOT NULL, latency_ms_sum DOUBLE PRECISION NOT NULL)""",
+        completion_tokens BIGINT NOT NULL, cost_usd DOUBLE PRECISION NOT NULL,
+        latency_ms_sum DOUBLE PRECISION NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS usage_org_minute ON usage (org_id, minute)",
     """CREATE TABLE IF NOT EXISTS uploads (
         id TEXT PRIMARY KEY, org_id TEXT NOT NULL, key_id TEXT NOT NULL, name TEXT NOT NULL,
@@ -63,14 +64,15 @@ SCHEMA = [
         id TEXT PRIMARY KEY, stack TEXT NOT NULL, operation TEXT NOT NULL, status TEXT NOT NULL,
         started_at DOUBLE PRECISION NOT NULL, finished_at DOUBLE PRECISION, error TEXT, log TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS jobs_stack ON jobs (stack, started_at)",
-    # What the data plane observes, for the control plane (autoscaler, SLA): per-request samples of deployments,
-    # the last request and any wake request per deployment, and each data-plane process's in-flight counts.
+    # What the data plane observes, for the control plane (autoscaler, SLA): per-request samples of
+    # deployments, the last and any wake request per deployment, each data-plane process's in-flight counts.
     """CREATE TABLE IF NOT EXISTS deployment_samples (
         deployment_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, ttft_ms DOUBLE PRECISION,
         tokens_per_s DOUBLE PRECISION, concurrency INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS samples_at ON deployment_samples (deployment_id, at)",
     """CREATE TABLE IF NOT EXISTS deployment_activity (
-        deployment_id TEXT PRIMARY KEY, last_request_at DOUBLE PRECISION, wake_requested_at DOUBLE PRECISION)""",
+        deployment_id TEXT PRIMARY KEY, last_request_at DOUBLE PRECISION,
+        wake_requested_at DOUBLE PRECISION)""",
     """CREATE TABLE IF NOT EXISTS sla_events (
         deployment_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, body TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS sla_events_at ON sla_events (deployment_id, at)",
@@ -80,9 +82,24 @@ SCHEMA = [
 ]
 
 
-TABLES = ("plane_load", "sla_events", "deployment_activity", "deployment_samples", "jobs", "revisions", "leases",
-          "webhook_outbox", "webhooks", "uploads", "usage", "grants", "org_members", "deployments", "api_keys",
-          "orgs")
+TABLES = (
+    "plane_load",
+    "sla_events",
+    "deployment_activity",
+    "deployment_samples",
+    "jobs",
+    "revisions",
+    "leases",
+    "webhook_outbox",
+    "webhooks",
+    "uploads",
+    "usage",
+    "grants",
+    "org_members",
+    "deployments",
+    "api_keys",
+    "orgs",
+)
 
 
 class Database:

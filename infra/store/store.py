@@ -1,9 +1,8 @@
 """The store: orgs, API keys, members, grants, deployments, uploads, webhooks and usage.
 
-The one place both planes share state (see docs/architecture.md): the data plane reads keys and routes and writes
-usage and what it observes; the control plane writes deployments and reads the rest. Every table's owner is
-written in docs/architecture.md.
-"""
+The one place both planes share state (see docs/architecture.md): the data plane reads keys and routes and
+writes usage and what it observes; the control plane writes deployments and reads the rest. Every table's
+owner is written in docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -71,10 +70,19 @@ class Store(Coordination):
             "INSERT INTO api_keys (id, org_id, name, prefix, hash, plan, kind, created_at, expires_at, "
             "requests_per_minute, tokens_per_minute) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                key_id, org_id, name, keymod.display_prefix(token), keymod.digest(pepper, token), plan, kind,
-                time.time(), expires_at, requests_per_minute, tokens_per_minute,
+                key_id,
+                org_id,
+                name,
+                keymod.display_prefix(token),
+                keymod.digest(pepper, token),
+                plan,
+                kind,
+                time.time(),
+                expires_at,
+                requests_per_minute,
+                tokens_per_minute,
             ),
-        )  # fmt: skip
+        )
         return key_id, token
 
     def revoke_key(self, key_id: str) -> bool:
@@ -114,9 +122,20 @@ class Store(Coordination):
         )
         (kid, org, name, prefix, plan, kind, created, revoked, expires, rpm, tpm) = row
         return KeyRecord(
-            id=kid, org_id=org, name=name, prefix=prefix, plan=plan, kind=kind, created_at=created, revoked_at=revoked,
-            expires_at=expires, requests_per_minute=rpm, tokens_per_minute=tpm, grants=grants, memberships=members,
-        )  # fmt: skip
+            id=kid,
+            org_id=org,
+            name=name,
+            prefix=prefix,
+            plan=plan,
+            kind=kind,
+            created_at=created,
+            revoked_at=revoked,
+            expires_at=expires,
+            requests_per_minute=rpm,
+            tokens_per_minute=tpm,
+            grants=grants,
+            memberships=members,
+        )
 
     def list_keys(self, org_id: str | None = None) -> list[KeyRecord]:
         sql = "SELECT id FROM api_keys" + (" WHERE org_id = ?" if org_id else "") + " ORDER BY created_at"
@@ -152,17 +171,27 @@ class Store(Coordination):
         self.bump("keys")
         return had
 
-    # -- deployments (owned by the control plane; `routes add` registers hand-run ones) ------------------------
+    # -- deployments (owned by the control plane; `routes add` registers hand-run ones) ----------------------
     def save_deployment(self, record: DeploymentRecord) -> None:
         """Insert or replace a deployment, and bump the "routes" revision data planes watch."""
         meta, routes = record.encode()
         now = time.time()
         self._exec("DELETE FROM deployments WHERE id = ?", (record.id,))
         self._exec(
-            "INSERT INTO deployments (id, org_id, name, model_id, status, spec, routes, created_at, updated_at) "
+            "INSERT INTO deployments (id, org_id, name, model_id, status, spec, routes, created_at, "
+            "updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.id, record.org_id, record.name, record.model_id, record.status.value, json.dumps(meta),
-             json.dumps(routes), now, now),
+            (
+                record.id,
+                record.org_id,
+                record.name,
+                record.model_id,
+                record.status.value,
+                json.dumps(meta),
+                json.dumps(routes),
+                now,
+                now,
+            ),
         )
         self.bump("routes")
 
@@ -181,17 +210,34 @@ class Store(Coordination):
     @staticmethod
     def _deployment(row: tuple[Any, ...]) -> DeploymentRecord:
         dep_id, org_id, name, model_id, status, meta, routes = row
-        return DeploymentRecord.decode(dep_id, org_id, name, model_id, status, json.loads(meta), json.loads(routes))
+        return DeploymentRecord.decode(
+            dep_id, org_id, name, model_id, status, json.loads(meta), json.loads(routes)
+        )
 
     # -- model uploads -----------------------------------------------------------------------------------
-    UPLOAD_FIELDS = ("id", "org_id", "key_id", "name", "deployment_id", "status", "size", "received", "sha256",
-                     "reason", "info", "created_at", "updated_at")  # fmt: skip
+    UPLOAD_FIELDS = (
+        "id",
+        "org_id",
+        "key_id",
+        "name",
+        "deployment_id",
+        "status",
+        "size",
+        "received",
+        "sha256",
+        "reason",
+        "info",
+        "created_at",
+        "updated_at",
+    )
 
-    def create_upload(self, upload_id: str, org_id: str, key_id: str, name: str, deployment_id: str,
-                      size: int | None) -> None:  # fmt: skip
+    def create_upload(
+        self, upload_id: str, org_id: str, key_id: str, name: str, deployment_id: str, size: int | None
+    ) -> None:
         now = time.time()
         self._exec(
-            "INSERT INTO uploads (id, org_id, key_id, name, deployment_id, status, size, received, created_at, "
+            "INSERT INTO uploads (id, org_id, key_id, name, deployment_id, status, size, received, "
+            "created_at, "
             "updated_at) VALUES (?, ?, ?, ?, ?, 'pending_upload', ?, 0, ?, ?)",
             (upload_id, org_id, key_id, name, deployment_id, size, now, now),
         )
@@ -224,7 +270,8 @@ class Store(Coordination):
         self, hook_id: str, org_id: str, deployment_id: str, url: str, events: list[str], sealed_secret: str
     ) -> None:
         self._exec(
-            "INSERT INTO webhooks (id, org_id, deployment_id, url, events, secret, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO webhooks (id, org_id, deployment_id, url, events, secret, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (hook_id, org_id, deployment_id, url, json.dumps(events), sealed_secret, time.time()),
         )
 
@@ -241,7 +288,8 @@ class Store(Coordination):
     def enqueue(self, rows: Sequence[tuple[str, str, str, str]], now: float) -> None:
         """(outbox id, webhook id, event id, body) rows, due now."""
         self._many(
-            "INSERT INTO webhook_outbox (id, webhook_id, event_id, body, attempts, next_attempt_at, dead, created_at) "
+            "INSERT INTO webhook_outbox (id, webhook_id, event_id, body, attempts, next_attempt_at, dead, "
+            "created_at) "
             "VALUES (?, ?, ?, ?, 0, ?, FALSE, ?)",
             [(*r, now, now) for r in rows],
         )
@@ -251,7 +299,8 @@ class Store(Coordination):
             (r[0], r[1], r[2], r[3], int(r[4]), float(r[5]))
             for r in self._exec(
                 "SELECT id, webhook_id, event_id, body, attempts, created_at FROM webhook_outbox "
-                "WHERE delivered_at IS NULL AND dead = FALSE AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+                "WHERE delivered_at IS NULL AND dead = FALSE AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at LIMIT ?",
                 (now, limit),
             )
         ]
@@ -264,7 +313,9 @@ class Store(Coordination):
 
     def retry_later(self, outbox_id: str, next_at: float, error: str, dead: bool) -> None:
         self._exec(
-            "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, dead = ? WHERE id = ?",
+            "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, dead "
+            "= ? "
+            "WHERE id = ?",
             (next_at, error[:500], dead, outbox_id),
         )
 
@@ -279,23 +330,41 @@ class Store(Coordination):
     def add_usage(self, rows: Sequence[UsageRow]) -> None:
         if rows:
             self._many(
-                "INSERT INTO usage (minute, key_id, org_id, model_id, deployment_id, requests, errors, prompt_tokens, "
+                "INSERT INTO usage (minute, key_id, org_id, model_id, deployment_id, requests, errors, "
+                "prompt_tokens, "
                 "completion_tokens, cost_usd, latency_ms_sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (r.minute, r.key_id, r.org_id, r.model_id, r.deployment_id, r.requests, r.errors, r.prompt_tokens,
-                     r.completion_tokens, r.cost_usd, r.latency_ms_sum)
+                    (
+                        r.minute,
+                        r.key_id,
+                        r.org_id,
+                        r.model_id,
+                        r.deployment_id,
+                        r.requests,
+                        r.errors,
+                        r.prompt_tokens,
+                        r.completion_tokens,
+                        r.cost_usd,
+                        r.latency_ms_sum,
+                    )
                     for r in rows
                 ],
-            )  # fmt: skip
+            )
 
     def usage_totals(self, org_id: str, since: float = 0.0) -> dict[str, dict[str, float]]:
         rows = self._exec(
-            "SELECT model_id, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), SUM(errors) "
+            "SELECT model_id, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_usd), "
+            "SUM(errors) "
             "FROM usage WHERE org_id = ? AND minute >= ? GROUP BY model_id",
             (org_id, since),
         )
         return {
-            r[0]: {"requests": int(r[1]), "prompt_tokens": int(r[2] or 0), "completion_tokens": int(r[3] or 0),
-                   "cost_usd": float(r[4] or 0), "errors": int(r[5] or 0)}
+            r[0]: {
+                "requests": int(r[1]),
+                "prompt_tokens": int(r[2] or 0),
+                "completion_tokens": int(r[3] or 0),
+                "cost_usd": float(r[4] or 0),
+                "errors": int(r[5] or 0),
+            }
             for r in rows
-        }  # fmt: skip
+        }

@@ -1,10 +1,9 @@
 """Anthropic Messages <-> OpenAI chat completions, for /v1/messages on OpenAI-compatible upstreams.
 
-Pure functions plus one small state machine for streams. Covers: system prompts (string or blocks), multi-turn,
-images, tool definitions, tool_choice, tool_use and tool_result blocks, stop sequences, stop reasons, usage,
-and the full streaming event sequence (message_start, content_block_start/delta/stop, message_delta,
-message_stop, error).
-"""
+Pure functions plus one small state machine for streams. Covers: system prompts (string or blocks),
+multi-turn, images, tool definitions, tool_choice, tool_use and tool_result blocks, stop sequences, stop
+reasons, usage, and the full streaming event sequence (message_start, content_block_start/delta/stop,
+message_delta, message_stop, error)."""
 
 from __future__ import annotations
 
@@ -21,8 +20,13 @@ def bad_request(message: str, param: str | None = None) -> TranslationError:
     return TranslationError(message, param=param)
 
 
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
-                "content_filter": "refusal"}  # fmt: skip
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -76,8 +80,16 @@ def _convert_message(i: int, msg: Any) -> list[dict[str, Any]]:
         elif kind == "tool_use" and role == "assistant":
             if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
                 raise bad_request(f"{where}: tool_use needs string id and name", param=where)
-            tool_calls.append({"id": block["id"], "type": "function",
-                               "function": {"name": block["name"], "arguments": orjson.dumps(block.get("input", {})).decode()}})  # fmt: skip
+            tool_calls.append(
+                {
+                    "id": block["id"],
+                    "type": "function",
+                    "function": {
+                        "name": block["name"],
+                        "arguments": orjson.dumps(block.get("input", {})).decode(),
+                    },
+                }
+            )
         elif kind == "tool_result" and role == "user":
             if not isinstance(block.get("tool_use_id"), str):
                 raise bad_request(f"{where}: tool_result needs a string tool_use_id", param=where)
@@ -132,9 +144,16 @@ def to_openai(body: dict[str, Any], upstream_model: str) -> dict[str, Any]:
         for k, tool in enumerate(tools):
             if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
                 raise bad_request(f"tools[{k}]: needs a name", param=f"tools[{k}]")
-            req["tools"].append({"type": "function", "function": {
-                "name": tool["name"], "description": tool.get("description", ""),
-                "parameters": tool.get("input_schema") or {"type": "object", "properties": {}}}})  # fmt: skip
+            req["tools"].append(
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool["name"],
+                        "description": tool.get("description", ""),
+                        "parameters": tool.get("input_schema") or {"type": "object", "properties": {}},
+                    },
+                }
+            )
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
         kind = choice.get("type")
@@ -226,10 +245,22 @@ class StreamTranslator:
 
     def start(self) -> bytes:
         self.started = True
-        return sse("message_start", {"type": "message_start", "message": {
-            "id": self.message_id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-            "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": 0}}})  # fmt: skip
+        return sse(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": self.message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": self.model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
+                },
+            },
+        )
 
     def _close_block(self) -> bytes:
         if self.block_kind is None:
@@ -259,18 +290,37 @@ class StreamTranslator:
                 if self.block_kind != "text":
                     out += self._open("text", {"type": "text", "text": ""})
                 self.text += text
-                out += sse("content_block_delta", {"type": "content_block_delta", "index": self.block,
-                                                   "delta": {"type": "text_delta", "text": text}})  # fmt: skip
+                out += sse(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": self.block,
+                        "delta": {"type": "text_delta", "text": text},
+                    },
+                )
             for call in delta.get("tool_calls") or []:
                 idx = call.get("index", 0)
                 fn = call.get("function") or {}
                 if idx not in self.tool_blocks:
-                    out += self._open("tool_use", {"type": "tool_use", "id": call.get("id") or _tool_id(),
-                                                   "name": fn.get("name") or "", "input": {}})  # fmt: skip
+                    out += self._open(
+                        "tool_use",
+                        {
+                            "type": "tool_use",
+                            "id": call.get("id") or _tool_id(),
+                            "name": fn.get("name") or "",
+                            "input": {},
+                        },
+                    )
                     self.tool_blocks[idx] = self.block
                 if fn.get("arguments"):
-                    out += sse("content_block_delta", {"type": "content_block_delta", "index": self.tool_blocks[idx],
-                               "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]}})  # fmt: skip
+                    out += sse(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": self.tool_blocks[idx],
+                            "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]},
+                        },
+                    )
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
         return out
@@ -278,8 +328,14 @@ class StreamTranslator:
     def finish_stream(self) -> bytes:
         out = (b"" if self.started else self.start()) + self._close_block()
         reason, seq = _stop_reason(self.finish, self.stop_sequences, self.text)
-        out += sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": seq},
-                                     "usage": {"output_tokens": self.output_tokens}})  # fmt: skip
+        out += sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reason, "stop_sequence": seq},
+                "usage": {"output_tokens": self.output_tokens},
+            },
+        )
         return out + sse("message_stop", {"type": "message_stop"})
 
     @staticmethod

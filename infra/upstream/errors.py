@@ -1,5 +1,5 @@
-"""The upstream package's exception tree. Each error carries the HTTP answer it stands for, so the data plane can
-turn it into the client's error shape without knowing where it came from."""
+"""The upstream package's exception tree. Each error carries the HTTP answer it stands for, so the data plane
+can turn it into the client's error shape without knowing where it came from."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class UpstreamError(InfraError):
 
 
 class UpstreamUnavailable(UpstreamError):
-    """No target could answer (502, 503 when every circuit is open or none serves the model, 504 on timeout)."""
+    """No target could answer: 502, 503 (every circuit open, or nothing serves the model), 504 (timeout)."""
 
 
 class TranslationError(UpstreamError):
@@ -40,5 +40,5 @@ class TranslationError(UpstreamError):
 
 
 class UpstreamProtocolError(UpstreamError, OSError):
-    """The upstream sent something that is not HTTP/1.1, or closed the connection mid-response (retryable, like
-    any OSError before the first byte)."""
+    """The upstream sent something that is not HTTP/1.1, or closed the connection mid-response (retryable,
+    like any OSError before the first byte)."""

@@ -28,6 +28,8 @@ MAX_IDLE_PER_HOST = 512
 
 @dataclass(frozen=True)
 class Endpoint:
+    """Scheme, host and port of an upstream: the pool's key."""
+
     scheme: str
     host: str
     port: int
@@ -203,6 +205,8 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpPool:
+    """Keep-alive connections per upstream, with one retry on a connection the server closed while idle."""
+
     def __init__(self, connect_timeout_s: float = 5.0) -> None:
         self.connect_timeout_s = connect_timeout_s
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}

@@ -2,9 +2,8 @@
 
 The commit point is the first byte sent to the client. Until then a failing target (connection refused or
 reset, 5xx, 429, a timeout, an empty body) is skipped for the next one; after it, the caller ends the client's
-stream with an explicit error event. Timeouts: connect, first byte (headers plus, for streams, the first chunk),
-and idle between chunks.
-"""
+stream with an explicit error event. Timeouts: connect, first byte (headers plus, for streams, the first
+chunk), and idle between chunks."""
 
 from __future__ import annotations
 
@@ -63,7 +62,10 @@ class Upstreams:
         assert self.pool is not None, "gateway not started"
         if not targets:
             raise UpstreamUnavailable(
-                "no upstream serves this model right now", 503, code="no_upstream", headers={"Retry-After": "30"}
+                "no upstream serves this model right now",
+                503,
+                code="no_upstream",
+                headers={"Retry-After": "30"},
             )
         tried: list[str] = []
         timed_out = False

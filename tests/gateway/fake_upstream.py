@@ -2,10 +2,9 @@
 
 Behaviour comes from directives in the last message's content (so they pass through the gateway untouched) or
 from ``defaults`` set on the server: ``[[fault=500]]``, ``[[fault=429]]``, ``[[fault=close]]`` (drop the
-connection before answering), ``[[fault=midstream]]`` (abort after two chunks), ``[[fault=nodone]]`` (end without
-[DONE]), ``[[delay=S]]`` (before the headers), ``[[stall=S]]`` (after the first chunk), ``[[chunks=N]]``,
-``[[gap=S]]`` (between chunks), ``[[tool]]`` (answer with a tool call).
-"""
+connection before answering), ``[[fault=midstream]]`` (abort after two chunks), ``[[fault=nodone]]`` (end
+without [DONE]), ``[[delay=S]]`` (before the headers), ``[[stall=S]]`` (after the first chunk),
+``[[chunks=N]]``, ``[[gap=S]]`` (between chunks), ``[[tool]]`` (answer with a tool call)."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -92,22 +91,49 @@ class FakeUpstream:
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": None if tool else " ".join(words)}
             if tool:
-                message["tool_calls"] = [{"id": "call_1", "type": "function",
-                                          "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]  # fmt: skip
-            return web.json_response({"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
-                "model": model, "choices": [{"index": 0, "message": message,
-                "finish_reason": "tool_calls" if tool else "stop"}], "usage": usage})  # fmt: skip
+                message["tool_calls"] = [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ]
+            return web.json_response(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {"index": 0, "message": message, "finish_reason": "tool_calls" if tool else "stop"}
+                    ],
+                    "usage": usage,
+                }
+            )
         return await self._stream(request, body, d, model, words, usage, tool)
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], d: dict[str, str], model: str,
-                      words: list[str], usage: dict[str, int], tool: bool) -> web.StreamResponse:  # fmt: skip
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        d: dict[str, str],
+        model: str,
+        words: list[str],
+        usage: dict[str, int],
+        tool: bool,
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         self.stats.active += 1
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            data = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+            data = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         n = int(d.get("chunks", "0")) or len(words)
@@ -122,8 +148,20 @@ class FakeUpstream:
             if "stall" in d:
                 await asyncio.sleep(float(d["stall"]))
             if tool:
-                await resp.write(chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                                        "function": {"name": "get_weather", "arguments": ""}}]}))  # fmt: skip
+                await resp.write(
+                    chunk(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": 0,
+                                    "id": "call_1",
+                                    "type": "function",
+                                    "function": {"name": "get_weather", "arguments": ""},
+                                }
+                            ]
+                        }
+                    )
+                )
                 for part in ('{"city": ', '"Paris"}'):
                     await resp.write(chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}))
             for i, piece in enumerate(pieces):
@@ -137,8 +175,20 @@ class FakeUpstream:
                     await asyncio.sleep(gap)
             await resp.write(chunk({}, "tool_calls" if tool else "stop"))
             if (body.get("stream_options") or {}).get("include_usage"):
-                await resp.write(b"data: " + json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk",
-                    "created": 0, "model": model, "choices": [], "usage": usage}).encode() + b"\n\n")  # fmt: skip
+                await resp.write(
+                    b"data: "
+                    + json.dumps(
+                        {
+                            "id": "chatcmpl-1",
+                            "object": "chat.completion.chunk",
+                            "created": 0,
+                            "model": model,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    ).encode()
+                    + b"\n\n"
+                )
             if d.get("fault") != "nodone":
                 await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
@@ -159,15 +209,27 @@ class FakeUpstream:
             {"object": "embedding", "index": i, "embedding": [float(len(t) % 7), 0.5, 0.25]}
             for i, t in enumerate(inputs)
         ]
-        return web.json_response({"object": "list", "data": data, "model": body.get("model"),
-                                  "usage": {"prompt_tokens": len(inputs) * 3, "total_tokens": len(inputs) * 3}})  # fmt: skip
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": len(inputs) * 3, "total_tokens": len(inputs) * 3},
+            }
+        )
 
     async def rerank(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
         body = await request.json()
         query = set(body["query"].lower().split())
-        results = [{"index": i, "relevance_score": len(query & set(doc.lower().split())) / (len(query) or 1),
-                    "document": {"text": doc}} for i, doc in enumerate(body["documents"])]  # fmt: skip
+        results = [
+            {
+                "index": i,
+                "relevance_score": len(query & set(doc.lower().split())) / (len(query) or 1),
+                "document": {"text": doc},
+            }
+            for i, doc in enumerate(body["documents"])
+        ]
         return web.json_response({"id": "rerank-1", "results": results, "usage": {"total_tokens": 10}})
 
     async def transcriptions(self, request: web.Request) -> web.Response:
@@ -175,7 +237,10 @@ class FakeUpstream:
         form = await request.post()
         audio = form["file"]
         size = len(audio.file.read()) if hasattr(audio, "file") else 0
-        return web.json_response({"text": f"heard {size} bytes with {form.get('model')}"})
+        model = form.get("model")
+        return web.json_response(
+            {"text": f"heard {size} bytes with {model if isinstance(model, str) else ''}"}
+        )
 
     async def speech(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
@@ -212,7 +277,7 @@ class FakeUpstream:
         loop.run_until_complete(site.start())
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = cast(asyncio.Server, server).sockets[0].getsockname()[1]
         self._ready.set()
         loop.run_forever()
         loop.run_until_complete(self._runner.cleanup())

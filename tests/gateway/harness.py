@@ -1,16 +1,17 @@
-"""Run a real gateway under uvicorn on 127.0.0.1 (in a thread) with a store, orgs, keys and routes for tests."""
+"""A real gateway under uvicorn on 127.0.0.1 (in a thread) with a store, orgs, keys and routes for tests."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -26,12 +27,26 @@ from tests.sshd import free_port
 
 PEPPER = b"test-pepper-0123456789abcdef"
 CHAT_MODEL = "llama-3.1-8b-instruct"
+T = TypeVar("T")
 
 
-def target(base_url: str, name: str = "fake", upstream_model: str | None = None, deployment_id: str | None = None,
-           fmt: ApiFormat = ApiFormat.OPENAI) -> Target:  # fmt: skip
-    return Target(name=name, base_url=base_url, format=fmt, upstream_model=upstream_model or CHAT_MODEL,
-                  api_key="upstream-secret", usd_per_mtok_in=1.0, usd_per_mtok_out=2.0, deployment_id=deployment_id)  # fmt: skip
+def target(
+    base_url: str,
+    name: str = "fake",
+    upstream_model: str | None = None,
+    deployment_id: str | None = None,
+    fmt: ApiFormat = ApiFormat.OPENAI,
+) -> Target:
+    return Target(
+        name=name,
+        base_url=base_url,
+        format=fmt,
+        upstream_model=upstream_model or CHAT_MODEL,
+        api_key="upstream-secret",
+        usd_per_mtok_in=1.0,
+        usd_per_mtok_out=2.0,
+        deployment_id=deployment_id,
+    )
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
@@ -101,8 +116,16 @@ def routes_for(upstream_url: str, concurrency_limit: int | None = None) -> Route
     ):
         table.models[model] = [target(upstream_url, upstream_model=model)]
     for dep_id, org in (("dep_a", "org_a"), ("dep_b", "org_b")):
-        table.add_deployment(Deployment(dep_id, org, dep_id, CHAT_MODEL, (target(upstream_url, dep_id, deployment_id=dep_id),),
-                                        concurrency_limit=concurrency_limit))  # fmt: skip
+        table.add_deployment(
+            Deployment(
+                dep_id,
+                org,
+                dep_id,
+                CHAT_MODEL,
+                (target(upstream_url, dep_id, deployment_id=dep_id),),
+                concurrency_limit=concurrency_limit,
+            )
+        )
     return table
 
 
@@ -111,6 +134,11 @@ class Running:
     gateway: Gateway
     url: str
     server: uvicorn.Server
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 15) -> T:
+        """Run a coroutine on the gateway's own event loop (from the test's thread)."""
+        assert self.gateway.loop is not None, "gateway not started"
+        return asyncio.run_coroutine_threadsafe(coro, self.gateway.loop).result(timeout_s)
 
     def openai(self, key: str, **kw: Any) -> Any:
         import openai
@@ -128,8 +156,17 @@ class Running:
 @contextmanager
 def running(gateway: Gateway) -> Iterator[Running]:
     port = free_port()
-    config = uvicorn.Config(gateway, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="on",
-                            log_level="warning", access_log=False, proxy_headers=False)  # fmt: skip
+    config = uvicorn.Config(
+        gateway,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -147,20 +184,35 @@ def running(gateway: Gateway) -> Iterator[Running]:
 
 def record_of(dep: Deployment) -> DeploymentRecord:
     """A deployment as `agentcloud gateway routes add` registers it: a record in the store, routes only."""
-    routes: dict[str, Any] = {"endpoints": [t.base_url for t in dep.targets], "concurrency_limit": dep.concurrency_limit,
-                              "gpu_type": dep.gpu_type, "preset": dep.preset,
-                              "hosts": [dataclasses.asdict(h) for h in dep.hosts]}  # fmt: skip
+    routes: dict[str, Any] = {
+        "endpoints": [t.base_url for t in dep.targets],
+        "concurrency_limit": dep.concurrency_limit,
+        "gpu_type": dep.gpu_type,
+        "preset": dep.preset,
+        "hosts": [dataclasses.asdict(h) for h in dep.hosts],
+    }
     if dep.targets:
         t = dep.targets[0]
-        routes.update(api_key=t.api_key, upstream_model=t.upstream_model, format=t.format.value,
-                      usd_per_mtok_in=t.usd_per_mtok_in, usd_per_mtok_out=t.usd_per_mtok_out)  # fmt: skip
+        routes.update(
+            api_key=t.api_key,
+            upstream_model=t.upstream_model,
+            format=t.format.value,
+            usd_per_mtok_in=t.usd_per_mtok_in,
+            usd_per_mtok_out=t.usd_per_mtok_out,
+        )
     return DeploymentRecord(dep.id, dep.org_id, dep.name, dep.model_id, dep.status, routes=routes)
 
 
 def make_gateway(
-    catalog: Catalog, store: Store, routes: RouteTable, tmp: Path | None = None, planes: tuple[str, ...] = ("data", "control"),
-    stack_ops: Any = None, stacks_dir: Path | None = None, **config: Any,
-) -> Gateway:  # fmt: skip
+    catalog: Catalog,
+    store: Store,
+    routes: RouteTable,
+    tmp: Path | None = None,
+    planes: tuple[str, ...] = ("data", "control"),
+    stack_ops: Any = None,
+    stacks_dir: Path | None = None,
+    **config: Any,
+) -> Gateway:
     """Both planes in one process (the default) over ``store``; the table's deployments are registered in the
     store, as `routes add` does, so they reach the data plane the way real ones do."""
     # uploads go to the test's own folder, never to the user's data directory
@@ -170,5 +222,13 @@ def make_gateway(
     for dep in routes.deployments.values():
         store.save_deployment(record_of(dep))
     cfg = GatewayConfig(database=":memory:", pepper=PEPPER, usage_flush_s=0.05, **config)
-    return build(cfg, planes, catalog=catalog, store=store, routes=routes, stack_ops=stack_ops,
-                 stacks_dir=stacks_dir or (tmp / "stacks" if tmp else Path(tempfile.mkdtemp(prefix="agentcloud-stacks-"))))  # fmt: skip
+    return build(
+        cfg,
+        planes,
+        catalog=catalog,
+        store=store,
+        routes=routes,
+        stack_ops=stack_ops,
+        stacks_dir=stacks_dir
+        or (tmp / "stacks" if tmp else Path(tempfile.mkdtemp(prefix="agentcloud-stacks-"))),
+    )

@@ -1,7 +1,8 @@
 """Stack operations for gateway processes started by tests (AGENTCLOUD_STACK_OPS=tests.gateway.stand_in_ops:
-from_env). Like a stack: `up` reads the stack file the control plane wrote and answers one endpoint per replica,
-here the test's engine; it takes a while (FAKE_OPS_DELAY_S), as a real `up` does. Every operation's start and end
-is appended to FAKE_OPS_LOG, so a test sees whether two ever overlapped, whichever process ran them."""
+from_env). Like a stack: `up` reads the stack file the control plane wrote and answers one endpoint per
+replica, here the test's engine; it takes a while (FAKE_OPS_DELAY_S), as a real `up` does. Every operation's
+start and end is appended to FAKE_OPS_LOG, so a test sees whether two ever overlapped, whichever process ran
+them."""
 
 from __future__ import annotations
 
@@ -19,22 +20,45 @@ class StandInOps:
         self.stacks, self.engine_port, self.delay_s, self.log = stacks, engine_port, delay_s, log
 
     def _record(self, event: str, op: str, stack: str, replicas: int = 0) -> None:
-        line = json.dumps({"event": event, "op": op, "stack": stack, "replicas": replicas, "at": time.time(),
-                           "pid": os.getpid()})  # fmt: skip
+        line = json.dumps(
+            {
+                "event": event,
+                "op": op,
+                "stack": stack,
+                "replicas": replicas,
+                "at": time.time(),
+                "pid": os.getpid(),
+            }
+        )
         with self.log.open("a") as f:
             f.write(line + "\n")
 
     def up(self, stack: str, progress: Any) -> dict[str, Any]:
-        cfg = yaml.safe_load((self.stacks / f"Pulumi.{stack}.yaml").read_text())["config"]["agent-cloud:deployment"]
+        cfg = yaml.safe_load((self.stacks / f"Pulumi.{stack}.yaml").read_text())["config"][
+            "agent-cloud:deployment"
+        ]
         replicas = int(cfg.get("replicas", 1))
         self._record("start", "up", stack, replicas)
         progress(f"Updating ({stack})")
         time.sleep(self.delay_s)
         self._record("end", "up", stack, replicas)
-        endpoints = [{"private_ip": "127.0.0.1", "public_ip": "198.51.100.1", "port": self.engine_port,
-                      "droplet_id": str(i)} for i in range(replicas)]  # fmt: skip
-        return {"endpoints": endpoints, "plan": {"model_id": cfg["model_id"], "gpu_type": cfg.get("gpu_type"),
-                                                  "preset": cfg.get("preset")}}  # fmt: skip
+        endpoints = [
+            {
+                "private_ip": "127.0.0.1",
+                "public_ip": "198.51.100.1",
+                "port": self.engine_port,
+                "droplet_id": str(i),
+            }
+            for i in range(replicas)
+        ]
+        return {
+            "endpoints": endpoints,
+            "plan": {
+                "model_id": cfg["model_id"],
+                "gpu_type": cfg.get("gpu_type"),
+                "preset": cfg.get("preset"),
+            },
+        }
 
     def refresh(self, stack: str, progress: Any) -> dict[str, Any]:
         return self.up(stack, progress)
@@ -46,5 +70,9 @@ class StandInOps:
 
 def from_env() -> StandInOps:
     env = os.environ
-    return StandInOps(Path(env["AGENTCLOUD_STACKS_DIR"]), int(env["FAKE_ENGINE_PORT"]),
-                      float(env.get("FAKE_OPS_DELAY_S", "1.0")), Path(env["FAKE_OPS_LOG"]))  # fmt: skip
+    return StandInOps(
+        Path(env["AGENTCLOUD_STACKS_DIR"]),
+        int(env["FAKE_ENGINE_PORT"]),
+        float(env.get("FAKE_OPS_DELAY_S", "1.0")),
+        Path(env["FAKE_OPS_LOG"]),
+    )

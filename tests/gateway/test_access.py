@@ -8,6 +8,7 @@ membership in -> 404, exactly like one that does not exist; same org or a member
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -20,7 +21,7 @@ from tests.gateway.harness import CHAT_MODEL, Keys, Running, make_gateway, route
 
 API = "/api/v1/public"
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
-ROUTES = {
+ROUTES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "public-free": ("POST", f"{API}/chat/completions", CHAT),
     "public-basic": ("POST", f"{API}/chat/completions", {**CHAT, "model": "gemma-3-27b-it"}),
     "dep_a": ("POST", f"{API}/deployments/dep_a/chat/completions", CHAT),
@@ -36,17 +37,17 @@ KEYS = ["admin", "standard", "basic", "scoped", "scoped_other", "other_org", "me
 BAD_KEYS = ["revoked", "expired", "malformed", "unknown", "missing"]
 # Expected status per route, for the keys in KEYS order.
 EXPECTED = {
-    "public-free":   [200, 200, 200, 403, 403, 200, 200, 200],
-    "public-basic":  [200, 403, 200, 403, 403, 200, 403, 403],
-    "dep_a":         [200, 200, 200, 200, 403, 404, 200, 403],
-    "dep_b":         [404, 404, 404, 404, 404, 200, 200, 200],
-    "dep_missing":   [404, 404, 404, 404, 404, 404, 404, 404],
-    "org_a/dep_a":   [200, 200, 200, 200, 403, 404, 200, 403],
-    "org_b/dep_b":   [404, 404, 404, 404, 404, 200, 200, 200],
-    "org_a/dep_b":   [404, 404, 404, 404, 404, 404, 404, 404],
-    "grant dep_a":   [201, 403, 403, 403, 403, 404, 403, 403],
+    "public-free": [200, 200, 200, 403, 403, 200, 200, 200],
+    "public-basic": [200, 403, 200, 403, 403, 200, 403, 403],
+    "dep_a": [200, 200, 200, 200, 403, 404, 200, 403],
+    "dep_b": [404, 404, 404, 404, 404, 200, 200, 200],
+    "dep_missing": [404, 404, 404, 404, 404, 404, 404, 404],
+    "org_a/dep_a": [200, 200, 200, 200, 403, 404, 200, 403],
+    "org_b/dep_b": [404, 404, 404, 404, 404, 200, 200, 200],
+    "org_a/dep_b": [404, 404, 404, 404, 404, 404, 404, 404],
+    "grant dep_a": [201, 403, 403, 403, 403, 404, 403, 403],
     "metrics dep_a": [200, 200, 200, 200, 403, 404, 200, 200],
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,13 @@ def test_matrix(matrix_gateway: tuple[Running, Keys]) -> None:
 
 def test_bad_keys_get_401_everywhere(matrix_gateway: tuple[Running, Keys]) -> None:
     r, keys = matrix_gateway
-    tokens = {"revoked": keys.revoked, "expired": keys.expired, "malformed": "ak_live_short",
-              "unknown": keymod.generate(), "missing": None}  # fmt: skip
+    tokens = {
+        "revoked": keys.revoked,
+        "expired": keys.expired,
+        "malformed": "ak_live_short",
+        "unknown": keymod.generate(),
+        "missing": None,
+    }
     for route in ROUTES:
         for name in BAD_KEYS:
             assert _call(r, route, tokens[name], keys) == 401, f"{name} on {route}"

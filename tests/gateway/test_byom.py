@@ -1,6 +1,7 @@
-"""Bring your own model, with real components: uploads through the gateway, validation, SFTP delivery to a real
-OpenSSH server (host key pinned), a real llama.cpp restarted on the delivered GGUF, and `byom:<name>` answered
-through the gateway with the openai SDK. Hostile uploads are refused with their reason and leave nothing behind."""
+"""Bring your own model, with real components: uploads through the gateway, validation, SFTP delivery to a
+real OpenSSH server (host key pinned), a real llama.cpp restarted on the delivered GGUF, and `byom:<name>`
+answered through the gateway with the openai SDK. Hostile uploads are refused with their reason and leave
+nothing behind."""
 
 from __future__ import annotations
 
@@ -52,8 +53,14 @@ class Byom:
 
 
 def _deployment(engine_port: int, host_key: str, sshd: SshServer) -> Deployment:
-    target = Target("dep_byom#0", f"http://127.0.0.1:{engine_port}/v1", ApiFormat.OPENAI, "byom:none", ENGINE_KEY,
-                    deployment_id="dep_byom")  # fmt: skip
+    target = Target(
+        "dep_byom#0",
+        f"http://127.0.0.1:{engine_port}/v1",
+        ApiFormat.OPENAI,
+        "byom:none",
+        ENGINE_KEY,
+        deployment_id="dep_byom",
+    )
     host = SshHost("127.0.0.1", host_key, sshd.port, sshd.username)
     return Deployment(
         "dep_byom", "org_a", "byom", "byom:none", (target,), gpu_type="l40s", preset="balanced", hosts=(host,)
@@ -68,13 +75,21 @@ def byom(tmp_path: Path, catalog: Catalog, store: Store, keys: Keys) -> Iterator
         remote = tmp_path / "droplet"
         remote.mkdir()
         port = free_port()
-        (remote / "restart.sh").write_text(RESTART.format(dir=remote, env=remote / "byom.env", server=LLAMA_SERVER,
-                                                           port=port, key=ENGINE_KEY))  # fmt: skip
+        (remote / "restart.sh").write_text(
+            RESTART.format(
+                dir=remote, env=remote / "byom.env", server=LLAMA_SERVER, port=port, key=ENGINE_KEY
+            )
+        )
         routes = RouteTable()
         routes.add_deployment(_deployment(port, sshd.host_public_key, sshd))
-        delivery = DeliveryConfig(identity_file=sshd.client_key, remote_dir=str(remote / "models"),
-                                  container_dir=str(remote / "models"), env_path=str(remote / "byom.env"),
-                                  restart_command=f"sh {remote / 'restart.sh'}", health_timeout_s=60)  # fmt: skip
+        delivery = DeliveryConfig(
+            identity_file=sshd.client_key,
+            remote_dir=str(remote / "models"),
+            container_dir=str(remote / "models"),
+            env_path=str(remote / "byom.env"),
+            restart_command=f"sh {remote / 'restart.sh'}",
+            health_timeout_s=60,
+        )
         gateway = make_gateway(
             catalog, store, routes, tmp_path, delivery=delivery, max_model_bytes=4 * 1024 * 1024
         )
@@ -100,9 +115,13 @@ def _auth(key: str) -> dict[str, str]:
 def _upload(
     b: Byom, data: bytes, name: str = "my-model-v1", dep: str = "dep_byom", key: str | None = None
 ) -> requests.Response:
-    return requests.post(f"{b.gw.url}{API}/models/upload", headers=_auth(key or b.keys.admin), timeout=30,
-                         files={"file": ("finetune.gguf", io.BytesIO(data), "application/octet-stream")},
-                         data={"name": name, "deployment_id": dep})  # fmt: skip
+    return requests.post(
+        f"{b.gw.url}{API}/models/upload",
+        headers=_auth(key or b.keys.admin),
+        timeout=30,
+        files={"file": ("finetune.gguf", io.BytesIO(data), "application/octet-stream")},
+        data={"name": name, "deployment_id": dep},
+    )
 
 
 def _wait(b: Byom, upload_id: str, timeout_s: float = 60) -> dict[str, object]:
@@ -135,30 +154,46 @@ def test_upload_deliver_and_chat(byom: Byom) -> None:
     assert hashlib.sha256(delivered.read_bytes()).hexdigest() == body["sha256"]
     assert "LLAMA_ARG_MODEL=" + str(delivered) in (byom.remote / "byom.env").read_text()
     client = byom.gw.openai(byom.keys.admin, timeout=60)
-    answer = client.chat.completions.create(model="byom:my-model-v1", messages=[{"role": "user", "content": "hi"}],
-                                            max_tokens=4, temperature=0)  # fmt: skip
-    assert isinstance(answer.choices[0].message.content, str) and answer.usage.completion_tokens == 4  # type: ignore[union-attr]
+    answer = client.chat.completions.create(
+        model="byom:my-model-v1", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0
+    )
+    assert answer.usage is not None
+    assert isinstance(answer.choices[0].message.content, str) and answer.usage.completion_tokens == 4
     # the caller's key is checked against the deployment's grants
     with pytest.raises(openai.PermissionDeniedError):
         byom.gw.openai(byom.keys.scoped_other).chat.completions.create(
-            model="byom:my-model-v1", messages=[{"role": "user", "content": "x"}], max_tokens=2)  # fmt: skip
+            model="byom:my-model-v1", messages=[{"role": "user", "content": "x"}], max_tokens=2
+        )
     with pytest.raises(openai.NotFoundError):
         byom.gw.openai(byom.keys.other_org).chat.completions.create(
-            model="byom:my-model-v1", messages=[{"role": "user", "content": "x"}], max_tokens=2)  # fmt: skip
+            model="byom:my-model-v1", messages=[{"role": "user", "content": "x"}], max_tokens=2
+        )
     assert _upload(byom, byom.gguf).status_code == 409, "names are unique within an org"
 
 
 def test_resumable_upload(byom: Byom) -> None:
     url = f"{byom.gw.url}{API}/models/uploads"
     sha = hashlib.sha256(byom.gguf).hexdigest()
-    created = requests.post(url, headers=_auth(byom.keys.admin), timeout=10,
-                            json={"name": "resumed", "deployment_id": "dep_byom", "size": len(byom.gguf), "sha256": sha})  # fmt: skip
+    created = requests.post(
+        url,
+        headers=_auth(byom.keys.admin),
+        timeout=10,
+        json={"name": "resumed", "deployment_id": "dep_byom", "size": len(byom.gguf), "sha256": sha},
+    )
     assert created.status_code == 201 and created.json()["status"] == "pending_upload"
     target = f"{byom.gw.url}{created.json()['upload_url']}"
 
     def patch(offset: int, chunk: bytes) -> requests.Response:
-        return requests.patch(target, data=chunk, timeout=30, headers={**_auth(byom.keys.admin), "Upload-Offset": str(offset),
-                              "Content-Type": "application/offset+octet-stream"})  # fmt: skip
+        return requests.patch(
+            target,
+            data=chunk,
+            timeout=30,
+            headers={
+                **_auth(byom.keys.admin),
+                "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
 
     third = len(byom.gguf) // 3
     first = patch(0, byom.gguf[:third])
@@ -193,9 +228,15 @@ def _hostile(kind: str, gguf: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     ("kind", "reason"),
-    [("wrong magic", "not a GGUF file"), ("truncated header", "truncated"), ("truncated data", "truncated"),
-     ("absurd counts", "tensor count"), ("absurd string length", "exceeds the limit"), ("absurd array", "array of")],
-)  # fmt: skip
+    [
+        ("wrong magic", "not a GGUF file"),
+        ("truncated header", "truncated"),
+        ("truncated data", "truncated"),
+        ("absurd counts", "tensor count"),
+        ("absurd string length", "exceeds the limit"),
+        ("absurd array", "array of"),
+    ],
+)
 def test_hostile_files_refused(byom: Byom, kind: str, reason: str) -> None:
     resp = _upload(byom, _hostile(kind, byom.gguf), name=f"h-{kind.replace(' ', '-')}")
     assert resp.status_code == 422 and reason in resp.json()["error"]["message"], resp.text

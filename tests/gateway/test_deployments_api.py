@@ -24,8 +24,14 @@ from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.harness import Keys, Running, make_gateway, running, wait_for
 
 API = "/api/v1/public/deployments"
-SPEC = {"name": "api-8b", "model_id": "llama-3.1-8b-instruct", "gpu_type": "h100", "region": "tor1", "replicas": 1,
-        "preset": "speed"}  # fmt: skip
+SPEC = {
+    "name": "api-8b",
+    "model_id": "llama-3.1-8b-instruct",
+    "gpu_type": "h100",
+    "region": "tor1",
+    "replicas": 1,
+    "preset": "speed",
+}
 
 
 class FakeOps:
@@ -44,10 +50,19 @@ class FakeOps:
             "agent-cloud:deployment"
         ]
         self.calls.append(("up", stack, cfg.get("replicas", 1)))
-        endpoints = [{"private_ip": "127.0.0.1", "public_ip": "198.51.100.1", "port": self.port, "droplet_id": str(i)}
-                     for i in range(cfg.get("replicas", 1))]  # fmt: skip
-        return {"endpoints": endpoints, "host_public_key": "ssh-ed25519 AAAA",
-                "plan": {"model_id": cfg["model_id"], "gpu_type": cfg.get("gpu_type"), "preset": cfg.get("preset")}}  # fmt: skip
+        endpoints = [
+            {"private_ip": "127.0.0.1", "public_ip": "198.51.100.1", "port": self.port, "droplet_id": str(i)}
+            for i in range(cfg.get("replicas", 1))
+        ]
+        return {
+            "endpoints": endpoints,
+            "host_public_key": "ssh-ed25519 AAAA",
+            "plan": {
+                "model_id": cfg["model_id"],
+                "gpu_type": cfg.get("gpu_type"),
+                "preset": cfg.get("preset"),
+            },
+        }
 
     def refresh(self, stack: str, progress: Any) -> dict[str, Any]:
         return self.up(stack, progress)
@@ -66,16 +81,18 @@ class Api:
 
     def tick(self, now: float) -> list[tuple[str, int, str]]:
         """One autoscaler round at a chosen time, on the gateway's own loop."""
-        import asyncio
-
         scaler = self.r.gateway.control.autoscaler
         scaler.clock = lambda: now
-        assert self.r.gateway.loop is not None
-        return asyncio.run_coroutine_threadsafe(scaler.tick(), self.r.gateway.loop).result(15)
+        return self.r.run(scaler.tick())
 
     def call(self, method: str, path: str, key: str | None = None, **kw: Any) -> requests.Response:
-        return requests.request(method, f"{self.r.url}{API}{path}", timeout=15,
-                                headers={"Authorization": f"Bearer {key or self.keys.admin}"}, **kw)  # fmt: skip
+        return requests.request(
+            method,
+            f"{self.r.url}{API}{path}",
+            timeout=15,
+            headers={"Authorization": f"Bearer {key or self.keys.admin}"},
+            **kw,
+        )
 
     def wait_status(self, dep_id: str, status: str) -> dict[str, Any]:
         assert wait_for(lambda: self.call("GET", f"/{dep_id}").json()["status"] == status, 15), self.call(
@@ -89,8 +106,18 @@ def api(tmp_path: Path, catalog: Catalog, store: Store, keys: Keys, upstream: Fa
     stacks = tmp_path / "stacks"
     stacks.mkdir()
     ops = FakeOps(int(upstream.base_url.split(":")[2].split("/")[0]), stacks)
-    gateway = make_gateway(catalog, store, RouteTable(), tmp_path, stack_ops=ops, stacks_dir=stacks, webhooks_allow_http=True,
-                           webhooks_allow_loopback=True, webhook_backoff_s=0.05, webhook_tick_s=0.05)  # fmt: skip
+    gateway = make_gateway(
+        catalog,
+        store,
+        RouteTable(),
+        tmp_path,
+        stack_ops=ops,
+        stacks_dir=stacks,
+        webhooks_allow_http=True,
+        webhooks_allow_loopback=True,
+        webhook_backoff_s=0.05,
+        webhook_tick_s=0.05,
+    )
     with running(gateway) as r:
         yield Api(r, keys, ops, stacks, upstream)
 
@@ -110,9 +137,12 @@ def test_create_becomes_active_and_serves(api: Api) -> None:
         "agent-cloud:deployment"
     ]
     assert stack["model_id"] == "llama-3.1-8b-instruct" and stack["gpu_type"] == "h100"
-    chat = requests.post(f"{api.r.url}{API}/{body['id']}/chat/completions", timeout=15,
-                         headers={"Authorization": f"Bearer {api.keys.standard}"},
-                         json={"messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    chat = requests.post(
+        f"{api.r.url}{API}/{body['id']}/chat/completions",
+        timeout=15,
+        headers={"Authorization": f"Bearer {api.keys.standard}"},
+        json={"messages": [{"role": "user", "content": "hi"}]},
+    )
     assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == "echo: hi"
     listed = api.call("GET", "", key=api.keys.standard).json()["data"]
     assert [d["id"] for d in listed] == [body["id"]]
@@ -141,8 +171,14 @@ def test_teardown_keeps_or_deletes_the_model_cache(api: Api) -> None:
     assert resp.status_code == 202 and resp.json()["status"] == "teardown"
     dep = api.wait_status(dep_id, "inactive")
     assert ("destroy", "api-8b", False) in api.ops.calls and dep["endpoints"] == []
-    assert requests.post(f"{api.r.url}{API}/{dep_id}/chat/completions", headers={"Authorization": f"Bearer {api.keys.admin}"},
-                         json={"messages": [{"role": "user", "content": "x"}]}).status_code == 503  # fmt: skip
+    assert (
+        requests.post(
+            f"{api.r.url}{API}/{dep_id}/chat/completions",
+            headers={"Authorization": f"Bearer {api.keys.admin}"},
+            json={"messages": [{"role": "user", "content": "x"}]},
+        ).status_code
+        == 503
+    )
 
 
 def test_sla_targets(api: Api) -> None:
@@ -172,11 +208,15 @@ def test_who_may_do_what(api: Api) -> None:
     dep_id = api.call("POST", "", json=SPEC).json()["id"]
     api.wait_status(dep_id, "active")
     k = api.keys
-    # key -> (create another, read, scale, delete); the admin's delete meets its own scale job still running: 409
+    # key -> (create another, read, scale, delete); the admin's delete meets its own scale job: 409
     expected = {
-        "admin": (202, 200, 202, 409), "standard": (403, 200, 403, 403), "scoped": (403, 403, 403, 403),
-        "other_org": (403, 404, 404, 404), "member": (403, 200, 403, 403), "member_read_only": (403, 200, 403, 403),
-    }  # fmt: skip
+        "admin": (202, 200, 202, 409),
+        "standard": (403, 200, 403, 403),
+        "scoped": (403, 403, 403, 403),
+        "other_org": (403, 404, 404, 404),
+        "member": (403, 200, 403, 403),
+        "member_read_only": (403, 200, 403, 403),
+    }
     wrong = []
     for name, want in expected.items():
         key = getattr(k, name)
@@ -251,8 +291,12 @@ def _chat(api: Api, dep_id: str, wake_timeout: str | None = None, content: str =
     headers = {"Authorization": f"Bearer {api.keys.admin}"}
     if wake_timeout is not None:
         headers["X-AgentCloud-Wake-Timeout"] = wake_timeout
-    return requests.post(f"{api.r.url}{API}/{dep_id}/chat/completions", headers=headers, timeout=30,
-                         json={"messages": [{"role": "user", "content": content}]})  # fmt: skip
+    return requests.post(
+        f"{api.r.url}{API}/{dep_id}/chat/completions",
+        headers=headers,
+        timeout=30,
+        json={"messages": [{"role": "user", "content": content}]},
+    )
 
 
 ZERO = {"min_replicas": 0, "max_replicas": 2, "scale_to_zero": True, "idle_timeout_seconds": 60}
@@ -315,8 +359,11 @@ def test_sla_breach_fires_a_signed_webhook(api: Api) -> None:
     api.wait_status(dep_id, "active")
     receiver = Receiver(fail_rate=0.0)
     with receiver.serving():
-        hook = api.call("POST", f"/{dep_id}/webhooks", json={"url": f"http://127.0.0.1:{receiver.port}/hook",
-                                                             "events": ["deployment.sla_breach"]})  # fmt: skip
+        hook = api.call(
+            "POST",
+            f"/{dep_id}/webhooks",
+            json={"url": f"http://127.0.0.1:{receiver.port}/hook", "events": ["deployment.sla_breach"]},
+        )
         assert hook.status_code == 201
         api.call("PATCH", f"/{dep_id}/sla", json={"ttft_target_ms": 5})
         for _ in range(25):  # the fake engine waits 20 ms before answering: TTFT over the 5 ms target

@@ -6,6 +6,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import openai
 import pytest
@@ -21,7 +22,7 @@ from tests.sshd import free_port
 
 
 @contextmanager
-def gateway_over(catalog: Catalog, store: Store, urls: list[str], **config: object) -> Iterator[Running]:
+def gateway_over(catalog: Catalog, store: Store, urls: list[str], **config: Any) -> Iterator[Running]:
     table = RouteTable()
     table.models[CHAT_MODEL] = [target(u, name=f"t{i}") for i, u in enumerate(urls)]
     with running(make_gateway(catalog, store, table, **config)) as r:
@@ -29,23 +30,30 @@ def gateway_over(catalog: Catalog, store: Store, urls: list[str], **config: obje
     assert_counters_released(r)
 
 
-def ask(r: Running, key: str, text: str = "hi", **kw: object) -> object:
+def ask(r: Running, key: str, text: str = "hi", **kw: Any) -> Any:
     return r.openai(key).chat.completions.create(
         model=CHAT_MODEL, messages=[{"role": "user", "content": text}], **kw
     )
 
 
 def sse_lines(r: Running, key: str, text: str) -> list[bytes]:
-    resp = requests.post(f"{r.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=15,
-                         json={"model": CHAT_MODEL, "stream": True, "messages": [{"role": "user", "content": text}]})  # fmt: skip
+    resp = requests.post(
+        f"{r.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=15,
+        json={"model": CHAT_MODEL, "stream": True, "messages": [{"role": "user", "content": text}]},
+    )
     assert resp.status_code == 200
     return [line for line in resp.content.split(b"\n") if line.startswith(b"data:")]
 
 
 @pytest.mark.parametrize("fault", ["500", "429", "close"])
 def test_fallback_before_first_byte(catalog: Catalog, store: Store, keys: Keys, fault: str) -> None:
-    with fake_upstream(defaults={"fault": fault}) as bad, fake_upstream() as good, \
-            gateway_over(catalog, store, [bad.base_url, good.base_url]) as r:  # fmt: skip
+    with (
+        fake_upstream(defaults={"fault": fault}) as bad,
+        fake_upstream() as good,
+        gateway_over(catalog, store, [bad.base_url, good.base_url]) as r,
+    ):
         assert ask(r, keys.standard).choices[0].message.content == "echo: hi"  # type: ignore[attr-defined]
         stream = list(ask(r, keys.standard, "a b", stream=True))  # type: ignore[call-overload]
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "echo: a b"
@@ -85,7 +93,7 @@ def test_mid_stream_failure_ends_with_an_error_event(
         assert b"data: [DONE]" not in lines, "a broken stream must never look finished"
         assert b'"stream_interrupted"' in lines[-1]
         with pytest.raises(openai.APIError):
-            list(ask(r, keys.standard, f"one two three four [[fault={fault}]]", stream=True))  # type: ignore[call-overload]
+            list(ask(r, keys.standard, f"one two three four [[fault={fault}]]", stream=True))
         assert spare.stats.requests == 0, "no fallback after the first byte"
         assert wait_for(lambda: r.gateway.metrics.models[CHAT_MODEL].errors == 2)
 
@@ -105,8 +113,10 @@ def test_first_byte_timeout(catalog: Catalog, store: Store, keys: Keys) -> None:
 def test_first_byte_timeout_falls_back(
     catalog: Catalog, store: Store, keys: Keys, upstream: FakeUpstream
 ) -> None:
-    with fake_upstream(defaults={"delay": "3"}) as slow, \
-            gateway_over(catalog, store, [slow.base_url, upstream.base_url], first_byte_timeout_s=0.3) as r:  # fmt: skip
+    with (
+        fake_upstream(defaults={"delay": "3"}) as slow,
+        gateway_over(catalog, store, [slow.base_url, upstream.base_url], first_byte_timeout_s=0.3) as r,
+    ):
         assert ask(r, keys.standard).choices[0].message.content == "echo: hi"  # type: ignore[attr-defined]
 
 
@@ -151,10 +161,17 @@ def test_client_disconnect_cancels_upstream(
     catalog: Catalog, store: Store, keys: Keys, upstream: FakeUpstream
 ) -> None:
     with gateway_over(catalog, store, [upstream.base_url]) as r:
-        resp = requests.post(f"{r.url}/v1/chat/completions", headers={"Authorization": f"Bearer {keys.standard}"},
-                             json={"model": CHAT_MODEL, "stream": True,
-                                   "messages": [{"role": "user", "content": "[[chunks=100]] [[gap=0.1]]"}]},
-                             stream=True, timeout=15)  # fmt: skip
+        resp = requests.post(
+            f"{r.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {keys.standard}"},
+            json={
+                "model": CHAT_MODEL,
+                "stream": True,
+                "messages": [{"role": "user", "content": "[[chunks=100]] [[gap=0.1]]"}],
+            },
+            stream=True,
+            timeout=15,
+        )
         first = next(resp.iter_content(chunk_size=None))
         assert first.startswith(b"data:")
         resp.close()  # the client goes away 10 s before the stream would end
@@ -173,7 +190,10 @@ def test_circuit_breaker_stops_trying_a_dead_upstream(
         gateway_over(catalog, store, [bad.base_url, upstream.base_url]) as r,
     ):
         for _ in range(10):
-            assert ask(r, keys.standard).choices[0].message.content == "echo: hi"  # type: ignore[attr-defined]
+            assert ask(r, keys.standard).choices[0].message.content == "echo: hi"
         assert bad.stats.requests == 5, "the breaker opens after 5 consecutive failures"
         assert upstream.stats.requests == 10
-        assert r.gateway.routes.breakers(r.gateway.routes.models[CHAT_MODEL][0]).state in ("open", "half-open")
+        assert r.gateway.routes.breakers(r.gateway.routes.models[CHAT_MODEL][0]).state in (
+            "open",
+            "half-open",
+        )

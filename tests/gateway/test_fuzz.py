@@ -18,10 +18,16 @@ from tests.gateway.harness import CHAT_MODEL, Keys, Running, make_gateway, route
 
 API = "/api/v1/public"
 POST_ROUTES = [
-    "/v1/chat/completions", f"{API}/deployments/dep_a/chat/completions",
-    f"{API}/orgs/org_a/deployments/dep_a/chat/completions", "/v1/messages", f"{API}/embeddings/generate",
-    f"{API}/rerank", f"{API}/audio/tts", f"{API}/deployments/dep_a/permissions", f"{API}/audio/transcriptions",
-]  # fmt: skip
+    "/v1/chat/completions",
+    f"{API}/deployments/dep_a/chat/completions",
+    f"{API}/orgs/org_a/deployments/dep_a/chat/completions",
+    "/v1/messages",
+    f"{API}/embeddings/generate",
+    f"{API}/rerank",
+    f"{API}/audio/tts",
+    f"{API}/deployments/dep_a/permissions",
+    f"{API}/audio/transcriptions",
+]
 
 json_values = st.recursive(
     st.none()
@@ -34,8 +40,26 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-field_names = st.sampled_from(["model", "messages", "stream", "max_tokens", "input", "query", "documents", "top_n",
-                               "system", "tools", "tool_choice", "role", "content", "api_key_id", "n", "voice"])  # fmt: skip
+field_names = st.sampled_from(
+    [
+        "model",
+        "messages",
+        "stream",
+        "max_tokens",
+        "input",
+        "query",
+        "documents",
+        "top_n",
+        "system",
+        "tools",
+        "tool_choice",
+        "role",
+        "content",
+        "api_key_id",
+        "n",
+        "voice",
+    ]
+)
 bodies = st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),
@@ -63,8 +87,11 @@ def fuzz_gateway(catalog: Catalog) -> Iterator[tuple[Running, Keys]]:
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(route=st.sampled_from(POST_ROUTES), body=bodies, content_type=st.sampled_from(
-    ["application/json", "text/plain", "multipart/form-data; boundary=xyz", ""]))  # fmt: skip
+@given(
+    route=st.sampled_from(POST_ROUTES),
+    body=bodies,
+    content_type=st.sampled_from(["application/json", "text/plain", "multipart/form-data; boundary=xyz", ""]),
+)
 def test_malformed_bodies_never_500(
     fuzz_gateway: tuple[Running, Keys], route: str, body: bytes, content_type: str
 ) -> None:
@@ -80,8 +107,12 @@ def test_malformed_bodies_never_500(
 def test_oversize_body_is_413(fuzz_gateway: tuple[Running, Keys]) -> None:
     r, keys = fuzz_gateway
     huge = b'{"model": "x", "messages": [' + b" " * (5 * 1024 * 1024) + b"]}"
-    resp = requests.post(f"{r.url}/v1/chat/completions", data=huge, timeout=30,
-                         headers={"Authorization": f"Bearer {keys.admin}", "Content-Type": "application/json"})  # fmt: skip
+    resp = requests.post(
+        f"{r.url}/v1/chat/completions",
+        data=huge,
+        timeout=30,
+        headers={"Authorization": f"Bearer {keys.admin}", "Content-Type": "application/json"},
+    )
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
 
 
@@ -96,6 +127,9 @@ def test_unknown_model_unknown_route_wrong_method(fuzz_gateway: tuple[Running, K
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
     assert requests.get(f"{r.url}/v1/nothing", headers=h).status_code == 404
     assert requests.get(f"{r.url}/v1/chat/completions", headers=h).status_code == 405
-    bad = requests.post(f"{r.url}/v1/chat/completions", headers=h,
-                        json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "x"}], "best_of": 3})  # fmt: skip
+    bad = requests.post(
+        f"{r.url}/v1/chat/completions",
+        headers=h,
+        json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "x"}], "best_of": 3},
+    )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "best_of"

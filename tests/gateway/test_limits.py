@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -22,7 +23,7 @@ from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.harness import CHAT_MODEL, PEPPER, Keys, Running, make_gateway, routes_for, running
 from tests.sshd import free_port
 
-CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+CHAT: dict[str, Any] = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
 class Clock:
@@ -64,7 +65,8 @@ def test_redis_limiter_matches_memory(redis_url: str) -> None:
         client = aioredis.from_url(redis_url)
         await client.flushdb()
         lim = RedisRateLimiter(client)
-        out = [bool((await lim.check("k", 5, 10_000, 100)).allowed) for _ in range(7)]  # type: ignore[union-attr]
+        decisions = [await lim.check("k", 5, 10_000, 100) for _ in range(7)]
+        out = [d is not None and d.allowed for d in decisions]
         conc = RedisConcurrency(client)
         a = await conc.acquire("dep", 2)
         b = await conc.acquire("dep", 2)
@@ -80,7 +82,7 @@ def test_redis_limiter_matches_memory(redis_url: str) -> None:
 
 
 def _post(
-    r: Running, key: str, body: dict[str, object] = CHAT, path: str = "/v1/chat/completions"
+    r: Running, key: str, body: dict[str, Any] = CHAT, path: str = "/v1/chat/completions"
 ) -> requests.Response:
     return requests.post(r.url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=15)
 
@@ -129,13 +131,19 @@ def test_deployment_concurrency_limit(
 
 
 def _serve(port: int, db: Path, routes: Path, redis_url: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "AGENTCLOUD_DATABASE": str(db), "AGENTCLOUD_KEY_PEPPER": PEPPER.decode(),
-           "AGENTCLOUD_UPLOAD_DIR": str(db.parent / f"uploads-{port}")}  # fmt: skip
+    env = {
+        **os.environ,
+        "AGENTCLOUD_DATABASE": str(db),
+        "AGENTCLOUD_KEY_PEPPER": PEPPER.decode(),
+        "AGENTCLOUD_UPLOAD_DIR": str(db.parent / f"uploads-{port}"),
+    }
     exe = Path(sys.executable).parent / "agentcloud"
     return subprocess.Popen(
         [str(exe), "gateway", "serve", "--port", str(port), "--routes", str(routes), "--redis", redis_url],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_limits_exact_across_two_gateway_processes(
@@ -166,10 +174,14 @@ def test_limits_exact_across_two_gateway_processes(
                 assert time.monotonic() < deadline, "gateway process did not start"
                 time.sleep(0.1)
         statuses = [
-            requests.post(f"http://127.0.0.1:{ports[i % 2]}/v1/chat/completions", json=CHAT, timeout=15,
-                          headers={"Authorization": f"Bearer {token}"}).status_code
+            requests.post(
+                f"http://127.0.0.1:{ports[i % 2]}/v1/chat/completions",
+                json=CHAT,
+                timeout=15,
+                headers={"Authorization": f"Bearer {token}"},
+            ).status_code
             for i in range(30)
-        ]  # fmt: skip
+        ]
     finally:
         for proc in procs:
             proc.terminate()

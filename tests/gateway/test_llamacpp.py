@@ -1,5 +1,5 @@
-"""The gateway in front of a real llama.cpp server (built by scripts/build-llama-server.sh) serving a tiny GGUF
-that the tests generate: chat, streaming, the Anthropic translation, and the engine's API key."""
+"""The gateway in front of a real llama.cpp server (built by scripts/build-llama-server.sh) serving a tiny
+GGUF that the tests generate: chat, streaming, the Anthropic translation, and the engine's API key."""
 
 from __future__ import annotations
 
@@ -41,10 +41,30 @@ def start_llama_server(
         )
     port = free_port()
     proc = subprocess.Popen(
-        [str(LLAMA_SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", "1024", "-np", "2",
-         "--jinja", "--metrics", "--alias", alias, "--api-key", api_key, "-t", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            str(LLAMA_SERVER),
+            "-m",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-c",
+            "1024",
+            "-np",
+            "2",
+            "--jinja",
+            "--metrics",
+            "--alias",
+            alias,
+            "--api-key",
+            api_key,
+            "-t",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -88,8 +108,15 @@ def test_chat_and_stream_through_llamacpp(llama_gw: Running, keys: Keys) -> None
     )
     assert isinstance(resp.choices[0].message.content, str) and resp.choices[0].finish_reason == "length"
     assert resp.usage is not None and resp.usage.completion_tokens == 8 and resp.usage.prompt_tokens > 0
-    chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                                                 max_tokens=6, stream=True, temperature=0))  # fmt: skip
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=6,
+            stream=True,
+            temperature=0,
+        )
+    )
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 1
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
     series = llama_gw.gateway.metrics.models[MODEL]

@@ -4,6 +4,7 @@ per stack across control-plane processes (a store lease), never per process."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -18,15 +19,24 @@ from typing import Any
 import pytest
 import requests
 
+from infra.catalog import Catalog
+from infra.cli import main
+from infra.gateway.routing import RouteTable
 from infra.store import Store
 from tests.gateway.fake_upstream import FakeUpstream
-from tests.gateway.harness import PEPPER, Keys, seed, wait_for
+from tests.gateway.harness import PEPPER, Keys, make_gateway, running, seed, wait_for
 from tests.sshd import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API = "/api/v1/public/deployments"
-SPEC = {"name": "planes-8b", "model_id": "llama-3.1-8b-instruct", "gpu_type": "h100", "region": "tor1",
-        "replicas": 1, "preset": "speed"}  # fmt: skip
+SPEC = {
+    "name": "planes-8b",
+    "model_id": "llama-3.1-8b-instruct",
+    "gpu_type": "h100",
+    "region": "tor1",
+    "replicas": 1,
+    "preset": "speed",
+}
 
 
 @contextmanager
@@ -36,8 +46,11 @@ def gateway_process(plane: str, env: dict[str, str], logs: Path) -> Iterator[str
     log = (logs / f"{plane}-{port}.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "infra.cli", "gateway", "serve", "--plane", plane, "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -67,26 +80,45 @@ def cluster(tmp_path: Path, pg_url: str, redis_url: str, upstream: FakeUpstream)
     stacks, logs = tmp_path / "stacks", tmp_path / "logs"
     stacks.mkdir()
     logs.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTCLOUD_DATABASE": pg_url, "AGENTCLOUD_REDIS_URL": redis_url,
-           "AGENTCLOUD_KEY_PEPPER": PEPPER.decode(), "AGENTCLOUD_STACK_OPS": "tests.gateway.stand_in_ops:from_env",
-           "AGENTCLOUD_STACKS_DIR": str(stacks), "AGENTCLOUD_UPLOAD_DIR": str(tmp_path / "uploads"),
-           "FAKE_ENGINE_PORT": upstream.base_url.split(":")[2].split("/")[0], "FAKE_OPS_DELAY_S": "1.5",
-           "FAKE_OPS_LOG": str(tmp_path / "ops.jsonl")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AGENTCLOUD_DATABASE": pg_url,
+        "AGENTCLOUD_REDIS_URL": redis_url,
+        "AGENTCLOUD_KEY_PEPPER": PEPPER.decode(),
+        "AGENTCLOUD_STACK_OPS": "tests.gateway.stand_in_ops:from_env",
+        "AGENTCLOUD_STACKS_DIR": str(stacks),
+        "AGENTCLOUD_UPLOAD_DIR": str(tmp_path / "uploads"),
+        "FAKE_ENGINE_PORT": upstream.base_url.split(":")[2].split("/")[0],
+        "FAKE_OPS_DELAY_S": "1.5",
+        "FAKE_OPS_LOG": str(tmp_path / "ops.jsonl"),
+    }
     with ExitStack() as stack:
         urls = {
             name: stack.enter_context(gateway_process(plane, env, logs))
-            for name, plane in (("data1", "data"), ("data2", "data"), ("control1", "control"), ("control2", "control"))
+            for name, plane in (
+                ("data1", "data"),
+                ("data2", "data"),
+                ("control1", "control"),
+                ("control2", "control"),
+            )
         }
         yield {"urls": urls, "keys": keys, "ops_log": tmp_path / "ops.jsonl"}
 
 
 def _call(url: str, method: str, path: str, key: str, **kw: Any) -> requests.Response:
-    return requests.request(method, f"{url}{API}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=30, **kw)
+    return requests.request(
+        method, f"{url}{API}{path}", headers={"Authorization": f"Bearer {key}"}, timeout=30, **kw
+    )
 
 
 def _chat(url: str, dep_id: str, key: str) -> int:
-    return requests.post(f"{url}{API}/{dep_id}/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                         json={"messages": [{"role": "user", "content": "hi"}]}, timeout=15).status_code  # fmt: skip
+    return requests.post(
+        f"{url}{API}/{dep_id}/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"messages": [{"role": "user", "content": "hi"}]},
+        timeout=15,
+    ).status_code
 
 
 def _operations(log: Path) -> list[tuple[float, float, str]]:
@@ -105,7 +137,9 @@ def test_two_data_planes_learn_routes_and_operations_are_serialized(cluster: dic
     created = _call(urls["control1"], "POST", "", keys.admin, json=SPEC)
     assert created.status_code == 202, created.text
     dep_id = created.json()["id"]
-    assert wait_for(lambda: _call(urls["control1"], "GET", f"/{dep_id}", keys.admin).json()["status"] == "active", 30)
+    assert wait_for(
+        lambda: _call(urls["control1"], "GET", f"/{dep_id}", keys.admin).json()["status"] == "active", 30
+    )
     active_at = time.monotonic()
     served: dict[str, float] = {}
     while len(served) < 2 and time.monotonic() - active_at < 5:
@@ -124,8 +158,13 @@ def test_two_data_planes_learn_routes_and_operations_are_serialized(cluster: dic
 
     def scale(name: str, replicas: int) -> None:
         barrier.wait()
-        answers[name] = _call(urls[name], "PATCH", f"/{dep_id}/scaling", keys.admin,
-                              json={"min_replicas": replicas, "max_replicas": 3})  # fmt: skip
+        answers[name] = _call(
+            urls[name],
+            "PATCH",
+            f"/{dep_id}/scaling",
+            keys.admin,
+            json={"min_replicas": replicas, "max_replicas": 3},
+        )
 
     threads = [threading.Thread(target=scale, args=(n, r)) for n, r in (("control1", 2), ("control2", 3))]
     for t in threads:
@@ -139,11 +178,53 @@ def test_two_data_planes_learn_routes_and_operations_are_serialized(cluster: dic
     # While it runs, every control plane shows the job (it lives in the store).
     job = _call(urls["control2"], "GET", f"/{dep_id}", keys.admin).json()["job"]
     assert job is not None and job["operation"] == "scale"
-    assert wait_for(lambda: _call(urls["control2"], "GET", f"/{dep_id}", keys.admin).json()["job"] is None, 30)
+    assert wait_for(
+        lambda: _call(urls["control2"], "GET", f"/{dep_id}", keys.admin).json()["job"] is None, 30
+    )
     operations = _operations(cluster["ops_log"])
     assert len(operations) == 2, operations  # the create's up and one scale's up
-    for (_, end, _), (start, _, _) in zip(operations, operations[1:], strict=False):
+    for (_, end, _), (start, _, _) in itertools.pairwise(operations):
         assert start >= end, f"stack operations overlapped: {operations}"
     dep = _call(urls["control2"], "GET", f"/{dep_id}", keys.admin).json()
     assert dep["status"] == "active" and len(dep["endpoints"]) in (2, 3)
     assert wait_for(lambda: _chat(urls["data2"], dep_id, keys.standard) == 200, 5)
+
+
+def test_a_route_added_by_the_cli_serves_without_a_restart(
+    tmp_path: Path, catalog: Catalog, upstream: FakeUpstream
+) -> None:
+    """`agentcloud gateway routes add` writes the store; a running gateway serves the route within 2 s."""
+    db = str(tmp_path / "gw.sqlite3")
+    store = Store(db)
+    keys = seed(store, requests_per_minute=100_000)
+    with running(make_gateway(catalog, store, RouteTable(), tmp_path)) as r:
+        chat = f"{r.url}{API}/dep_cli/chat/completions"
+
+        def status() -> int:
+            return requests.post(
+                chat,
+                headers={"Authorization": f"Bearer {keys.admin}"},
+                timeout=10,
+                json={"messages": [{"role": "user", "content": "hi"}]},
+            ).status_code
+
+        assert status() == 404
+        added = [
+            "gateway",
+            "--database",
+            db,
+            "routes",
+            "add",
+            "--id",
+            "dep_cli",
+            "--org",
+            "org_a",
+            "--model",
+            "llama-3.1-8b-instruct",
+            "--endpoint",
+            upstream.base_url,
+        ]
+        assert main(added) == 0
+        started = time.monotonic()
+        assert wait_for(lambda: status() == 200, 5)
+        assert time.monotonic() - started <= 2.0

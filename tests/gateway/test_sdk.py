@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import anthropic
 import openai
@@ -80,19 +81,33 @@ def test_anthropic_messages(gw: Running, keys: Keys, upstream: FakeUpstream) -> 
 def test_anthropic_tool_use_and_result(gw: Running, keys: Keys, upstream: FakeUpstream) -> None:
     client = gw.anthropic(keys.standard)
     tools = [{"name": "get_weather", "description": "weather", "input_schema": {"type": "object"}}]
-    msg = client.messages.create(model=CHAT_MODEL, max_tokens=64, tools=tools,
-                                 messages=[{"role": "user", "content": "[[tool]] weather?"}])  # fmt: skip
+    msg = client.messages.create(
+        model=CHAT_MODEL,
+        max_tokens=64,
+        tools=tools,
+        messages=[{"role": "user", "content": "[[tool]] weather?"}],
+    )
     (block,) = msg.content
     assert block.type == "tool_use" and block.name == "get_weather" and block.input == {"city": "Paris"}
     assert msg.stop_reason == "tool_use"
     follow = client.messages.create(
-        model=CHAT_MODEL, max_tokens=64, tools=tools,
+        model=CHAT_MODEL,
+        max_tokens=64,
+        tools=tools,
         messages=[
             {"role": "user", "content": "weather?"},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": block.id, "name": "get_weather", "input": {"city": "Paris"}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "sunny"}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": block.id, "name": "get_weather", "input": {"city": "Paris"}}
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "sunny"}],
+            },
         ],
-    )  # fmt: skip
+    )
     sent = upstream.stats.bodies[-1]["messages"]
     assert sent[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"Paris"}'}
     assert sent[2] == {"role": "tool", "tool_call_id": block.id, "content": "sunny"}
@@ -106,8 +121,19 @@ def test_anthropic_stream_event_sequence(gw: Running, keys: Keys) -> None:
     ) as s:
         events = [e.type for e in s]
         final = s.get_final_message()
-    core = [e for e in events if e in {"message_start", "content_block_start", "content_block_delta",
-                                       "content_block_stop", "message_delta", "message_stop"}]  # fmt: skip
+    core = [
+        e
+        for e in events
+        if e
+        in {
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        }
+    ]
     assert core[0] == "message_start" and core[1] == "content_block_start"
     assert core[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert set(core[2:-3]) == {"content_block_delta"}
@@ -118,8 +144,9 @@ def test_anthropic_stream_event_sequence(gw: Running, keys: Keys) -> None:
 def test_anthropic_stream_tool_use(gw: Running, keys: Keys) -> None:
     client = gw.anthropic(keys.standard)
     tools = [{"name": "get_weather", "input_schema": {"type": "object"}}]
-    with client.messages.stream(model=CHAT_MODEL, max_tokens=64, tools=tools,
-                                messages=[{"role": "user", "content": "[[tool]]"}]) as s:  # fmt: skip
+    with client.messages.stream(
+        model=CHAT_MODEL, max_tokens=64, tools=tools, messages=[{"role": "user", "content": "[[tool]]"}]
+    ) as s:
         final = s.get_final_message()
     assert final.content[0].type == "tool_use" and final.content[0].input == {"city": "Paris"}
     assert final.stop_reason == "tool_use"
@@ -129,7 +156,8 @@ def test_anthropic_errors_are_anthropic_shaped(gw: Running, keys: Keys) -> None:
     client = gw.anthropic(keys.standard)
     with pytest.raises(anthropic.BadRequestError) as err:
         client.messages.create(model=CHAT_MODEL, max_tokens=0, messages=[{"role": "user", "content": "x"}])
-    assert err.value.body["type"] == "error" and err.value.body["error"]["type"] == "invalid_request_error"
+    body = cast(dict[str, Any], err.value.body)
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.AuthenticationError):
         gw.anthropic("ak_live_wrong").messages.create(
             model=CHAT_MODEL, max_tokens=5, messages=[{"role": "user", "content": "x"}]
@@ -147,20 +175,33 @@ def test_embeddings_rerank_audio(gw: Running, keys: Keys) -> None:
         f"{gw.url}/api/v1/public/embeddings/generate", headers=h, json={"input": "The quick brown fox"}
     )
     assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 3
-    r = requests.post(f"{gw.url}/api/v1/public/rerank", headers=h, json={
-        "query": "quantum computing", "top_n": 2,
-        "documents": ["Quantum computers use qubits.", "Classical bits.", "quantum computing is here"]})  # fmt: skip
+    r = requests.post(
+        f"{gw.url}/api/v1/public/rerank",
+        headers=h,
+        json={
+            "query": "quantum computing",
+            "top_n": 2,
+            "documents": ["Quantum computers use qubits.", "Classical bits.", "quantum computing is here"],
+        },
+    )
     results = r.json()["results"]
     assert (
         r.status_code == 200
         and [x["index"] for x in results] == [2, 0]
         and results[0]["document"].startswith("quantum")
     )
-    r = requests.post(f"{gw.url}/api/v1/public/audio/transcriptions", headers=h,
-                   files={"file": ("a.mp3", b"\x00" * 1234, "audio/mpeg")}, data={"model": "whisper-large-v3-turbo"})  # fmt: skip
+    r = requests.post(
+        f"{gw.url}/api/v1/public/audio/transcriptions",
+        headers=h,
+        files={"file": ("a.mp3", b"\x00" * 1234, "audio/mpeg")},
+        data={"model": "whisper-large-v3-turbo"},
+    )
     assert r.status_code == 200 and r.json()["text"] == "heard 1234 bytes with whisper-large-v3-turbo"
-    r = requests.post(f"{gw.url}/api/v1/public/audio/tts", headers={"Authorization": f"Bearer {keys.admin}"},
-                   json={"input": "Hello", "model": "minimax-speech-02-hd", "voice": "en_female_1"})  # fmt: skip
+    r = requests.post(
+        f"{gw.url}/api/v1/public/audio/tts",
+        headers={"Authorization": f"Bearer {keys.admin}"},
+        json={"input": "Hello", "model": "minimax-speech-02-hd", "voice": "en_female_1"},
+    )
     assert (
         r.status_code == 200
         and r.headers["content-type"] == "audio/x-fake-mpeg"

@@ -67,8 +67,17 @@ def test_usage_batches_and_totals(store: Store) -> None:
 def test_deployments(store: Store) -> None:
     org = store.create_org("acme")
     model = "llama-3.1-8b-instruct"
-    store.save_deployment(DeploymentRecord("dep_1", org, "prod", model, Status.ACTIVE, spec={"replicas": 1},
-                                           routes={"endpoints": ["http://10.0.0.5:8000/v1"]}))  # fmt: skip
+    store.save_deployment(
+        DeploymentRecord(
+            "dep_1",
+            org,
+            "prod",
+            model,
+            Status.ACTIVE,
+            spec={"replicas": 1},
+            routes={"endpoints": ["http://10.0.0.5:8000/v1"]},
+        )
+    )
     before = store.revisions().get("routes", 0)
     store.save_deployment(DeploymentRecord("dep_1", org, "prod", model, Status.SCALING, spec={"replicas": 2}))
     (dep,) = store.deployments()
@@ -91,15 +100,31 @@ def test_routes_from_stack_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     from infra.gateway.routing import deployment_from_record
 
     outputs = {
-        "endpoints": [{"private_ip": "10.10.0.5", "public_ip": "198.51.100.5", "port": 8000, "droplet_id": "1"},
-                      {"private_ip": "10.10.0.6", "public_ip": "198.51.100.6", "port": 8000, "droplet_id": "2"}],
+        "endpoints": [
+            {"private_ip": "10.10.0.5", "public_ip": "198.51.100.5", "port": 8000, "droplet_id": "1"},
+            {"private_ip": "10.10.0.6", "public_ip": "198.51.100.6", "port": 8000, "droplet_id": "2"},
+        ],
         "plan": {"model_id": "llama-3.3-70b-instruct", "concurrency_limit": 50},
-    }  # fmt: skip
+    }
     monkeypatch.setattr(automation, "outputs", lambda stack: outputs if stack == "prod-inference" else {})
     db = str(tmp_path / "gw.sqlite3")
     Store(db).create_org("acme", org_id="org_acme")
-    assert main(["gateway", "--database", db, "routes-from-stack", "prod-inference", "--org", "org_acme",
-                 "--api-key-env", "PROD_KEY"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "gateway",
+                "--database",
+                db,
+                "routes-from-stack",
+                "prod-inference",
+                "--org",
+                "org_acme",
+                "--api-key-env",
+                "PROD_KEY",
+            ]
+        )
+        == 0
+    )
     (record,) = Store(db).deployments()
     dep = deployment_from_record(record)
     assert (

@@ -44,12 +44,23 @@ def _resolver(*addresses: str):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     ("address", "why"),
-    [("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.10", "private"),
-     ("172.16.5.4", "private"), ("169.254.169.254", "metadata"), ("169.254.10.10", "link-local"),
-     ("fe80::1", "link-local"), ("100.64.1.1", "carrier-grade NAT"), ("64:ff9b::a00:1", "private"),
-     ("64:ff9b::a9fe:a9fe", "metadata"), ("::ffff:127.0.0.1", "loopback"), ("0.0.0.0", "private|not a public"),
-     ("2002:a00:1::1", "private")],
-)  # fmt: skip
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.10", "private"),
+        ("172.16.5.4", "private"),
+        ("169.254.169.254", "metadata"),
+        ("169.254.10.10", "link-local"),
+        ("fe80::1", "link-local"),
+        ("100.64.1.1", "carrier-grade NAT"),
+        ("64:ff9b::a00:1", "private"),
+        ("64:ff9b::a9fe:a9fe", "metadata"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("0.0.0.0", "private|not a public"),
+        ("2002:a00:1::1", "private"),
+    ],
+)
 def test_ssrf_refused(address: str, why: str) -> None:
     with pytest.raises(UnsafeURL, match=why):
         check_url("https://hooks.example.com/x", Policy(), resolve=_resolver(address))
@@ -114,13 +125,24 @@ class Receiver:
 
 
 def _gateway(catalog: Catalog, store: Store, tmp: Path):  # type: ignore[no-untyped-def]
-    return make_gateway(catalog, store, routes_for("http://127.0.0.1:9/v1"), tmp, webhooks_allow_http=True,
-                        webhooks_allow_loopback=True, webhook_backoff_s=0.05, webhook_tick_s=0.05)  # fmt: skip
+    return make_gateway(
+        catalog,
+        store,
+        routes_for("http://127.0.0.1:9/v1"),
+        tmp,
+        webhooks_allow_http=True,
+        webhooks_allow_loopback=True,
+        webhook_backoff_s=0.05,
+        webhook_tick_s=0.05,
+    )
 
 
 def _subscribe(url: str, gw_url: str, keys: Keys) -> str:
-    resp = requests.post(f"{gw_url}{API}/deployments/dep_a/webhooks", headers={"Authorization": f"Bearer {keys.admin}"},
-                         json={"url": url, "events": ["deployment.sla_breach", "deployment.scaled"]})  # fmt: skip
+    resp = requests.post(
+        f"{gw_url}{API}/deployments/dep_a/webhooks",
+        headers={"Authorization": f"Bearer {keys.admin}"},
+        json={"url": url, "events": ["deployment.sla_breach", "deployment.scaled"]},
+    )
     assert resp.status_code == 201, resp.text
     return str(resp.json()["secret"])
 
@@ -133,10 +155,11 @@ def test_every_event_delivered_and_verifies(
         secret = _subscribe(f"http://127.0.0.1:{receiver.port}/hook", r.url, keys)
         ids = []
         for i in range(25):
-            ids += asyncio.run_coroutine_threadsafe(
-                r.gateway.control.webhooks.emit("dep_a", "deployment.sla_breach", {"metric": "ttft_p95_ms", "n": i}),
-                r.gateway.loop,
-            ).result(10)
+            ids += r.run(
+                r.gateway.control.webhooks.emit(
+                    "dep_a", "deployment.sla_breach", {"metric": "ttft_p95_ms", "n": i}
+                )
+            )
         assert wait_for(lambda: {h["X-AINative-Event-Id"] for _, h in receiver.received} >= set(ids), 30)
     for body, headers in receiver.received:
         assert verify(body, headers["X-AINative-Signature"], secret)
@@ -155,9 +178,7 @@ def test_nothing_lost_across_a_restart(tmp_path: Path, catalog: Catalog) -> None
         _subscribe(f"http://127.0.0.1:{receiver.port}/hook", r.url, keys)
         ids = []
         for i in range(10):
-            ids += asyncio.run_coroutine_threadsafe(
-                r.gateway.control.webhooks.emit("dep_a", "deployment.scaled", {"replicas": i}), r.gateway.loop
-            ).result(10)
+            ids += r.run(r.gateway.control.webhooks.emit("dep_a", "deployment.scaled", {"replicas": i}))
         assert wait_for(lambda: all(row["attempts"] >= 1 for row in store.outbox()), 10)
     assert not any(row["delivered_at"] for row in store.outbox())
     store.close()
@@ -178,11 +199,17 @@ def test_webhook_url_checked_on_create(tmp_path: Path, catalog: Catalog, store: 
         ):
             resp = requests.post(f"{r.url}{API}/deployments/dep_a/webhooks", headers=h, json={"url": url})
             assert resp.status_code == 400 and resp.json()["error"]["code"] == "unsafe_url", url
-        bad_events = requests.post(f"{r.url}{API}/deployments/dep_a/webhooks", headers=h,
-                                   json={"url": "https://hooks.example.com", "events": ["deployment.exploded"]})  # fmt: skip
+        bad_events = requests.post(
+            f"{r.url}{API}/deployments/dep_a/webhooks",
+            headers=h,
+            json={"url": "https://hooks.example.com", "events": ["deployment.exploded"]},
+        )
         assert bad_events.status_code == 400
-        other = requests.post(f"{r.url}{API}/deployments/dep_a/webhooks", json={"url": "https://x.example"},
-                              headers={"Authorization": f"Bearer {keys.other_org}"})  # fmt: skip
+        other = requests.post(
+            f"{r.url}{API}/deployments/dep_a/webhooks",
+            json={"url": "https://x.example"},
+            headers={"Authorization": f"Bearer {keys.other_org}"},
+        )
         assert other.status_code == 404
 
 

@@ -1,0 +1,193 @@
+"""The data plane's pure pieces without any server: Anthropic translation, SSE scanning, the circuit breaker,
+the router and chat field parsing."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from infra.gateway.errors import GatewayError
+from infra.gateway.inference import chat_fields
+from infra.gateway.router import Router
+from infra.upstream import anthropic
+from infra.upstream.errors import TranslationError
+from infra.upstream.sse import UsageScanner, sse_events
+from infra.upstream.target import CircuitBreaker
+
+
+# -- Anthropic <-> OpenAI ------------------------------------------------------------------------------------
+def test_to_openai_maps_system_tools_choice_and_stream() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 64,
+        "system": [{"type": "text", "text": "be brief"}],
+        "stream": True,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}],
+            },
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]},
+        ],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "any"},
+        "stop_sequences": ["END"],
+        "temperature": 0.2,
+    }
+    out = anthropic.to_openai(body, "upstream-m")
+    assert out["model"] == "upstream-m" and out["max_tokens"] == 64 and out["stop"] == ["END"]
+    assert out["messages"][0] == {"role": "system", "content": "be brief"}
+    assert out["messages"][2]["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"a":1}'}
+    assert out["messages"][3] == {"role": "tool", "tool_call_id": "t1", "content": "ok"}
+    assert out["tool_choice"] == "required" and out["tools"][0]["function"]["name"] == "f"
+    assert out["stream"] is True and out["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
+        ({"max_tokens": 5, "messages": []}, "messages"),
+        ({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        (
+            {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+            "temperature",
+        ),
+        (
+            {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "?"}},
+            "tool_choice",
+        ),
+    ],
+)
+def test_to_openai_refuses_with_the_parameter(body: dict[str, object], param: str) -> None:
+    with pytest.raises(TranslationError) as err:
+        anthropic.to_openai(body, "m")
+    assert err.value.status == 400 and err.value.param == param
+
+
+def test_from_openai_stop_sequence_tools_and_usage() -> None:
+    resp = {
+        "id": "c1",
+        "choices": [
+            {
+                "finish_reason": "stop",
+                "message": {
+                    "content": "done END",
+                    "tool_calls": [{"id": "call_1", "function": {"name": "f", "arguments": '{"x": 2}'}}],
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+    }
+    out = anthropic.from_openai(resp, "m", ["END"])
+    assert out["stop_reason"] == "stop_sequence" and out["stop_sequence"] == "END"
+    assert out["content"][1] == {"type": "tool_use", "id": "call_1", "name": "f", "input": {"x": 2}}
+    assert out["usage"] == {"input_tokens": 7, "output_tokens": 3}
+
+
+def _events(raw: bytes) -> list[str]:
+    return [
+        line.removeprefix(b"event: ").decode() for line in raw.split(b"\n") if line.startswith(b"event: ")
+    ]
+
+
+def test_stream_translator_emits_the_full_event_sequence() -> None:
+    t = anthropic.StreamTranslator(model="m")
+    out = t.feed({"choices": [{"delta": {"content": "he"}}]})
+    out += t.feed({"choices": [{"delta": {"content": "llo"}, "finish_reason": "length"}]})
+    out += t.feed({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}})
+    out += t.finish_stream()
+    assert _events(out) == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    delta = next(orjson.loads(line[6:]) for line in out.split(b"\n") if b'"message_delta"' in line)
+    assert delta["delta"]["stop_reason"] == "max_tokens" and delta["usage"] == {"output_tokens": 2}
+    assert (t.input_tokens, t.output_tokens, t.text) == (4, 2, "hello")
+
+
+# -- SSE -----------------------------------------------------------------------------------------------------
+def test_usage_scanner_finds_usage_across_split_chunks() -> None:
+    stream = (
+        b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":5}}\n\ndata: [DONE]\n\n'
+    )
+    scanner = UsageScanner()
+    for i in range(0, len(stream), 7):  # split anywhere, even inside the usage line
+        scanner.feed(stream[i : i + 7])
+    assert (scanner.prompt_tokens, scanner.completion_tokens, scanner.done) == (11, 5, True)
+    truncated = UsageScanner()
+    truncated.feed(stream[:60])
+    assert not truncated.done and truncated.prompt_tokens == 0
+
+
+def test_sse_events_keeps_partial_events() -> None:
+    buffer = bytearray()
+    assert sse_events(buffer, b"data: one\n\ndata: tw") == [b"one"]
+    assert sse_events(buffer, b"o\n\n") == [b"two"] and buffer == bytearray()
+
+
+# -- circuit breaker -----------------------------------------------------------------------------------------
+def test_breaker_opens_probes_once_and_doubles_its_cooldown() -> None:
+    now = [0.0]
+    b = CircuitBreaker(threshold=2, cooldown_s=1.0, max_cooldown_s=3.0, clock=lambda: now[0])
+    b.failure()
+    assert b.allow() and b.state == "closed"
+    b.failure()
+    assert not b.allow() and b.state == "open"
+    now[0] = 1.0
+    assert b.state == "half-open" and b.allow() and not b.allow()  # one probe only
+    b.failure()  # the probe failed: cooldown doubles
+    now[0] = 2.5
+    assert not b.allow()
+    now[0] = 3.0
+    assert b.allow()
+    b.success()
+    assert b.state == "closed" and b.allow() and b.cooldown_s == 1.0
+
+
+# -- router and chat fields ----------------------------------------------------------------------------------
+async def _noop(req: object) -> None:
+    return None
+
+
+def test_router_matches_static_and_parameterised_paths() -> None:
+    router = Router()
+    router.add("GET", "/a", _noop, auth=False)
+    router.add("POST", "/d/{deployment_id}/chat", _noop, metered=True)
+    route, params = router.match("POST", "/d/dep_1/chat")
+    assert params == {"deployment_id": "dep_1"} and route.metered and route.auth
+    assert router.match("GET", "/a")[0].auth is False
+    for method, path, status in (
+        ("POST", "/a", 405),
+        ("GET", "/d/dep_1/chat", 405),
+        ("GET", "/b", 404),
+        ("POST", "/d/a b/chat", 404),
+        ("POST", "/d/" + "x" * 129 + "/chat", 404),
+    ):
+        with pytest.raises(GatewayError) as err:
+            router.match(method, path)
+        assert err.value.status == status, (method, path)
+
+
+def test_chat_fields() -> None:
+    msgs = [{"role": "user", "content": "x"}]
+    assert chat_fields({"model": "m", "messages": msgs}, 512) == ("m", False, 512)
+    assert chat_fields({"messages": msgs, "stream": True, "max_tokens": 9}, 512) == (None, True, 9)
+    for body, param in (
+        ({"messages": msgs, "bogus": 1}, "bogus"),
+        ({"messages": []}, "messages"),
+        ({"messages": msgs, "stream": "yes"}, "stream"),
+        ({"messages": msgs, "max_tokens": 0}, "max_tokens"),
+        ({"messages": msgs, "n": 2}, "n"),
+        ({"messages": [{"content": "x"}]}, "messages[0]"),
+    ):
+        with pytest.raises(GatewayError) as err:
+            chat_fields(body, 512)
+        assert err.value.status == 400 and err.value.param == param
