@@ -15,6 +15,25 @@ from typing import Any
 import yaml
 
 
+def stack_deployment(stacks: Path, stack: str) -> dict[str, Any]:
+    """The deployment object of a stack file, as `pulumi up` reads it."""
+    text = (stacks / f"Pulumi.{stack}.yaml").read_text()
+    return dict(yaml.safe_load(text)["config"]["agent-cloud:deployment"])
+
+
+def outputs_for(cfg: dict[str, Any], engine_port: int, host_public_key: str | None = None) -> dict[str, Any]:
+    """A deployment stack's outputs: one endpoint per replica, all at the test's engine on 127.0.0.1."""
+    endpoints = [
+        {"private_ip": "127.0.0.1", "public_ip": "198.51.100.1", "port": engine_port, "droplet_id": str(i)}
+        for i in range(int(cfg.get("replicas", 1)))
+    ]
+    plan = {"model_id": cfg["model_id"], "gpu_type": cfg.get("gpu_type"), "preset": cfg.get("preset")}
+    out: dict[str, Any] = {"endpoints": endpoints, "plan": plan}
+    if host_public_key:
+        out["host_public_key"] = host_public_key
+    return out
+
+
 class StandInOps:
     def __init__(self, stacks: Path, engine_port: int, delay_s: float, log: Path) -> None:
         self.stacks, self.engine_port, self.delay_s, self.log = stacks, engine_port, delay_s, log
@@ -34,31 +53,13 @@ class StandInOps:
             f.write(line + "\n")
 
     def up(self, stack: str, progress: Any) -> dict[str, Any]:
-        cfg = yaml.safe_load((self.stacks / f"Pulumi.{stack}.yaml").read_text())["config"][
-            "agent-cloud:deployment"
-        ]
+        cfg = stack_deployment(self.stacks, stack)
         replicas = int(cfg.get("replicas", 1))
         self._record("start", "up", stack, replicas)
         progress(f"Updating ({stack})")
         time.sleep(self.delay_s)
         self._record("end", "up", stack, replicas)
-        endpoints = [
-            {
-                "private_ip": "127.0.0.1",
-                "public_ip": "198.51.100.1",
-                "port": self.engine_port,
-                "droplet_id": str(i),
-            }
-            for i in range(replicas)
-        ]
-        return {
-            "endpoints": endpoints,
-            "plan": {
-                "model_id": cfg["model_id"],
-                "gpu_type": cfg.get("gpu_type"),
-                "preset": cfg.get("preset"),
-            },
-        }
+        return outputs_for(cfg, self.engine_port)
 
     def refresh(self, stack: str, progress: Any) -> dict[str, Any]:
         return self.up(stack, progress)

@@ -22,6 +22,7 @@ from infra.lifecycle.operations import PulumiStackOps
 from infra.store import Store
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.harness import Keys, Running, make_gateway, running, wait_for
+from tests.gateway.stand_in_ops import outputs_for, stack_deployment
 
 API = "/api/v1/public/deployments"
 SPEC = {
@@ -46,23 +47,9 @@ class FakeOps:
     def up(self, stack: str, progress: Any) -> dict[str, Any]:
         progress(f"Updating ({stack})")
         self.gate.wait(10)
-        cfg = yaml.safe_load((self.stacks / f"Pulumi.{stack}.yaml").read_text())["config"][
-            "agent-cloud:deployment"
-        ]
+        cfg = stack_deployment(self.stacks, stack)
         self.calls.append(("up", stack, cfg.get("replicas", 1)))
-        endpoints = [
-            {"private_ip": "127.0.0.1", "public_ip": "198.51.100.1", "port": self.port, "droplet_id": str(i)}
-            for i in range(cfg.get("replicas", 1))
-        ]
-        return {
-            "endpoints": endpoints,
-            "host_public_key": "ssh-ed25519 AAAA",
-            "plan": {
-                "model_id": cfg["model_id"],
-                "gpu_type": cfg.get("gpu_type"),
-                "preset": cfg.get("preset"),
-            },
-        }
+        return outputs_for(cfg, self.port, "ssh-ed25519 AAAA")
 
     def refresh(self, stack: str, progress: Any) -> dict[str, Any]:
         return self.up(stack, progress)
