@@ -162,6 +162,19 @@ class Model(Strict):
         return self.hf_repo is not None
 
 
+class Routing(StrEnum):
+    """How requests spread over the replicas of a deployment (or the endpoints of a routed model).
+
+    ``prefix_aware`` (the default, chosen by bench/routing): requests whose leading content (system prompt, or
+    the first message) is the same go to the same replica, so they meet its prefix cache, with bounded loads
+    so one hot prefix cannot pin a replica past its share. ``least_load``: the replica with the fewest
+    requests in flight. ``round_robin``: in turn."""
+
+    PREFIX_AWARE = "prefix_aware"
+    LEAST_LOAD = "least_load"
+    ROUND_ROBIN = "round_robin"
+
+
 class ApiFormat(StrEnum):
     """The wire format an upstream speaks."""
 

@@ -9,7 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from infra.catalog import Catalog, GpuType, Model, PerformanceMode, Precision, Preset, Speculative, Task
+from infra.catalog import (
+    Catalog,
+    GpuType,
+    Model,
+    PerformanceMode,
+    Precision,
+    Preset,
+    Routing,
+    Speculative,
+    Task,
+)
 from infra.errors import PlanError
 from infra.memory import Fit, cache_disk_gib, fit
 from infra.spec import DeploymentSpec, Network, Scaling, Sla, Ssh, gpu_type_of
@@ -84,6 +94,7 @@ class ServingPlan:
     ssh: Ssh
     network: Network
     notes: tuple[str, ...] = field(default=())
+    routing: Routing = Routing.PREFIX_AWARE
 
     @property
     def size_slug(self) -> str:
@@ -133,6 +144,7 @@ class ServingPlan:
             "monthly_usd": self.monthly_usd,
             "contract_only": self.gpu.contract_only,
             "concurrency_limit": self.sla.concurrency_limit if self.sla else None,
+            "routing": self.routing.value,
             "notes": list(self.notes),
         }
 
@@ -396,6 +408,7 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
         monthly_usd=round(hourly * catalog.hours_per_month, 2),
         scaling=scaling,
         sla=spec.sla,
+        routing=spec.routing,
         ssh=spec.ssh,
         network=spec.network,
         notes=tuple(notes),

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 
 from infra import PROJECT_ROOT, PULUMI_PROJECT
-from infra.catalog import Catalog, Precision
+from infra.catalog import Catalog, Precision, Routing
 from infra.document import Document, KeyPath, load_document
 from infra.errors import Problem, SpecError
 from infra.schema import Strict, validate
@@ -123,6 +123,9 @@ class DeploymentSpec(Strict):
     precision: Precision | None = Field(default=None, description="override the preset's weight precision")
     max_model_len: Annotated[int, Field(ge=512)] | None = None
     cache_disk_gib: Annotated[int, Field(ge=10, le=16384)] | None = None
+    routing: Routing = Field(
+        default=Routing.PREFIX_AWARE, description="how requests spread over the replicas"
+    )
 
     @model_validator(mode="after")
     def _replicas_within_scaling(self) -> DeploymentSpec:

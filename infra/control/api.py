@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from infra.catalog import Catalog
+from infra.catalog import Catalog, Routing
 from infra.control.deployments import Deployments
 from infra.control.errors import StackBusy, UnsafeURL
 from infra.control.sla import SlaWatch
@@ -29,6 +29,12 @@ from infra.store.keys import new_id
 from infra.store.offload import StoreThread
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class RoutingBody(BaseModel, extra="forbid"):
+    """PATCH .../routing: how requests spread over the deployment's replicas."""
+
+    routing: Routing
 
 
 def busy(exc: StackBusy) -> GatewayError:
@@ -154,6 +160,12 @@ class ManagementApi:
         sla = await self._body_as(req, Sla, "sla")
         record = await self.deployments.set_sla(record, sla)
         await req.json(await self.sla.report(record))
+
+    async def set_routing(self, req: Request) -> None:
+        record = await self._managed(req)
+        body = await self._body_as(req, RoutingBody, "routing")
+        record = await self.deployments.set_routing(record, body.routing)
+        await req.json(await self.deployments.public(record))
 
     async def get_sla(self, req: Request) -> None:
         await req.json(await self.sla.report(await self._readable(req)))

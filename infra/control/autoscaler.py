@@ -6,9 +6,7 @@ up every `wake_poll_s` by `wake_due`, one wake per deployment however many reque
 
 from __future__ import annotations
 
-import asyncio
 import os
-import re
 import time
 from collections.abc import Callable
 
@@ -20,27 +18,10 @@ from infra.records import Reason, Status
 from infra.spec import Scaling
 from infra.store import Store
 from infra.store.offload import StoreThread
+from infra.upstream.engine import probe
 from infra.upstream.http_client import HttpPool
 
-# waiting and running requests on an engine: vLLM, then llama.cpp
-QUEUE_METRICS = {
-    "waiting": ("vllm:num_requests_waiting", "llamacpp:requests_deferred"),
-    "running": ("vllm:num_requests_running", "llamacpp:requests_processing"),
-}
-SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+([0-9.eE+-]+)$")
 LOAD_FRESH_S = 10.0  # a data plane's in-flight report older than this no longer counts
-
-
-def parse_queue(text: str) -> tuple[int, int]:
-    """(waiting, running) from Prometheus text, summed over label sets."""
-    totals = {"waiting": 0.0, "running": 0.0}
-    for line in text.splitlines():
-        found = SAMPLE.match(line.strip())
-        if found:
-            for kind, names in QUEUE_METRICS.items():
-                if found.group(1) in names:
-                    totals[kind] += float(found.group(2))
-    return int(totals["waiting"]), int(totals["running"])
 
 
 class Autoscaler:
@@ -64,22 +45,10 @@ class Autoscaler:
         self.first_seen: dict[str, float] = {}
 
     async def _queue(self, endpoints: list[str], api_key: str | None) -> tuple[int, int]:
-        waiting = running = 0
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        for base_url in endpoints:
-            try:
-                async with asyncio.timeout(5):
-                    assert self.pool is not None
-                    response = await self.pool.request(
-                        base_url.removesuffix("/v1") + "/metrics", b"", headers, method="GET"
-                    )
-                    body = await response.read()
-                    response.release()
-                w, r = parse_queue(body.decode("utf-8", "replace")) if response.status == 200 else (0, 0)
-                waiting, running = waiting + w, running + r
-            except (OSError, TimeoutError, AssertionError):
-                continue
-        return waiting, running
+        """Requests waiting and running on the engines, summed (engines that do not answer count 0)."""
+        assert self.pool is not None, "control plane not started"
+        states = [await probe(self.pool, url, api_key) for url in endpoints]
+        return sum(s.waiting for s in states), sum(s.running for s in states)
 
     async def tick(self) -> list[tuple[str, int, str]]:
         """One round; returns the (deployment, replicas, reason) changes it started."""

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from infra.catalog import Catalog
+from infra.catalog import Catalog, Routing
 from infra.control.errors import StackBusy
 from infra.control.jobs import Job, JobRunner
 from infra.control.outputs import routes_from_outputs
@@ -99,6 +99,7 @@ class Deployments:
             "replicas": spec.get("replicas", 1),
             "preset": spec.get("preset", "balanced"),
             "status": record.status.value,
+            "routing": record.routes.get("routing") or spec.get("routing") or Routing.PREFIX_AWARE.value,
             "scaling": spec.get("scaling"),
             "sla": spec.get("sla"),
             "endpoints": list(record.routes.get("endpoints") or []),
@@ -134,6 +135,7 @@ class Deployments:
         assert record is not None
         routes = routes_from_outputs(outputs, None)
         routes["api_key_env"] = record.routes.get("api_key_env")
+        routes["routing"] = record.spec.get("routing", Routing.PREFIX_AWARE.value)
         if record.spec.get("sla", {}).get("concurrency_limit"):
             routes["concurrency_limit"] = record.spec["sla"]["concurrency_limit"]
         if not routes["endpoints"]:
@@ -250,6 +252,15 @@ class Deployments:
         job, go = await self._start(stack, "refresh", work)
         go.set()
         return job.row()
+
+    async def set_routing(self, record: DeploymentRecord, routing: Routing) -> DeploymentRecord:
+        """How requests spread over the replicas: a gateway setting, no stack operation needed."""
+        new = {**record.spec, "routing": routing.value}
+        if record.spec:  # a deployment the control plane made: its stack file follows
+            spec = validate_deployment(new, self.catalog)
+            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir)
+        routes = {**record.routes, "routing": routing.value}
+        return await self.save(dataclasses.replace(record, spec=new if record.spec else {}, routes=routes))
 
     async def set_sla(self, record: DeploymentRecord, sla: Sla) -> DeploymentRecord:
         new = {**record.spec, "sla": sla.model_dump(mode="json", exclude_none=True)}

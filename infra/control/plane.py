@@ -127,6 +127,7 @@ class ControlPlane:
             ("POST", f"{API}/deployments/{{deployment_id}}/refresh", a.refresh),
             ("PATCH", f"{API}/deployments/{{deployment_id}}/sla", a.set_sla),
             ("GET", f"{API}/deployments/{{deployment_id}}/sla", a.get_sla),
+            ("PATCH", f"{API}/deployments/{{deployment_id}}/routing", a.set_routing),
             ("POST", f"{API}/deployments/{{deployment_id}}/permissions", a.grant),
             ("DELETE", f"{API}/deployments/{{deployment_id}}/permissions/{{api_key_id}}", a.revoke),
             ("POST", f"{API}/deployments/{{deployment_id}}/webhooks", a.create_webhook),

@@ -35,6 +35,7 @@ from infra.gateway.limits import (
     RedisRateLimiter,
 )
 from infra.gateway.metrics import Metrics
+from infra.gateway.probe import ReplicaProbe
 from infra.gateway.public import Observing
 from infra.gateway.router import Router
 from infra.gateway.routing import RouteTable
@@ -93,6 +94,7 @@ class DataPlane:
         )
         self.sync = RouteSync(store, self.db, routes, self.key_cache, config.sync_interval_s)
         self.waker = Waker(store, self.db, routes)
+        self.probe = ReplicaProbe(routes, self.upstreams, config.probe_interval_s)
         self.background: list[asyncio.Task[None]] = []
 
     def register(self, router: Router) -> None:
@@ -112,7 +114,11 @@ class DataPlane:
     async def startup(self) -> None:
         await asyncio.to_thread(self.sync.load_now)
         await self.upstreams.start()
-        self.background += [asyncio.create_task(self._flush_forever()), asyncio.create_task(self.sync.run())]
+        self.background += [
+            asyncio.create_task(self._flush_forever()),
+            asyncio.create_task(self.sync.run()),
+            asyncio.create_task(self.probe.run()),
+        ]
 
     async def shutdown(self) -> None:
         await cancel(self.background)

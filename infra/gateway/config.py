@@ -64,6 +64,7 @@ class GatewayConfig:
     wake_hold_max_s: float = 600.0
     wake_poll_s: float = 0.25  # how often the control plane looks for wake requests
     sync_interval_s: float = 1.0  # how often a data plane polls the store for route and key changes
+    probe_interval_s: float = 2.0  # how often a data plane asks each replica for /health and its queue
     stack_ops: str | None = None  # module:factory of the control plane's stack operations (default: Pulumi)
     stacks_dir: str | None = (
         None  # where the control plane writes stack files (default: the project's stacks/)

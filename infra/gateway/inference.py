@@ -19,6 +19,7 @@ from infra.gateway.routing import Deployment, RouteTable
 from infra.gateway.sync import Waker, hold_seconds
 from infra.records import Status
 from infra.upstream import anthropic
+from infra.upstream.balance import affinity_key
 from infra.upstream.proxy import Opened, Upstreams, anthropic_headers, openai_headers
 from infra.upstream.sse import UsageScanner, sse_events
 from infra.upstream.target import Target
@@ -242,6 +243,9 @@ async def _chat(
     max_tokens: int,
 ) -> None:
     usable = [t for t in targets if t.format is ApiFormat.OPENAI]
+    usable = ctx.routes.spread(
+        ctx.upstreams.balancer, model_id, usable, dep, affinity_key(body.get("messages"))
+    )
     if targets and not usable:
         raise bad_request(
             f"{model_id} is served in Anthropic's format: call POST /v1/messages", param="model"
@@ -273,7 +277,7 @@ async def _chat(
                 _usage_from_json(opened.first, call)
                 await req.respond(200, opened.first)
         finally:
-            opened.response.release()
+            opened.close()
 
     await with_call(ctx, req, model_id, dep, len(req.raw) // 4 + max_tokens, run)
 
@@ -318,6 +322,8 @@ async def messages(ctx: Serving, req: Request) -> None:
         raise bad_request("model: required, a string", param="model")
     template = anthropic.to_openai(body, model)  # validates the whole request before anything is spent
     targets, dep = await resolve_model(ctx, req, model)
+    affinity = affinity_key(body.get("messages"), body.get("system"))
+    targets = ctx.routes.spread(ctx.upstreams.balancer, model, targets, dep, affinity)
     stream = bool(template.get("stream"))
     stops = list(template.get("stop", []))
 
@@ -354,7 +360,7 @@ async def messages(ctx: Serving, req: Request) -> None:
                 call.completion_tokens = out["usage"]["output_tokens"]
                 await req.json(out)
         finally:
-            opened.response.release()
+            opened.close()
 
     await with_call(ctx, req, model, dep, len(req.raw) // 4 + int(body["max_tokens"]), run)
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import yaml
 
-from infra.catalog import ApiFormat, Catalog
+from infra.catalog import ApiFormat, Catalog, Routing
 from infra.gateway.errors import RoutesError
 from infra.records import DeploymentRecord, Status
+from infra.upstream.balance import Balancer
 from infra.upstream.target import Breakers, Target
 
 
@@ -42,6 +43,7 @@ class Deployment:
     preset: str | None = None
     hosts: tuple[SshHost, ...] = ()
     wakeable: bool = False  # scaled to zero by the autoscaler: a request wakes it
+    routing: Routing = Routing.PREFIX_AWARE  # how requests spread over its replicas
 
 
 @dataclass
@@ -54,6 +56,25 @@ class RouteTable:
     deployments: dict[str, Deployment] = field(default_factory=dict)
     breakers: Breakers = field(default_factory=Breakers)
     static: set[str] = field(default_factory=set)
+    # routed models whose first n targets are replicas of one server (spread), not fallbacks (tried in order)
+    policies: dict[str, tuple[Routing, int]] = field(default_factory=dict)
+
+    def spread(
+        self,
+        balancer: Balancer,
+        model_id: str,
+        targets: list[Target],
+        dep: Deployment | None,
+        affinity: bytes | None,
+    ) -> list[Target]:
+        """The order to try the targets in: replicas by their policy, then fallbacks as listed."""
+        if dep is not None:
+            return balancer.order(targets, dep.routing, affinity)
+        policy = self.policies.get(model_id)
+        if policy is None:
+            return targets
+        routing, n = policy
+        return balancer.order(targets[:n], routing, affinity) + targets[n:]
 
     def add_deployment(self, dep: Deployment) -> None:
         self.deployments[dep.id] = dep
@@ -130,6 +151,7 @@ def deployment_from(entry: dict[str, Any]) -> Deployment:
         preset=entry.get("preset"),
         hosts=hosts,
         wakeable=bool(entry.get("wakeable")),
+        routing=Routing(entry.get("routing") or Routing.PREFIX_AWARE),
     )
 
 
@@ -157,8 +179,20 @@ def load_routes(table: RouteTable, path: Path) -> RouteTable:
     try:
         for entry in data.get("models", []):
             model_id = str(entry["model_id"])
-            target = _target_from(entry, model_id, entry.get("name", f"route:{model_id}"))
-            table.models[model_id] = [target, *table.models.get(model_id, [])]
+            name = entry.get("name", f"route:{model_id}")
+            urls = entry.get("endpoints") or [entry["base_url"]]
+            if not isinstance(urls, list) or not urls:
+                raise ValueError(f"{model_id}: endpoints must be a non-empty list of base URLs")
+            targets = [
+                _target_from({**entry, "base_url": url}, model_id, name if len(urls) == 1 else f"{name}#{i}")
+                for i, url in enumerate(urls)
+            ]
+            if len(targets) > 1 or entry.get("routing"):  # replicas of one model: spread, not fall back
+                table.policies[model_id] = (
+                    Routing(entry.get("routing") or Routing.PREFIX_AWARE),
+                    len(targets),
+                )
+            table.models[model_id] = [*targets, *table.models.get(model_id, [])]
         for entry in data.get("deployments", []):
             dep = deployment_from(entry)
             table.add_deployment(dep)

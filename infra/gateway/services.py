@@ -48,7 +48,8 @@ async def _forward(
     result: dict[str, tuple[bytes, str]] = {}
 
     async def run(call: Call) -> None:
-        opened = await ctx.upstreams.open(_openai_targets(targets), build, stream=False)
+        spread = ctx.routes.spread(ctx.upstreams.balancer, model, _openai_targets(targets), dep, None)
+        opened = await ctx.upstreams.open(spread, build, stream=False)
         call.target = opened.target
         try:
             if opened.response.status >= 400:
@@ -61,7 +62,7 @@ async def _forward(
                 pass  # audio and other non-JSON answers carry no usage
             result["out"] = (opened.first, opened.response.headers.get("content-type", default_type))
         finally:
-            opened.response.release()
+            opened.close()
 
     await with_call(ctx, req, model, dep, estimate, run)
     return result.get("out")

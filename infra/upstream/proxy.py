@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from infra.upstream.balance import Balancer
 from infra.upstream.errors import UpstreamUnavailable
 from infra.upstream.http_client import HttpPool, Response
 from infra.upstream.target import Breakers, Target
@@ -31,11 +32,19 @@ class Timeouts:
 
 @dataclass
 class Opened:
-    """A target that answered, its response, and the first body chunk already read."""
+    """A target that answered, its response, and the first body chunk already read. `close` once done: it ends
+    the response and the target's in-flight count."""
 
     target: Target
     response: Response
     first: bytes  # the first body chunk (streams) or the whole body (non-streaming)
+    balancer: Balancer | None = None
+
+    def close(self) -> None:
+        self.response.release()
+        if self.balancer is not None:
+            self.balancer.release(self.target)
+            self.balancer = None
 
 
 RequestBuilder = Callable[[Target], tuple[str, bytes, dict[str, str]]]
@@ -44,8 +53,9 @@ RequestBuilder = Callable[[Target], tuple[str, bytes, dict[str, str]]]
 class Upstreams:
     """The connection pool and the fallback loop over a model's targets."""
 
-    def __init__(self, breakers: Breakers, timeouts: Timeouts) -> None:
+    def __init__(self, breakers: Breakers, timeouts: Timeouts, balancer: Balancer | None = None) -> None:
         self.breakers = breakers
+        self.balancer = balancer or Balancer()
         self.timeouts = timeouts
         self.pool: HttpPool | None = None
 
@@ -76,32 +86,40 @@ class Upstreams:
                 continue
             url, payload, headers = build(target)
             response: Response | None = None
+            self.balancer.acquire(target)  # in flight from the moment it is sent (prefill is load too)
             try:
                 async with asyncio.timeout(self.timeouts.first_byte_s):
                     response = await self.pool.request(url, payload, headers)
                     if response.status >= 500 or response.status == 429:
                         tried.append(f"{target.name}: HTTP {response.status}")
                         breaker.failure()
+                        self.balancer.release(target)
                         response.release()  # not read to the end: the connection is closed, not reused
                         continue
+                    opened = Opened(target, response, b"", self.balancer)
                     if response.status >= 400 or not stream:
-                        body = await response.read()
-                        breaker.success()
-                        return Opened(target, response, body)
-                    first = await response.read_chunk()
-                    if not first:
-                        raise ConnectionResetError("empty response body")
+                        opened.first = await response.read()
+                    else:
+                        opened.first = await response.read_chunk()
+                        if not opened.first:
+                            raise ConnectionResetError("empty response body")
             except RETRYABLE as exc:
                 timed_out = timed_out or isinstance(exc, TimeoutError)
                 tried.append(
                     f"{target.name}: {'timeout' if isinstance(exc, TimeoutError) else type(exc).__name__}"
                 )
                 breaker.failure()
+                self.balancer.release(target)
                 if response is not None:
                     response.release()
                 continue
+            except BaseException:  # cancelled (the client went away): nothing stays counted
+                self.balancer.release(target)
+                if response is not None:
+                    response.release()
+                raise
             breaker.success()
-            return Opened(target, response, first)
+            return opened
         status = (
             504
             if timed_out and len(tried) == 1

@@ -284,6 +284,8 @@ class FakeUpstream:
         loop.close()
 
     def start(self) -> FakeUpstream:
+        """Start serving (again, on the same port after `stop`)."""
+        self._ready.clear()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -291,7 +293,7 @@ class FakeUpstream:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None:
+        if self._loop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
 

@@ -200,6 +200,7 @@ def record_of(dep: Deployment) -> DeploymentRecord:
             usd_per_mtok_in=t.usd_per_mtok_in,
             usd_per_mtok_out=t.usd_per_mtok_out,
         )
+    routes["routing"] = dep.routing.value
     return DeploymentRecord(dep.id, dep.org_id, dep.name, dep.model_id, dep.status, routes=routes)
 
 

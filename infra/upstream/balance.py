@@ -1,0 +1,142 @@
+"""Spreading requests over replicas: round robin, least load, and prefix affinity with bounded loads.
+
+Prefix affinity is consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018): each
+replica owns points on a hash ring; a request's affinity key (its leading content: the system prompt, or the
+first message) hashes to a point, and the request goes to the first replica clockwise whose load is under
+``ceil(load_factor * (total load + 1) / replicas)``. The same key meets the same replica (and its prefix
+cache) while that replica has room; a hot key spills to the next replica on the ring, never piling up past its
+share. The ring depends only on the replicas' URLs, so every gateway process picks the same replica for a key
+with no shared state; the bound uses each process's own in-flight counts.
+
+Loads are this process's requests in flight per replica, plus requests the engine itself reported waiting
+(from its /metrics, refreshed by the data plane's replica probe). A replica the probe found unhealthy goes
+last; the circuit breaker (target.py) keeps failing ones out and lets one probe request back in."""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+from collections.abc import Sequence
+
+from infra.catalog import Routing
+from infra.upstream.target import Target
+
+VIRTUAL_NODES = 64  # ring points per replica: an even share of keys with a handful of replicas
+LOAD_FACTOR = 1.25  # a replica may hold up to 25% more than the average before keys spill
+
+
+def point(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class Ring:
+    """The hash ring of one set of replicas."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        pairs = sorted(
+            (point(f"{url}#{v}".encode()), i) for i, url in enumerate(urls) for v in range(VIRTUAL_NODES)
+        )
+        self.points = [p for p, _ in pairs]
+        self.owners = [i for _, i in pairs]
+
+    def walk(self, key: int) -> list[int]:
+        """Replica indexes in ring order from ``key``, each once."""
+        start = bisect.bisect(self.points, key)
+        seen: list[int] = []
+        n = len(self.points)
+        for k in range(n):
+            owner = self.owners[(start + k) % n]
+            if owner not in seen:
+                seen.append(owner)
+        return seen
+
+
+class Balancer:
+    """Orders the replicas for one request (best first; the rest are the fallback order) and tracks their
+    load."""
+
+    def __init__(self, load_factor: float = LOAD_FACTOR) -> None:
+        self.load_factor = load_factor
+        self.in_flight: dict[str, int] = {}  # base URL -> this process's requests in flight
+        self.waiting: dict[str, int] = {}  # base URL -> requests the engine reported waiting
+        self.unhealthy: set[str] = set()
+        self.turns: dict[tuple[str, ...], int] = {}
+        self.rings: dict[tuple[str, ...], Ring] = {}
+
+    def load(self, url: str) -> int:
+        return self.in_flight.get(url, 0) + self.waiting.get(url, 0)
+
+    def acquire(self, target: Target) -> None:
+        self.in_flight[target.base_url] = self.in_flight.get(target.base_url, 0) + 1
+
+    def release(self, target: Target) -> None:
+        left = self.in_flight.get(target.base_url, 0) - 1
+        if left > 0:
+            self.in_flight[target.base_url] = left
+        else:
+            self.in_flight.pop(target.base_url, None)
+
+    def order(
+        self, targets: Sequence[Target], policy: Routing, affinity: bytes | None = None
+    ) -> list[Target]:
+        """The replicas in the order to try them: the policy's choice first, unhealthy ones last."""
+        if len(targets) < 2:
+            return list(targets)
+        down = [t for t in targets if t.base_url in self.unhealthy]
+        up = [t for t in targets if t.base_url not in self.unhealthy] if down else list(targets)
+        if policy is Routing.PREFIX_AWARE and affinity:  # the ring spans every replica, so keys stay put
+            return [t for t in self._bounded(targets, point(affinity)) if t not in down] + down
+        if len(up) < 2:
+            return up + down
+        rotated = self._rotated(up)
+        if policy is Routing.ROUND_ROBIN:
+            return rotated + down
+        return sorted(rotated, key=lambda t: self.load(t.base_url)) + down  # least load, ties in turn
+
+    def _rotated(self, targets: Sequence[Target]) -> list[Target]:
+        urls = tuple(t.base_url for t in targets)
+        turn = self.turns.get(urls, 0)
+        self.turns[urls] = (turn + 1) % len(targets)
+        return [targets[(turn + k) % len(targets)] for k in range(len(targets))]
+
+    def _bounded(self, targets: Sequence[Target], key: int) -> list[Target]:
+        urls = tuple(t.base_url for t in targets)
+        ring = self.rings.get(urls)
+        if ring is None:
+            if len(self.rings) > 1024:  # replica sets change with scaling: keep the cache bounded
+                self.rings.clear()
+            ring = self.rings[urls] = Ring(urls)
+        walk = ring.walk(key)
+        total = sum(self.load(u) for u in urls)
+        bound = math.ceil(self.load_factor * (total + 1) / len(urls))
+        fits = [targets[i] for i in walk if self.load(urls[i]) < bound]
+        full = [targets[i] for i in walk if self.load(urls[i]) >= bound]
+        return fits + full
+
+
+def affinity_key(messages: object, system: object = None) -> bytes | None:
+    """The leading content of a chat request: its system prompt (Anthropic's ``system`` field, or the leading
+    system/developer messages), else its first message. Only bytes the gateway already holds; no tokenizer."""
+    parts: list[str] = []
+    if isinstance(system, str):
+        parts.append(system)
+    elif system is not None:
+        parts.append(repr(system))
+    if isinstance(messages, list):
+        for m in messages:
+            if not isinstance(m, dict) or m.get("role") not in ("system", "developer"):
+                break
+            parts.append(_text(m.get("content")))
+        if not parts and messages and isinstance(messages[0], dict):
+            parts.append(_text(messages[0].get("content")))
+    joined = "\x00".join(parts)
+    return joined.encode("utf-8", "surrogatepass") if joined else None
+
+
+def _text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\x01".join(_text(c.get("text") if isinstance(c, dict) else c) for c in content)
+    return "" if content is None else repr(content)

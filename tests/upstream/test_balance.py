@@ -1,0 +1,77 @@
+"""Spreading requests over replicas (pure): every policy uses every replica, prefix affinity keeps a key on
+one replica while it has room and spills past the bound, and the order is the same in every process."""
+
+from __future__ import annotations
+
+import collections
+
+from infra.catalog import ApiFormat, Routing
+from infra.upstream.balance import Balancer, affinity_key
+from infra.upstream.target import Target
+
+REPLICAS = [Target(f"r{i}", f"http://10.0.0.{i}:8000/v1", ApiFormat.OPENAI, "m", None) for i in range(3)]
+
+
+def firsts(b: Balancer, policy: Routing, keys: list[bytes | None]) -> collections.Counter[str]:
+    return collections.Counter(b.order(REPLICAS, policy, k)[0].name for k in keys)
+
+
+def test_round_robin_and_least_load_use_every_replica() -> None:
+    assert firsts(Balancer(), Routing.ROUND_ROBIN, [None] * 9) == {"r0": 3, "r1": 3, "r2": 3}
+    assert firsts(Balancer(), Routing.LEAST_LOAD, [None] * 9) == {"r0": 3, "r1": 3, "r2": 3}  # idle: in turn
+    b = Balancer()
+    b.acquire(REPLICAS[0])
+    b.acquire(REPLICAS[0])
+    b.acquire(REPLICAS[1])
+    assert b.order(REPLICAS, Routing.LEAST_LOAD)[0] is REPLICAS[2]
+    b.waiting[REPLICAS[2].base_url] = 5  # the engine's own queue counts too
+    assert b.order(REPLICAS, Routing.LEAST_LOAD)[0] is REPLICAS[1]
+
+
+def test_prefix_affinity_is_sticky_spread_and_the_same_everywhere() -> None:
+    tenants = [f"system prompt of tenant {t} ".encode() * 40 for t in range(24)]
+    a, b = Balancer(), Balancer()  # two gateway processes share nothing
+    homes = {t: a.order(REPLICAS, Routing.PREFIX_AWARE, t)[0].name for t in tenants}
+    assert all(b.order(REPLICAS, Routing.PREFIX_AWARE, t)[0].name == homes[t] for t in tenants)
+    assert all(a.order(REPLICAS, Routing.PREFIX_AWARE, t)[0].name == homes[t] for t in tenants)  # sticky
+    assert (
+        set(homes.values()) == {"r0", "r1", "r2"} and max(collections.Counter(homes.values()).values()) <= 12
+    )
+
+
+def test_a_hot_prefix_spills_past_its_bound_and_comes_back() -> None:
+    b = Balancer()
+    hot = b"the same long system prompt " * 50
+    home = b.order(REPLICAS, Routing.PREFIX_AWARE, hot)[0]
+    placed = []
+    for _ in range(6):  # six concurrent requests of one tenant
+        target = b.order(REPLICAS, Routing.PREFIX_AWARE, hot)[0]
+        b.acquire(target)
+        placed.append(target)
+    counts = collections.Counter(t.name for t in placed)
+    assert counts[home.name] < 6 and max(counts.values()) <= 3, counts  # bound: ceil(1.25 * 6 / 3) = 3
+    for t in placed:
+        b.release(t)
+    assert b.in_flight == {} and b.order(REPLICAS, Routing.PREFIX_AWARE, hot)[0] is home
+
+
+def test_unhealthy_replicas_go_last_and_single_targets_pass_through() -> None:
+    b = Balancer()
+    b.unhealthy.add(REPLICAS[0].base_url)
+    for policy in Routing:
+        assert [b.order(REPLICAS, policy, b"k")[-1] for _ in range(3)] == [REPLICAS[0]] * 3
+    assert b.order(REPLICAS[:1], Routing.PREFIX_AWARE, b"k") == REPLICAS[:1]
+
+
+def test_affinity_key_is_the_leading_content() -> None:
+    sys_a = [{"role": "system", "content": "A"}, {"role": "user", "content": "q1"}]
+    sys_a2 = [{"role": "system", "content": "A"}, {"role": "user", "content": "q2"}]
+    assert affinity_key(sys_a) == affinity_key(sys_a2) == b"A"
+    assert (
+        affinity_key([{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"}])
+        == b"first"
+    )
+    parts = [{"role": "system", "content": [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}]}]
+    assert affinity_key(parts) == b"A\x01B"
+    assert affinity_key([{"role": "user", "content": "q"}], system="S") == b"S"
+    assert affinity_key([]) is None and affinity_key(None) is None
