@@ -1,12 +1,13 @@
 """Spreading requests over replicas: round robin, least load, and prefix affinity with bounded loads.
 
-Prefix affinity is consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018): each
-replica owns points on a hash ring; a request's affinity key (its leading content: the system prompt, or the
-first message) hashes to a point, and the request goes to the first replica clockwise whose load is under
-``ceil(load_factor * (total load + 1) / replicas)``. The same key meets the same replica (and its prefix
-cache) while that replica has room; a hot key spills to the next replica on the ring, never piling up past its
-share. The ring depends only on the replicas' URLs, so every gateway process picks the same replica for a key
-with no shared state; the bound uses each process's own in-flight counts.
+Prefix affinity is consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018), applied
+twice: each replica owns points on a hash ring; a request's affinity key (its leading content: the system
+prompt, or the first message) hashes to a point; its home is the first replica clockwise holding fewer than
+its share of the live keys (see `Ring`), and the request goes home unless home's load is at ``ceil(load_factor
+* (total load + 1) / replicas)``, then to the next replica on the walk. The same key meets the same replica
+(and its prefix cache) while that replica has room; a hot key spills to the next replica on the ring, never
+piling up past its share. The ring depends only on the replicas' URLs, so every gateway process picks the same
+replica for a key with no shared state; the bound uses each process's own in-flight counts.
 
 Loads are this process's requests in flight per replica, plus requests the engine itself reported waiting
 (from its /metrics, refreshed by the data plane's replica probe). A replica the probe found unhealthy goes
@@ -17,11 +18,15 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from infra.catalog import Routing
 from infra.upstream.target import Target
 
+KEY_TTL_S = 300.0  # a key (tenant) not seen for this long no longer holds a place on its replica
+MAX_KEYS = 100_000
 VIRTUAL_NODES = 64  # ring points per replica: an even share of keys with a handful of replicas
 LOAD_FACTOR = 1.25  # a replica may hold up to 25% more than the average before keys spill
 
@@ -31,9 +36,16 @@ def point(data: bytes) -> int:
 
 
 class Ring:
-    """The hash ring of one set of replicas."""
+    """The hash ring of one set of replicas, and the replica each live key calls home.
+
+    A key's home is the first replica on its walk that holds fewer than ``ceil((live keys + 1) / replicas)``
+    keys: tenants spread evenly over replicas (hashing alone puts 4 of 8 on one replica about a third of the
+    time), and a key keeps its home while it is live (seen within ``KEY_TTL_S``). Homes are kept per process;
+    two processes agree on every key whose first choice had room, which is nearly all of them."""
 
     def __init__(self, urls: Sequence[str]) -> None:
+        self.homes: OrderedDict[int, tuple[int, float]] = OrderedDict()  # key -> (replica, last seen), LRU
+        self.counts = [0] * len(urls)
         pairs = sorted(
             (point(f"{url}#{v}".encode()), i) for i, url in enumerate(urls) for v in range(VIRTUAL_NODES)
         )
@@ -50,6 +62,25 @@ class Ring:
             if owner not in seen:
                 seen.append(owner)
         return seen
+
+    def home(self, key: int, walk: list[int], now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        while self.homes:  # forget keys not seen for a while (oldest first)
+            old_key, (old_home, seen) = next(iter(self.homes.items()))
+            if now - seen < KEY_TTL_S and len(self.homes) <= MAX_KEYS:
+                break
+            del self.homes[old_key]
+            self.counts[old_home] -= 1
+        found = self.homes.get(key)
+        if found is None:
+            bound = math.ceil((len(self.homes) + 1) / len(self.counts))
+            replica = next(i for i in walk if self.counts[i] < bound)
+            self.counts[replica] += 1
+        else:
+            replica = found[0]
+        self.homes[key] = (replica, now)
+        self.homes.move_to_end(key)
+        return replica
 
 
 class Balancer:
@@ -108,10 +139,12 @@ class Balancer:
                 self.rings.clear()
             ring = self.rings[urls] = Ring(urls)
         walk = ring.walk(key)
+        home = ring.home(key, walk)
+        order = [home, *(i for i in walk if i != home)]
         total = sum(self.load(u) for u in urls)
         bound = math.ceil(self.load_factor * (total + 1) / len(urls))
-        fits = [targets[i] for i in walk if self.load(urls[i]) < bound]
-        full = [targets[i] for i in walk if self.load(urls[i]) >= bound]
+        fits = [targets[i] for i in order if self.load(urls[i]) < bound]
+        full = [targets[i] for i in order if self.load(urls[i]) >= bound]
         return fits + full
 
 
