@@ -43,6 +43,7 @@ from infra.gateway.sync import RouteSync, Waker
 from infra.store import Store
 from infra.store.keys import KeyRecord
 from infra.store.offload import StoreThread
+from infra.upstream.balance import Balancer
 from infra.upstream.proxy import Timeouts, Upstreams
 
 log = logging.getLogger("agentcloud.gateway")
@@ -76,10 +77,8 @@ class DataPlane:
             self.redis = aioredis.from_url(config.redis_url)
             self.limiter, self.concurrency = RedisRateLimiter(self.redis), RedisConcurrency(self.redis)
         plans = Plans(catalog)
-        self.upstreams = Upstreams(
-            routes.breakers,
-            Timeouts(config.connect_timeout_s, config.first_byte_timeout_s, config.idle_timeout_s),
-        )
+        timeouts = Timeouts(config.connect_timeout_s, config.first_byte_timeout_s, config.idle_timeout_s)
+        self.upstreams = Upstreams(routes.breakers, timeouts, Balancer(config.routing_load_factor))
         self.authenticate = mw.Authenticator(store, self.db, config.pepper, self.key_cache)
         self.admission = Admission(plans, self.limiter, self.concurrency, self.metrics)
         self.accountant = Accountant(

@@ -28,7 +28,7 @@ from infra.upstream.target import Target
 KEY_TTL_S = 300.0  # a key (tenant) not seen for this long no longer holds a place on its replica
 MAX_KEYS = 100_000
 VIRTUAL_NODES = 64  # ring points per replica: an even share of keys with a handful of replicas
-LOAD_FACTOR = 1.25  # a replica may hold up to 25% more than the average before keys spill
+LOAD_FACTOR = 2.0  # a key stays home until home holds twice its share of the requests in flight
 
 
 def point(data: bytes) -> int:
@@ -63,7 +63,8 @@ class Ring:
                 seen.append(owner)
         return seen
 
-    def home(self, key: int, walk: list[int], now: float | None = None) -> int:
+    def home(self, key: int, walk: list[int], loads: list[int], now: float | None = None) -> tuple[int, bool]:
+        """The key's home, and whether it was already known (its prefix is likely cached there)."""
         now = time.monotonic() if now is None else now
         while self.homes:  # forget keys not seen for a while (oldest first)
             old_key, (old_home, seen) = next(iter(self.homes.items()))
@@ -72,15 +73,15 @@ class Ring:
             del self.homes[old_key]
             self.counts[old_home] -= 1
         found = self.homes.get(key)
-        if found is None:
-            bound = math.ceil((len(self.homes) + 1) / len(self.counts))
-            replica = next(i for i in walk if self.counts[i] < bound)
+        if found is None:  # cached nowhere: the least loaded replica, then the fewest keys, then ring order
+            rank = {replica: k for k, replica in enumerate(walk)}
+            replica = min(walk, key=lambda i: (loads[i], self.counts[i], rank[i]))
             self.counts[replica] += 1
         else:
             replica = found[0]
         self.homes[key] = (replica, now)
         self.homes.move_to_end(key)
-        return replica
+        return replica, found is not None
 
 
 class Balancer:
@@ -138,14 +139,14 @@ class Balancer:
             if len(self.rings) > 1024:  # replica sets change with scaling: keep the cache bounded
                 self.rings.clear()
             ring = self.rings[urls] = Ring(urls)
+        loads = [self.load(u) for u in urls]
         walk = ring.walk(key)
-        home = ring.home(key, walk)
-        order = [home, *(i for i in walk if i != home)]
-        total = sum(self.load(u) for u in urls)
-        bound = math.ceil(self.load_factor * (total + 1) / len(urls))
-        fits = [targets[i] for i in order if self.load(urls[i]) < bound]
-        full = [targets[i] for i in order if self.load(urls[i]) >= bound]
-        return fits + full
+        home, known = ring.home(key, walk, loads)
+        rest = sorted((i for i in walk if i != home), key=lambda i: loads[i])  # stable: ring order on ties
+        bound = math.ceil(self.load_factor * (sum(loads) + 1) / len(urls))
+        if known and loads[home] >= bound:  # home is past its share: the least loaded replica goes first
+            return [targets[i] for i in rest[:1]] + [targets[home]] + [targets[i] for i in rest[1:]]
+        return [targets[home]] + [targets[i] for i in rest]
 
 
 def affinity_key(messages: object, system: object = None) -> bytes | None:

@@ -92,7 +92,7 @@ def test_concurrent_requests_of_one_tenant_spill_within_the_bound(
             pool.map(lambda i: _chat(r, keys.standard, "one hot tenant", f"[[delay=0.3]] {i}"), range(6))
         )
     assert codes == [200] * 6
-    assert max(_served(replicas)) <= 3, _served(replicas)  # ceil(1.25 * 6 / 3): the hot prefix spread out
+    assert max(_served(replicas)) <= 4, _served(replicas)  # ceil(2 * 6 / 3): the hot prefix spread out
 
 
 def test_a_replica_that_goes_away_is_taken_out_and_comes_back(

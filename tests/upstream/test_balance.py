@@ -49,7 +49,7 @@ def test_a_hot_prefix_spills_past_its_bound_and_comes_back() -> None:
         b.acquire(target)
         placed.append(target)
     counts = collections.Counter(t.name for t in placed)
-    assert counts[home.name] < 6 and max(counts.values()) <= 3, counts  # bound: ceil(1.25 * 6 / 3) = 3
+    assert counts[home.name] < 6 and max(counts.values()) <= 4, counts  # bound: ceil(2 * 6 / 3) = 4
     for t in placed:
         b.release(t)
     assert b.in_flight == {} and b.order(REPLICAS, Routing.PREFIX_AWARE, hot)[0] is home
@@ -75,3 +75,14 @@ def test_affinity_key_is_the_leading_content() -> None:
     assert affinity_key(parts) == b"A\x01B"
     assert affinity_key([{"role": "user", "content": "q"}], system="S") == b"S"
     assert affinity_key([]) is None and affinity_key(None) is None
+
+
+def test_a_new_key_goes_to_the_least_loaded_replica_then_stays() -> None:
+    b = Balancer()
+    b.acquire(REPLICAS[0])
+    b.acquire(REPLICAS[0])
+    b.acquire(REPLICAS[2])
+    assert b.order(REPLICAS, Routing.PREFIX_AWARE, b"new tenant")[0] is REPLICAS[1]  # cached nowhere yet
+    b.acquire(REPLICAS[1])
+    b.acquire(REPLICAS[1])
+    assert b.order(REPLICAS, Routing.PREFIX_AWARE, b"new tenant")[0] is REPLICAS[1]  # home, within its share
