@@ -1,17 +1,18 @@
 """Spreading requests over replicas: round robin, least load, and prefix affinity with bounded loads.
 
-Prefix affinity is consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018), applied
-twice: each replica owns points on a hash ring; a request's affinity key (its leading content: the system
-prompt, or the first message) hashes to a point; its home is the first replica clockwise holding fewer than
-its share of the live keys (see `Ring`), and the request goes home unless home's load is at ``ceil(load_factor
-* (total load + 1) / replicas)``, then to the next replica on the walk. The same key meets the same replica
-(and its prefix cache) while that replica has room; a hot key spills to the next replica on the ring, never
-piling up past its share. The ring depends only on the replicas' URLs, so every gateway process picks the same
-replica for a key with no shared state; the bound uses each process's own in-flight counts.
+Prefix affinity: a request's affinity key is its leading content (the system prompt, or the first message). A
+key has a home replica, chosen by load when the key is first seen and kept while the key is live, so the key's
+requests meet that replica's prefix cache; recurring keys are spread evenly over the replicas (see `Ring`). A
+request goes home unless home already holds ``ceil(load_factor * (total load + 1) / replicas)`` requests (the
+bound of consistent hashing with bounded loads, Mirrokni, Thorup and Zadimoghaddam, 2018): then it goes to the
+least loaded replica, so one hot key never piles up past its share. Every gateway process keeps its own homes:
+no shared state on the hot path.
 
-Loads are this process's requests in flight per replica, plus requests the engine itself reported waiting
-(from its /metrics, refreshed by the data plane's replica probe). A replica the probe found unhealthy goes
-last; the circuit breaker (target.py) keeps failing ones out and lets one probe request back in."""
+Loads are this process's requests in flight per replica (counted from the moment a request is sent: prefill is
+load too), plus requests the engine itself reported waiting (from its /metrics, refreshed by the data plane's
+replica probe). A replica the probe found unhealthy goes last; the circuit breaker (target.py) keeps failing ones
+out and lets one probe request back in.
+"""
 
 from __future__ import annotations
 
@@ -38,14 +39,19 @@ def point(data: bytes) -> int:
 class Ring:
     """The hash ring of one set of replicas, and the replica each live key calls home.
 
-    A key's home is the first replica on its walk that holds fewer than ``ceil((live keys + 1) / replicas)``
-    keys: tenants spread evenly over replicas (hashing alone puts 4 of 8 on one replica about a third of the
-    time), and a key keeps its home while it is live (seen within ``KEY_TTL_S``). Homes are kept per process;
-    two processes agree on every key whose first choice had room, which is nearly all of them."""
+    A key seen for the first time is cached nowhere: it goes to the least loaded replica (ties: the fewest
+    recurring keys, then the key's ring walk), which becomes its home, so prompts that share nothing are
+    placed exactly as `least_load` places them. A key seen again is recurring (a tenant's system prompt, a
+    conversation): recurring keys are kept spread evenly, and a home holding more than ``ceil(recurring keys /
+    replicas)`` of them hands the key to the replica holding the fewest (one cold prefill, once), since
+    hashing or first come alone can put 4 of 8 tenants on one of 3 replicas. A key keeps its home while it is
+    live (seen within ``KEY_TTL_S``). Homes are kept per process; processes agree whenever loads are even, and
+    a tenant placed differently by two processes has two warm homes."""
 
     def __init__(self, urls: Sequence[str]) -> None:
-        self.homes: OrderedDict[int, tuple[int, float]] = OrderedDict()  # key -> (replica, last seen), LRU
-        self.counts = [0] * len(urls)
+        # key -> [replica, last seen, times seen], least recently seen first
+        self.homes: OrderedDict[int, list[float]] = OrderedDict()
+        self.recurring = [0] * len(urls)
         pairs = sorted(
             (point(f"{url}#{v}".encode()), i) for i, url in enumerate(urls) for v in range(VIRTUAL_NODES)
         )
@@ -61,27 +67,43 @@ class Ring:
             owner = self.owners[(start + k) % n]
             if owner not in seen:
                 seen.append(owner)
+                if len(seen) == len(self.recurring):
+                    break
         return seen
 
-    def home(self, key: int, walk: list[int], loads: list[int], now: float | None = None) -> tuple[int, bool]:
-        """The key's home, and whether it was already known (its prefix is likely cached there)."""
-        now = time.monotonic() if now is None else now
-        while self.homes:  # forget keys not seen for a while (oldest first)
-            old_key, (old_home, seen) = next(iter(self.homes.items()))
+    def _forget(self, now: float) -> None:
+        while self.homes:  # keys not seen for a while, oldest first
+            old_key, (old_home, seen, times) = next(iter(self.homes.items()))
             if now - seen < KEY_TTL_S and len(self.homes) <= MAX_KEYS:
-                break
+                return
             del self.homes[old_key]
-            self.counts[old_home] -= 1
-        found = self.homes.get(key)
-        if found is None:  # cached nowhere: the least loaded replica, then the fewest keys, then ring order
-            rank = {replica: k for k, replica in enumerate(walk)}
-            replica = min(walk, key=lambda i: (loads[i], self.counts[i], rank[i]))
-            self.counts[replica] += 1
-        else:
-            replica = found[0]
-        self.homes[key] = (replica, now)
+            if times >= 2:
+                self.recurring[int(old_home)] -= 1
+
+    def home(self, key: int, loads: list[int], now: float | None = None) -> tuple[int, bool]:
+        """The key's home, and whether the key was known (its prefix is likely cached there)."""
+        now = time.monotonic() if now is None else now
+        self._forget(now)
+        entry = self.homes.get(key)
+        if entry is None:
+            rank = {replica: k for k, replica in enumerate(self.walk(key))}
+            replica = min(rank, key=lambda i: (loads[i], self.recurring[i], rank[i]))
+            self.homes[key] = [replica, now, 1]
+            return replica, False
+        replica = int(entry[0])
+        entry[1], entry[2] = now, entry[2] + 1
         self.homes.move_to_end(key)
-        return replica, found is not None
+        if entry[2] == 2:
+            self.recurring[replica] += 1
+        if entry[2] >= 2 and self.recurring[replica] > math.ceil(sum(self.recurring) / len(self.recurring)):
+            rank = {r: k for k, r in enumerate(self.walk(key))}
+            fewest = min(rank, key=lambda i: (self.recurring[i], loads[i], rank[i]))
+            if self.recurring[fewest] + 1 < self.recurring[replica]:  # moving must even things out
+                self.recurring[replica] -= 1
+                self.recurring[fewest] += 1
+                entry[0] = fewest
+                return fewest, False
+        return replica, True
 
 
 class Balancer:
@@ -140,9 +162,8 @@ class Balancer:
                 self.rings.clear()
             ring = self.rings[urls] = Ring(urls)
         loads = [self.load(u) for u in urls]
-        walk = ring.walk(key)
-        home, known = ring.home(key, walk, loads)
-        rest = sorted((i for i in walk if i != home), key=lambda i: loads[i])  # stable: ring order on ties
+        home, known = ring.home(key, loads)
+        rest = sorted((i for i in range(len(urls)) if i != home), key=lambda i: loads[i])
         bound = math.ceil(self.load_factor * (sum(loads) + 1) / len(urls))
         if known and loads[home] >= bound:  # home is past its share: the least loaded replica goes first
             return [targets[i] for i in rest[:1]] + [targets[home]] + [targets[i] for i in rest[1:]]

@@ -76,7 +76,8 @@ def test_a_system_prompt_meets_the_same_replica(
     homes: dict[str, set[int]] = collections.defaultdict(set)
     for n, up in enumerate(replicas):
         for body in up.stats.bodies:
-            homes[body["messages"][0]["content"]].add(n)
+            if int(body["messages"][1]["content"][1:]) >= 12:  # once each tenant has been seen twice
+                homes[body["messages"][0]["content"]].add(n)
     assert len(homes) == 6 and all(len(h) == 1 for h in homes.values()), homes  # sequential: always room
     assert len({next(iter(h)) for h in homes.values()}) >= 2, "six tenants over more than one replica"
 
