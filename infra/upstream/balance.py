@@ -10,9 +10,8 @@ no shared state on the hot path.
 
 Loads are this process's requests in flight per replica (counted from the moment a request is sent: prefill is
 load too), plus requests the engine itself reported waiting (from its /metrics, refreshed by the data plane's
-replica probe). A replica the probe found unhealthy goes last; the circuit breaker (target.py) keeps failing ones
-out and lets one probe request back in.
-"""
+replica probe). A replica the probe found unhealthy goes last; the circuit breaker (target.py) keeps failing
+ones out and lets one probe request back in."""
 
 from __future__ import annotations
 
