@@ -26,6 +26,8 @@ def routes_from_outputs(outputs: dict[str, Any], engine_key_env: str | None) -> 
         "gpu_type": plan.get("gpu_type"),
         "preset": plan.get("preset"),
     }
+    if plan.get("engine"):
+        routes["engine"] = plan["engine"]
     if plan.get("routing"):
         routes["routing"] = plan["routing"]
     if plan.get("concurrency_limit"):

@@ -65,9 +65,10 @@ class GatewayConfig:
     wake_poll_s: float = 0.25  # how often the control plane looks for wake requests
     sync_interval_s: float = 1.0  # how often a data plane polls the store for route and key changes
     probe_interval_s: float = 2.0  # how often a data plane asks each replica for /health and its queue
-    routing_load_factor: float = (
-        2.0  # prefix_aware: a key leaves home past this multiple of its share of load
-    )
+    # prefix_aware: a key leaves home past this multiple of its share of load, and waits at most this long
+    # for its turn at home (0: never hold)
+    routing_load_factor: float = 2.0
+    routing_hold_s: float = 0.5
     stack_ops: str | None = None  # module:factory of the control plane's stack operations (default: Pulumi)
     stacks_dir: str | None = (
         None  # where the control plane writes stack files (default: the project's stacks/)
@@ -97,6 +98,7 @@ class GatewayConfig:
             ("autoscale_interval_s", float),
             ("stacks_dir", str),
             ("routing_load_factor", float),
+            ("routing_hold_s", float),
         ):
             raw = env.get(f"AGENTCLOUD_{name.upper()}")
             if raw:

@@ -243,7 +243,7 @@ async def _chat(
     max_tokens: int,
 ) -> None:
     usable = [t for t in targets if t.format is ApiFormat.OPENAI]
-    usable = ctx.routes.spread(
+    usable, held = ctx.routes.spread(
         ctx.upstreams.balancer, model_id, usable, dep, affinity_key(body.get("messages"))
     )
     if targets and not usable:
@@ -263,7 +263,7 @@ async def _chat(
         return t.base_url + "/chat/completions", payload, openai_headers(t)
 
     async def run(call: Call) -> None:
-        opened = await ctx.upstreams.open(usable, build, stream)
+        opened = await ctx.upstreams.open(usable, build, stream, held, ctx.config.routing_hold_s)
         call.target = opened.target
         try:
             if opened.response.status >= 400:
@@ -323,7 +323,7 @@ async def messages(ctx: Serving, req: Request) -> None:
     template = anthropic.to_openai(body, model)  # validates the whole request before anything is spent
     targets, dep = await resolve_model(ctx, req, model)
     affinity = affinity_key(body.get("messages"), body.get("system"))
-    targets = ctx.routes.spread(ctx.upstreams.balancer, model, targets, dep, affinity)
+    targets, held = ctx.routes.spread(ctx.upstreams.balancer, model, targets, dep, affinity)
     stream = bool(template.get("stream"))
     stops = list(template.get("stop", []))
 
@@ -341,7 +341,7 @@ async def messages(ctx: Serving, req: Request) -> None:
         )
 
     async def run(call: Call) -> None:
-        opened = await ctx.upstreams.open(targets, build, stream)
+        opened = await ctx.upstreams.open(targets, build, stream, held, ctx.config.routing_hold_s)
         call.target = opened.target
         try:
             if opened.response.status >= 400:

@@ -44,6 +44,7 @@ class Deployment:
     hosts: tuple[SshHost, ...] = ()
     wakeable: bool = False  # scaled to zero by the autoscaler: a request wakes it
     routing: Routing = Routing.PREFIX_AWARE  # how requests spread over its replicas
+    engine: str | None = None  # vllm or llamacpp (from the plan); None when registered by hand
 
 
 @dataclass
@@ -66,15 +67,19 @@ class RouteTable:
         targets: list[Target],
         dep: Deployment | None,
         affinity: bytes | None,
-    ) -> list[Target]:
-        """The order to try the targets in: replicas by their policy, then fallbacks as listed."""
+    ) -> tuple[list[Target], bytes | None]:
+        """The order to try the targets in (replicas by their policy, then fallbacks as listed), and the
+        affinity key that holds a request for its turn at home (``prefix_aware`` only)."""
         if dep is not None:
-            return balancer.order(targets, dep.routing, affinity)
-        policy = self.policies.get(model_id)
-        if policy is None:
-            return targets
-        routing, n = policy
-        return balancer.order(targets[:n], routing, affinity) + targets[n:]
+            routing, n = dep.routing, len(targets)
+        elif model_id in self.policies:
+            routing, n = self.policies[model_id]
+        else:
+            return targets, None
+        # vLLM shares a computed prefix between running requests: only engines whose slots do not (llama.cpp)
+        # gain from holding a request of the same key until its turn
+        held = affinity if routing is Routing.PREFIX_AWARE and (dep is None or dep.engine != "vllm") else None
+        return balancer.order(targets[:n], routing, affinity) + targets[n:], held
 
     def add_deployment(self, dep: Deployment) -> None:
         self.deployments[dep.id] = dep
@@ -152,6 +157,7 @@ def deployment_from(entry: dict[str, Any]) -> Deployment:
         hosts=hosts,
         wakeable=bool(entry.get("wakeable")),
         routing=Routing(entry.get("routing") or Routing.PREFIX_AWARE),
+        engine=entry.get("engine"),
     )
 
 

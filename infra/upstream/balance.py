@@ -15,6 +15,7 @@ ones out and lets one probe request back in."""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import math
@@ -112,6 +113,8 @@ class Balancer:
     def __init__(self, load_factor: float = LOAD_FACTOR) -> None:
         self.load_factor = load_factor
         self.in_flight: dict[str, int] = {}  # base URL -> this process's requests in flight
+        self.key_busy: dict[tuple[str, int], int] = {}  # (base URL, affinity key) -> requests in flight
+        self.key_idle: dict[tuple[str, int], asyncio.Event] = {}  # set when a held request's key frees up
         self.waiting: dict[str, int] = {}  # base URL -> requests the engine reported waiting
         self.unhealthy: set[str] = set()
         self.turns: dict[tuple[str, ...], int] = {}
@@ -120,15 +123,47 @@ class Balancer:
     def load(self, url: str) -> int:
         return self.in_flight.get(url, 0) + self.waiting.get(url, 0)
 
-    def acquire(self, target: Target) -> None:
+    def acquire(self, target: Target, key: int | None = None) -> None:
         self.in_flight[target.base_url] = self.in_flight.get(target.base_url, 0) + 1
+        if key is not None:
+            slot = (target.base_url, key)
+            self.key_busy[slot] = self.key_busy.get(slot, 0) + 1
 
-    def release(self, target: Target) -> None:
+    def release(self, target: Target, key: int | None = None) -> None:
         left = self.in_flight.get(target.base_url, 0) - 1
         if left > 0:
             self.in_flight[target.base_url] = left
         else:
             self.in_flight.pop(target.base_url, None)
+        if key is not None:
+            slot = (target.base_url, key)
+            busy = self.key_busy.get(slot, 0) - 1
+            if busy > 0:
+                self.key_busy[slot] = busy
+            else:
+                self.key_busy.pop(slot, None)
+                idle = self.key_idle.pop(slot, None)
+                if idle is not None:
+                    idle.set()
+
+    async def turn(self, target: Target, key: int, hold_s: float) -> None:
+        """Hold a request while its key already has one in flight at ``target`` (up to ``hold_s``, one held
+        request per key): on an engine whose slots do not share a prefix, a second concurrent request of the
+        same key would take another slot, evict another key's prefix there and prefill again."""
+        slot = (target.base_url, key)
+        if hold_s <= 0 or not self.key_busy.get(slot) or slot in self.key_idle:
+            return
+        idle = self.key_idle[slot] = asyncio.Event()
+        self.in_flight[target.base_url] = self.in_flight.get(target.base_url, 0) + 1  # held here: load here
+        try:
+            async with asyncio.timeout(hold_s):
+                await idle.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self.release(target)
+            if self.key_idle.get(slot) is idle:
+                del self.key_idle[slot]
 
     def order(
         self, targets: Sequence[Target], policy: Routing, affinity: bytes | None = None

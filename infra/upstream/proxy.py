@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from infra.upstream.balance import Balancer
+from infra.upstream.balance import Balancer, point
 from infra.upstream.errors import UpstreamUnavailable
 from infra.upstream.http_client import HttpPool, Response
 from infra.upstream.target import Breakers, Target
@@ -39,11 +39,12 @@ class Opened:
     response: Response
     first: bytes  # the first body chunk (streams) or the whole body (non-streaming)
     balancer: Balancer | None = None
+    key: int | None = None  # the affinity key counted in flight at the target
 
     def close(self) -> None:
         self.response.release()
         if self.balancer is not None:
-            self.balancer.release(self.target)
+            self.balancer.release(self.target, self.key)
             self.balancer = None
 
 
@@ -67,9 +68,21 @@ class Upstreams:
             self.pool.close()
             self.pool = None
 
-    async def open(self, targets: list[Target], build: RequestBuilder, stream: bool) -> Opened:
-        """The first target that answers usefully; raises 502/503/504 naming what each target did."""
+    async def open(
+        self,
+        targets: list[Target],
+        build: RequestBuilder,
+        stream: bool,
+        affinity: bytes | None = None,
+        hold_s: float = 0.0,
+    ) -> Opened:
+        """The first target that answers usefully; raises 502/503/504 naming what each target did. With an
+        ``affinity`` key, a request whose key is already in flight at the first target waits its turn there
+        (up to ``hold_s``; see `Balancer.turn`)."""
         assert self.pool is not None, "gateway not started"
+        key = point(affinity) if affinity else None
+        if key is not None and targets:
+            await self.balancer.turn(targets[0], key, hold_s)
         if not targets:
             raise UpstreamUnavailable(
                 "no upstream serves this model right now",
@@ -86,17 +99,17 @@ class Upstreams:
                 continue
             url, payload, headers = build(target)
             response: Response | None = None
-            self.balancer.acquire(target)  # in flight from the moment it is sent (prefill is load too)
+            self.balancer.acquire(target, key)  # in flight from the moment it is sent (prefill is load too)
             try:
                 async with asyncio.timeout(self.timeouts.first_byte_s):
                     response = await self.pool.request(url, payload, headers)
                     if response.status >= 500 or response.status == 429:
                         tried.append(f"{target.name}: HTTP {response.status}")
                         breaker.failure()
-                        self.balancer.release(target)
+                        self.balancer.release(target, key)
                         response.release()  # not read to the end: the connection is closed, not reused
                         continue
-                    opened = Opened(target, response, b"", self.balancer)
+                    opened = Opened(target, response, b"", self.balancer, key)
                     if response.status >= 400 or not stream:
                         opened.first = await response.read()
                     else:
@@ -109,12 +122,12 @@ class Upstreams:
                     f"{target.name}: {'timeout' if isinstance(exc, TimeoutError) else type(exc).__name__}"
                 )
                 breaker.failure()
-                self.balancer.release(target)
+                self.balancer.release(target, key)
                 if response is not None:
                     response.release()
                 continue
             except BaseException:  # cancelled (the client went away): nothing stays counted
-                self.balancer.release(target)
+                self.balancer.release(target, key)
                 if response is not None:
                     response.release()
                 raise

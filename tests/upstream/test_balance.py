@@ -3,6 +3,7 @@ one replica while it has room and spills past the bound, and the order is the sa
 
 from __future__ import annotations
 
+import asyncio
 import collections
 
 from infra.catalog import ApiFormat, Routing
@@ -101,3 +102,32 @@ def test_a_new_key_goes_to_the_least_loaded_replica_then_stays() -> None:
     b.acquire(REPLICAS[1])
     b.acquire(REPLICAS[1])
     assert b.order(REPLICAS, Routing.PREFIX_AWARE, b"new tenant")[0] is REPLICAS[1]  # home, within its share
+
+
+def test_a_second_request_of_a_key_waits_its_turn_at_home() -> None:
+    async def scenario() -> list[str]:
+        b = Balancer()
+        home, key = REPLICAS[0], 12345
+        events: list[str] = []
+        b.acquire(home, key)  # one request of the key in flight at home
+
+        async def held() -> None:
+            await b.turn(home, key, hold_s=5)
+            events.append("held request goes")
+
+        task = asyncio.create_task(held())
+        await asyncio.sleep(0.05)
+        assert b.in_flight[home.base_url] == 2, "a held request counts as load where it waits"
+        await b.turn(home, key, hold_s=5)  # a third does not wait: one held request per key
+        events.append("third goes at once")
+        b.release(home, key)
+        await asyncio.wait_for(task, 1)
+        await b.turn(home, key, hold_s=5)  # nothing in flight: no wait
+        started = asyncio.get_running_loop().time()
+        b.acquire(home, key)
+        await b.turn(home, key, hold_s=0.1)  # bounded
+        assert asyncio.get_running_loop().time() - started < 1
+        assert b.in_flight == {home.base_url: 1}
+        return events
+
+    assert asyncio.run(scenario()) == ["third goes at once", "held request goes"]
