@@ -21,8 +21,8 @@ from infra.gateway.app import DataPlane, Gateway, Plane
 from infra.gateway.config import GatewayConfig
 from infra.gateway.router import Router
 from infra.gateway.routing import RouteTable, from_catalog, load_routes
+from infra.lifecycle.operations import prepare_api_workspace
 from infra.records import DeploymentRecord
-from infra.spec import STACKS_DIR
 from infra.store import Store
 from infra.upstream.target import Target
 
@@ -54,13 +54,13 @@ def routes_for(
     return routes
 
 
-def stack_ops_from(spec: str | None) -> StackOps:
+def stack_ops_from(spec: str | None, workspace: Path) -> StackOps:
     """Pulumi's Automation API by default; ``module:factory`` (AGENTCLOUD_STACK_OPS) names another, for
     example a stand-in cloud in tests."""
     if not spec:
         from infra.lifecycle.operations import PulumiStackOps
 
-        return PulumiStackOps()
+        return PulumiStackOps(work_dir=workspace)
     module, _, name = spec.partition(":")
     try:
         factory: Any = getattr(importlib.import_module(module), name)
@@ -101,7 +101,7 @@ def build(
 
             deliver = sftp_deliver
         if stacks_dir is None:
-            stacks_dir = Path(config.stacks_dir) if config.stacks_dir else STACKS_DIR
+            stacks_dir = prepare_api_workspace(Path(config.stacks_dir))
 
         async def publish(record: DeploymentRecord | None) -> None:
             await data.sync.apply(record)
@@ -111,7 +111,7 @@ def build(
             catalog,
             store,
             routes,
-            stack_ops or stack_ops_from(config.stack_ops),
+            stack_ops or stack_ops_from(config.stack_ops, stacks_dir),
             stacks_dir,
             deliver,
             publish,

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from infra.catalog import Catalog, Routing
 from infra.control.deployments import Deployments
-from infra.control.errors import StackBusy, UnsafeURL
+from infra.control.errors import NotManaged, StackBusy, UnsafeURL
 from infra.control.sla import SlaWatch
 from infra.control.webhooks import EVENTS, WebhookSender, check_url, seal
 from infra.errors import PlanError, SpecError
@@ -37,8 +37,9 @@ class RoutingBody(BaseModel, extra="forbid"):
     routing: Routing
 
 
-def busy(exc: StackBusy) -> GatewayError:
-    return GatewayError(409, str(exc), code="operation_in_progress")
+def busy(exc: StackBusy | NotManaged) -> GatewayError:
+    code = "operation_in_progress" if isinstance(exc, StackBusy) else "not_managed"
+    return GatewayError(409, str(exc), code=code)
 
 
 class ManagementApi:
@@ -74,12 +75,8 @@ class ManagementApi:
 
     async def _record(self, dep: Deployment) -> DeploymentRecord:
         record = await self.deployments.get(dep.id)
-        if record is None:
-            raise GatewayError(
-                409,
-                f"deployment {dep.id} is not managed by this gateway (added as a route)",
-                code="not_managed",
-            )
+        if record is None:  # a deployment of the routes file: nothing in the store to act on
+            raise busy(NotManaged(dep.id))
         return record
 
     async def _managed(self, req: Request) -> DeploymentRecord:
@@ -107,11 +104,11 @@ class ManagementApi:
             raise bad_request(str(exc).replace("request: ", ""), code="invalid_deployment") from None
         except PlanError as exc:
             raise GatewayError(422, str(exc), code="does_not_fit") from None
-        if any(d.name == spec.name for d in await self.deployments.all()):
-            raise GatewayError(409, f"a deployment named {spec.name} exists", code="name_taken")
+        if any(d.name == spec.name and d.org_id == key.org_id for d in await self.deployments.all()):
+            raise GatewayError(409, f"your org has a deployment named {spec.name}", code="name_taken")
         try:
             record = await self.deployments.create(key.org_id, spec)
-        except StackBusy as exc:
+        except (StackBusy, NotManaged) as exc:
             raise busy(exc) from None
         await req.json(await self.deployments.public(record), status=202)
 
@@ -134,7 +131,7 @@ class ManagementApi:
         keep = params.get("keep_model_cache", "true") != "false"
         try:
             record = await self.deployments.delete(record, keep)
-        except StackBusy as exc:
+        except (StackBusy, NotManaged) as exc:
             raise busy(exc) from None
         await req.json(await self.deployments.public(record), status=202)
 
@@ -143,7 +140,7 @@ class ManagementApi:
         scaling = await self._body_as(req, Scaling, "scaling")
         try:
             record = await self.deployments.set_scaling(record, scaling)
-        except StackBusy as exc:
+        except (StackBusy, NotManaged) as exc:
             raise busy(exc) from None
         await req.json(await self.deployments.public(record), status=202)
 
@@ -151,7 +148,7 @@ class ManagementApi:
         record = await self._managed(req)
         try:
             await self.deployments.refresh(record)
-        except StackBusy as exc:
+        except (StackBusy, NotManaged) as exc:
             raise busy(exc) from None
         await req.json(await self.deployments.public(record), status=202)
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from infra.catalog import Catalog, Routing
-from infra.control.errors import StackBusy
+from infra.control.errors import NotManaged, StackBusy
 from infra.control.jobs import Job, JobRunner
 from infra.control.outputs import routes_from_outputs
 from infra.control.sla import SlaWatch
 from infra.control.webhooks import WebhookSender
-from infra.lifecycle.operations import validate_deployment, write_stack_file
+from infra.lifecycle.operations import api_stack_name, validate_deployment, write_stack_file
 from infra.records import DeploymentRecord, Lifecycle, Reason, Status
 from infra.spec import DeploymentSpec, Scaling, Sla
 from infra.store import JobRow, Store
@@ -73,6 +73,13 @@ class Deployments:
         await self.publish(record)
         return record
 
+    @staticmethod
+    def stack_of(record: DeploymentRecord) -> str:
+        """The stack the control plane made for the deployment; a route registered by hand has none."""
+        if not record.stack or not record.spec:
+            raise NotManaged(record.id)
+        return record.stack
+
     async def keys_changed(self) -> None:
         await self.publish(None)
 
@@ -88,7 +95,7 @@ class Deployments:
     async def public(self, record: DeploymentRecord) -> dict[str, Any]:
         """The reference API's deployment object, with the stack operation in progress if any."""
         spec = record.spec
-        running = await self.jobs.running(record.stack or record.name)
+        running = await self.jobs.running(record.stack) if record.stack else None
         return {
             "id": record.id,
             "object": "deployment",
@@ -155,6 +162,7 @@ class Deployments:
     # -- operations -----------------------------------------------------------------------------------------
     async def create(self, org_id: str, spec: DeploymentSpec) -> DeploymentRecord:
         dep_id = f"dep_{secrets.token_hex(6)}"
+        stack = api_stack_name(org_id, spec.name)
         record = DeploymentRecord(
             id=dep_id,
             org_id=org_id,
@@ -162,21 +170,19 @@ class Deployments:
             model_id=spec.model_id,
             status=Status.PROVISIONING,
             spec=spec.model_dump(mode="json", exclude_defaults=True),
-            stack=spec.name,
+            stack=stack,
             lifecycle=Lifecycle.new(time.time()),
         )
-        _, go = await self._start(
-            spec.name, "create", lambda job: self._converge(dep_id, job, "create", spec.name)
-        )
+        _, go = await self._start(stack, "create", lambda job: self._converge(dep_id, job, "create", stack))
         try:
             await self.save(record)
-            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir)
+            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, stack)
         finally:
             go.set()
         return record
 
     async def delete(self, record: DeploymentRecord, keep_model_cache: bool) -> DeploymentRecord:
-        dep_id, stack = record.id, record.stack or record.name
+        dep_id, stack = record.id, self.stack_of(record)
 
         async def work(job: Job) -> None:
             try:
@@ -205,7 +211,7 @@ class Deployments:
     async def scale_to(self, dep_id: str, replicas: int, reason: str) -> bool:
         """The autoscaler's and the wake's way in: change replicas; False when the stack is busy."""
         record = await self.get(dep_id)
-        if record is None or not record.spec:
+        if record is None or not record.stack or not record.spec:
             return False
         try:
             await self._apply(record, {**record.spec, "replicas": replicas}, reason)
@@ -215,13 +221,13 @@ class Deployments:
 
     async def _apply(self, record: DeploymentRecord, new: dict[str, Any], reason: str) -> DeploymentRecord:
         """Write the new deployment object to its stack file and converge (`up`) in a job; status scaling."""
+        stack = self.stack_of(record)
         spec = validate_deployment(new, self.catalog)
-        stack = record.stack or record.name
         job, go = await self._start(
             stack, "scale", lambda job: self._converge(record.id, job, "scale", stack)
         )
         try:
-            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir)
+            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, stack)
             return await self.move(record.id, Status.SCALING, f"{reason} (job {job.id})", spec=new)
         except BaseException:
             job.status = "cancelled"
@@ -231,7 +237,7 @@ class Deployments:
 
     async def refresh(self, record: DeploymentRecord) -> JobRow:
         """`pulumi refresh`: a droplet deleted outside Pulumi shows as drift, the deployment as degraded."""
-        dep_id, stack = record.id, record.stack or record.name
+        dep_id, stack = record.id, self.stack_of(record)
 
         async def work(job: Job) -> None:
             outputs = await asyncio.to_thread(self.stack_ops.refresh, stack, job.log.append)
@@ -256,17 +262,17 @@ class Deployments:
     async def set_routing(self, record: DeploymentRecord, routing: Routing) -> DeploymentRecord:
         """How requests spread over the replicas: a gateway setting, no stack operation needed."""
         new = {**record.spec, "routing": routing.value}
-        if record.spec:  # a deployment the control plane made: its stack file follows
+        if record.stack:  # a deployment the control plane made: its stack file follows
             spec = validate_deployment(new, self.catalog)
-            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir)
+            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, record.stack)
         routes = {**record.routes, "routing": routing.value}
         return await self.save(dataclasses.replace(record, spec=new if record.spec else {}, routes=routes))
 
     async def set_sla(self, record: DeploymentRecord, sla: Sla) -> DeploymentRecord:
         new = {**record.spec, "sla": sla.model_dump(mode="json", exclude_none=True)}
-        if record.spec:  # a deployment the control plane made: its stack file follows
+        if record.stack:  # a deployment the control plane made: its stack file follows
             spec = validate_deployment(new, self.catalog)
-            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir)
+            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, record.stack)
         routes = {**record.routes, "concurrency_limit": sla.concurrency_limit}
         self.sla.set(record.id, sla)
         return await self.save(dataclasses.replace(record, spec=new, routes=routes))

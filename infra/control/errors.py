@@ -19,5 +19,16 @@ class StackBusy(ControlError):
         self.job = job
 
 
+class NotManaged(ControlError):
+    """A deployment registered by hand (`agentcloud gateway routes add`): no stack the control plane may
+    scale, refresh or destroy (answered 409)."""
+
+    def __init__(self, dep_id: str) -> None:
+        super().__init__(
+            f"deployment {dep_id} was registered as a route, not created through this API: it has no "
+            "stack to scale, refresh or tear down here; change it where it was made"
+        )
+
+
 class UnsafeURL(ControlError, ValueError):
     """A webhook URL the gateway refuses to call (scheme, address range, credentials)."""

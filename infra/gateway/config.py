@@ -70,9 +70,8 @@ class GatewayConfig:
     routing_load_factor: float = 2.0
     routing_hold_s: float = 0.5
     stack_ops: str | None = None  # module:factory of the control plane's stack operations (default: Pulumi)
-    stacks_dir: str | None = (
-        None  # where the control plane writes stack files (default: the project's stacks/)
-    )
+    # The Pulumi workspace of the stacks the API creates (their stack files; never the repository's stacks/)
+    stacks_dir: str = field(default_factory=lambda: str(_data_dir() / "api-stacks"))
 
     @staticmethod
     def from_env(**overrides: object) -> GatewayConfig:

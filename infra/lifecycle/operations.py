@@ -8,6 +8,7 @@ with agent-cloud:keepModelCache=false first). The backend is a local directory b
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,32 @@ def validate_deployment(data: dict[str, Any], catalog: Catalog, file: str = "req
     return spec
 
 
-def write_stack_file(spec: DeploymentSpec, directory: Path = STACKS_DIR) -> Path:
-    """Write (or update) stacks/Pulumi.<name>.yaml, keeping every other config key already there."""
-    path = directory / f"Pulumi.{spec.name}.yaml"
+def api_stack_name(org_id: str, name: str) -> str:
+    """The stack of a deployment created through the API: in its org's namespace (``api.<org>.<name>``), which
+    no stack file in git can take (deployment names have no dots), so a tenant can never reach another's stack
+    or a GitOps stack."""
+    org = re.sub(r"[^A-Za-z0-9_-]", "-", org_id)
+    return f"api.{org}.{name}"
+
+
+def prepare_api_workspace(directory: Path) -> Path:
+    """The Pulumi project folder of the stacks the API creates: their stack files live here, never in the git
+    repository's stacks/ (git owns those), and the program is the repository's."""
+    directory.mkdir(parents=True, exist_ok=True)
+    project = directory / "Pulumi.yaml"
+    if not project.exists():
+        text = (PROJECT_ROOT / "Pulumi.yaml").read_text()
+        text = re.sub(r"(?m)^stackConfigDir:.*$", "stackConfigDir: .", text)
+        text = re.sub(
+            r"(?m)^(\s*virtualenv:\s*)(\S+)$", lambda m: m.group(1) + str(PROJECT_ROOT / m.group(2)), text
+        )
+        project.write_text(text.rstrip() + f"\nmain: {PROJECT_ROOT}\n")
+    return directory
+
+
+def write_stack_file(spec: DeploymentSpec, directory: Path = STACKS_DIR, stack: str | None = None) -> Path:
+    """Write (or update) Pulumi.<stack>.yaml in ``directory``, keeping every other config key there."""
+    path = directory / f"Pulumi.{stack or spec.name}.yaml"
     data: dict[str, Any] = {}
     if path.exists():
         data = yaml.safe_load(path.read_text()) or {}

@@ -120,7 +120,7 @@ def test_create_becomes_active_and_serves(api: Api) -> None:
     )
     dep = api.wait_status(body["id"], "active")
     assert [h["to"] for h in dep["lifecycle"]["history"]] == ["provisioning", "active"]
-    stack = yaml.safe_load((api.stacks / "Pulumi.api-8b.yaml").read_text())["config"][
+    stack = yaml.safe_load((api.stacks / "Pulumi.api.org_a.api-8b.yaml").read_text())["config"][
         "agent-cloud:deployment"
     ]
     assert stack["model_id"] == "llama-3.1-8b-instruct" and stack["gpu_type"] == "h100"
@@ -147,7 +147,7 @@ def test_busy_stack_is_409_and_scale(api: Api) -> None:
     assert scaled.status_code == 202 and scaled.json()["status"] == "scaling"
     dep = api.wait_status(dep_id, "active")
     assert len(dep["endpoints"]) == 2 and dep["scaling"]["min_replicas"] == 2
-    assert ("up", "api-8b", 2) in api.ops.calls
+    assert ("up", "api.org_a.api-8b", 2) in api.ops.calls
     assert [h["to"] for h in dep["lifecycle"]["history"]] == ["provisioning", "active", "scaling", "active"]
 
 
@@ -157,7 +157,7 @@ def test_teardown_keeps_or_deletes_the_model_cache(api: Api) -> None:
     resp = api.call("DELETE", f"/{dep_id}?keep_model_cache=false")
     assert resp.status_code == 202 and resp.json()["status"] == "teardown"
     dep = api.wait_status(dep_id, "inactive")
-    assert ("destroy", "api-8b", False) in api.ops.calls and dep["endpoints"] == []
+    assert ("destroy", "api.org_a.api-8b", False) in api.ops.calls and dep["endpoints"] == []
     assert (
         requests.post(
             f"{api.r.url}{API}/{dep_id}/chat/completions",
@@ -243,7 +243,7 @@ def test_cli_lifecycle(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: P
     base = ["deployments", "--url", api.r.url, "--key", api.keys.admin]
     assert main([*base, "create", str(stack)]) == 0
     out = capsys.readouterr().out
-    assert "cli-8b: provisioning" in out and "cli-8b: active" in out and "Updating (cli-8b)" in out
+    assert "cli-8b: provisioning" in out and "cli-8b: active" in out and "Updating (api.org_a.cli-8b)" in out
     dep_id = out.split("created ")[1].split(" ")[0]
     assert main([*base, "list"]) == 0 and dep_id in capsys.readouterr().out
     assert main([*base, "scale", dep_id, "--min", "1", "--max", "2"]) == 0
@@ -253,7 +253,7 @@ def test_cli_lifecycle(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: P
     assert main([*base, "refresh", dep_id]) == 0
     assert main([*base, "teardown", dep_id]) == 0
     assert "cli-8b: inactive" in capsys.readouterr().out
-    assert ("destroy", "cli-8b", True) in api.ops.calls
+    assert ("destroy", "api.org_a.cli-8b", True) in api.ops.calls
     with pytest.raises(SystemExit, match="404"):
         main([*base, "get", "dep_nope"])
 
