@@ -26,7 +26,7 @@ from infra.errors import PlanError
 from infra.gateway import authz
 from infra.gateway.asgi import Request
 from infra.gateway.config import DeliveryConfig
-from infra.gateway.errors import GatewayError, bad_request, not_found
+from infra.gateway.errors import GatewayError, bad_request, forbidden, not_found
 from infra.gateway.multipart import MultipartReader
 from infra.gateway.routing import Deployment, RouteTable
 from infra.gguf import GGUFError, read_gguf_path
@@ -128,8 +128,8 @@ class Uploads:
         except ValueError as exc:
             raise bad_request(str(exc), param="name", code="invalid_name") from None
 
-    async def _check_unique(self, key: KeyRecord, name: str, own_id: str | None = None) -> None:
-        existing = await self.db(self.store.upload_named, key.org_id, name)
+    async def _check_unique(self, org_id: str, name: str, own_id: str | None = None) -> None:
+        existing = await self.db(self.store.upload_named, org_id, name)
         if existing is not None and existing["id"] != own_id:
             raise GatewayError(
                 409,
@@ -254,11 +254,14 @@ class Uploads:
     # -- multipart (the spec's route) -----------------------------------------------------------------------
     async def multipart(self, req: Request) -> None:
         key = req.caller
+        if not authz.manages_any(key):  # before a byte of the body is read
+            raise forbidden("uploading a model needs an admin key (or deployment:manage on an org)")
         length = req.header(b"content-length")
         if length and length.isdigit() and int(length) > self.max_bytes + 64 * 1024:
             raise GatewayError(413, f"upload exceeds {self.max_bytes} bytes", code="upload_too_large")
         upload_id = new_id("upl")
         sink = Sink(self.incoming / f"{upload_id}.part", self.max_bytes)
+        dep: Deployment | None = None
         try:
             form = MultipartReader(req.header(b"content-type") or "", "file", sink.write, MAX_FIELD_BYTES)
             while True:
@@ -267,18 +270,25 @@ class Uploads:
                     req.disconnected = True
                     raise asyncio.CancelledError
                 form.feed(message.get("body", b""))
+                if dep is None and "deployment_id" in form.fields:  # authorized before the file's bytes
+                    dep = self._deployment(key, form.fields["deployment_id"])
+                elif dep is None and (form.files or sink.size):
+                    raise bad_request(
+                        "deployment_id: send it before the file part (the right to upload is checked first)",
+                        param="deployment_id",
+                    )
                 if not message.get("more_body", False):
                     break
             form.finish()
             if form.files != 1 or sink.size == 0:
                 raise bad_request("file: required, the GGUF to upload", param="file")
             name = self._name(form.fields.get("name", ""))
-            dep = self._deployment(key, form.fields.get("deployment_id", ""))
-            await self._check_unique(key, name)
+            dep = dep or self._deployment(key, form.fields.get("deployment_id", ""))
+            await self._check_unique(dep.org_id, name)
         except BaseException:
             sink.discard()
             raise
-        await self.db(self.store.create_upload, upload_id, key.org_id, key.id, name, dep.id, sink.size)
+        await self.db(self.store.create_upload, upload_id, dep.org_id, key.id, name, dep.id, sink.size)
         sha = form.fields.get("sha256") or None
         await req.json(await self._finish(upload_id, sink, dep, name, sha), status=202)
 
@@ -296,9 +306,9 @@ class Uploads:
         sha = body.get("sha256")
         if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
             raise bad_request("sha256: 64 hex characters", param="sha256")
-        await self._check_unique(key, name)
+        await self._check_unique(dep.org_id, name)
         upload_id = new_id("upl")
-        await self.db(self.store.create_upload, upload_id, key.org_id, key.id, name, dep.id, size)
+        await self.db(self.store.create_upload, upload_id, dep.org_id, key.id, name, dep.id, size)
         if sha:
             await self.db(self.store.update_upload, upload_id, info={"expected_sha256": sha.lower()})
         (self.incoming / f"{upload_id}.part").touch()
@@ -306,9 +316,18 @@ class Uploads:
         await req.json({**status, "upload_url": f"/api/v1/public/models/uploads/{upload_id}"}, status=201)
 
     async def _owned(self, req: Request, key: KeyRecord) -> dict[str, Any]:
-        record = await self.db(self.store.upload, req.params["upload_id"])
-        if record is None or record["org_id"] != key.org_id:
-            raise not_found(f"upload {req.params['upload_id']} not found", code="upload_not_found")
+        """The upload, which the caller may read, write or cancel: the same right as creating it (managing its
+        deployment); an upload the caller's key may not even see is 404."""
+        upload_id = req.params["upload_id"]
+        record = await self.db(self.store.upload, upload_id)
+        missing = not_found(f"upload {upload_id} not found", code="upload_not_found")
+        if record is None:
+            raise missing
+        dep_id = record["deployment_id"]
+        try:
+            authz.manage_deployment(key, self.routes.deployments.get(dep_id), dep_id)
+        except GatewayError as err:
+            raise (missing if err.status == 404 else err) from None
         return record
 
     async def append(self, req: Request) -> None:

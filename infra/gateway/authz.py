@@ -40,6 +40,13 @@ def invoke_org_deployment(key: KeyRecord, org_id: str, dep: Deployment | None, d
     raise forbidden(f"this key lacks deployment:invoke on {dep.id} in org {org_id}")
 
 
+def manages_any(key: KeyRecord) -> bool:
+    """Whether the key may manage deployments of some org (its own as an admin, or one it is a member of)."""
+    return "deployment:manage" in key.org_permissions(key.org_id) or any(
+        "deployment:manage" in perms for _, perms in key.memberships
+    )
+
+
 def manage_deployment(key: KeyRecord, dep: Deployment | None, dep_id: str) -> Deployment:
     if dep is None:
         raise _missing(dep_id)

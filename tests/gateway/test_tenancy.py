@@ -108,3 +108,77 @@ def test_the_api_workspace_reads_its_own_stack_files(tmp_path: Path) -> None:
         api_stack_name("org_a", "prod") == "api.org_a.prod"
         and api_stack_name("o/../x", "p") == "api.o----x.p"
     )
+
+
+# -- uploads belong to their deployment's org ---------------------------------------------------------------
+UPLOADS = "/api/v1/public/models/uploads"
+
+
+@pytest.fixture
+def byom_dep(tenants: Tenants, store: Store) -> str:
+    """dep_u of org_a: a deployment with a droplet to deliver to (registered by hand)."""
+    from infra.gateway.routing import Deployment, SshHost
+    from tests.gateway.harness import record_of
+
+    dep = Deployment(
+        "dep_u",
+        "org_a",
+        "dep_u",
+        "byom:none",
+        (),
+        gpu_type="l40s",
+        preset="balanced",
+        hosts=(SshHost("127.0.0.1", "ssh-ed25519 AAAA", 22),),
+    )
+    store.save_deployment(record_of(dep))
+    assert wait_for(lambda: "dep_u" in tenants.r.gateway.routes.deployments, 5)
+    return dep.id
+
+
+def _upload(t: Tenants, key: str, method: str, path: str = "", **kw: Any) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}", **kw.pop("headers", {})}
+    return requests.request(method, f"{t.r.url}{UPLOADS}{path}", headers=headers, timeout=15, **kw)
+
+
+def test_an_upload_belongs_to_its_deployments_org(tenants: Tenants, store: Store, byom_dep: str) -> None:
+    t = tenants
+    # a key of org B that manages org A (a membership) uploads for org A's deployment: the upload is org A's
+    guest_id, guest = store.create_key(PEPPER, "org_b", "guest", "professional", "standard")
+    store.add_member("org_a", guest_id, ["deployment:manage"])
+    made = _upload(t, guest, "POST", json={"name": "m1", "deployment_id": byom_dep, "size": 1024})
+    assert made.status_code == 201, made.text
+    upload_id = made.json()["id"]
+    assert store.upload(upload_id)["org_id"] == "org_a"  # type: ignore[index]
+    assert _upload(t, t.keys.admin, "GET", f"/{upload_id}").status_code == 200  # org A sees and may cancel it
+    # reading, writing or cancelling needs the right to create it: not any key of the org
+    chunk = {
+        "headers": {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"},
+        "data": b"x" * 8,
+    }
+    for name, want in (("standard", 403), ("scoped", 403), ("member", 403), ("other_org", 404)):
+        key = getattr(t.keys, name)
+        got = [
+            _upload(t, key, "GET", f"/{upload_id}").status_code,
+            _upload(t, key, "PATCH", f"/{upload_id}", **chunk).status_code,
+            _upload(t, key, "DELETE", f"/{upload_id}").status_code,
+        ]
+        assert got == [want] * 3, (name, got)
+    assert store.upload(upload_id)["received"] == 0  # type: ignore[index]
+    assert _upload(t, t.keys.admin, "DELETE", f"/{upload_id}").status_code == 200
+
+
+def test_a_multipart_upload_is_refused_before_its_body_is_read(tenants: Tenants, byom_dep: str) -> None:
+    """A key that may not upload gets 403 at once, though the declared body (100 MB) never arrives."""
+    import socket
+
+    host, port = tenants.r.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            "POST /api/v1/public/models/upload HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {tenants.keys.standard}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000000\r\n\r\n".encode()
+        )
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    incoming = tenants.r.gateway.control.uploads.incoming
+    assert list(incoming.iterdir()) == []
