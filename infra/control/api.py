@@ -201,6 +201,7 @@ class ManagementApi:
         if (
             not isinstance(events, list)
             or not events
+            or not all(isinstance(e, str) for e in events)
             or not set(events) <= set(EVENTS)
             or len(set(events)) != len(events)
         ):

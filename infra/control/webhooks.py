@@ -75,15 +75,22 @@ def _refuse(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, policy: Policy)
 
 
 def check_url(url: str, policy: Policy, resolve: Any = socket.getaddrinfo) -> tuple[str, str]:
-    """(url, the one address to connect to); raises UnsafeURL naming why."""
-    parts = urlsplit(url)
+    """(url, the one address to connect to); raises UnsafeURL naming why. Only printable ASCII: anything
+    else is refused here rather than failing later, at every delivery attempt."""
+    if not url.isascii() or not url.isprintable() or " " in url:
+        raise UnsafeURL("webhook URLs must be printable ASCII (percent-encode other characters)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # an unclosed [ or a port out of range
+        raise UnsafeURL(f"not a valid URL: {exc}") from None
     if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not policy.allow_http):
         raise UnsafeURL("webhook URLs must be https")
     if not parts.hostname or parts.username or parts.password:
         raise UnsafeURL("webhook URLs need a host and no credentials")
     try:
         infos = resolve(
-            parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
+            parts.hostname, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
         )
     except OSError:
         raise UnsafeURL(f"cannot resolve {parts.hostname}") from None
@@ -179,7 +186,10 @@ class WebhookSender:
                 await self.db(self.store.retry_later, outbox_id, time.time(), "webhook deleted", True)
                 continue
             url, sealed = hook
-            error = await self._post(url, unseal(self.pepper, sealed), event_id, body.encode())
+            try:
+                error = await self._post(url, unseal(self.pepper, sealed), event_id, body.encode())
+            except Exception as exc:  # one webhook that cannot be sent fails alone, never the batch
+                error = f"cannot send: {type(exc).__name__}: {exc}"[:300]
             now = time.time()
             if error is None:
                 await self.db(self.store.delivered, outbox_id, now)

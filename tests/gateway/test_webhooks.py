@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -23,7 +24,7 @@ from infra.catalog import Catalog
 from infra.control.errors import UnsafeURL
 from infra.control.webhooks import Policy, check_url
 from infra.store import Store
-from tests.gateway.harness import Keys, make_gateway, routes_for, running, seed, wait_for
+from tests.gateway.harness import PEPPER, Keys, Running, make_gateway, routes_for, running, seed, wait_for
 from tests.sshd import free_port
 
 API = "/api/v1/public"
@@ -220,3 +221,45 @@ def test_lease_moves_when_the_holder_dies(store: Store) -> None:
     assert not store.acquire_lease("sender", "b", ttl_s=10, now=117.0)
     assert store.acquire_lease("sender", "b", ttl_s=10, now=118.5)  # a stopped renewing: b takes over
     assert not store.acquire_lease("sender", "a", ttl_s=10, now=119.0)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"url": "https://1.1.1.1/€"},
+        {"url": "https://1.1.1.1:99999/"},
+        {"url": "https://[::1/"},
+        {"url": "https://1.1.1.1/a b"},
+        {"url": "https://1.1.1.1/", "events": [[1]]},
+        {"url": "https://1.1.1.1/", "events": [{"a": 1}]},
+    ],
+)
+def test_malformed_webhooks_are_refused_at_registration(
+    gw: Running, keys: Keys, body: dict[str, Any]
+) -> None:
+    resp = requests.post(
+        f"{gw.url}{API}/deployments/dep_a/webhooks",
+        headers={"Authorization": f"Bearer {keys.admin}"},
+        json=body,
+    )
+    assert resp.status_code == 400, resp.text
+
+
+def test_a_webhook_that_cannot_be_sent_fails_alone(
+    tmp_path: Path, catalog: Catalog, store: Store, keys: Keys
+) -> None:
+    """A URL that slipped in before today's checks (stored as is) fails its own deliveries; the others go."""
+    from infra.control.webhooks import seal
+
+    receiver = Receiver(fail_rate=0.0)
+    with receiver.serving(), running(_gateway(catalog, store, tmp_path)) as r:
+        store.create_webhook(
+            "whk_bad", "org_a", "dep_a", "https://1.1.1.1/€", ["deployment.scaled"], seal(PEPPER, "s")
+        )
+        _subscribe(f"http://127.0.0.1:{receiver.port}/hook", r.url, keys)
+        ids = r.run(r.gateway.control.webhooks.emit("dep_a", "deployment.scaled", {"replicas": 2}))
+        assert len(ids) == 2
+        assert wait_for(lambda: len(receiver.received) == 1, 10)
+        assert wait_for(lambda: any(row["last_error"] and row["attempts"] for row in store.outbox()), 10)
+    bad = [row for row in store.outbox() if row["last_error"]]
+    assert bad and all(not row["delivered_at"] for row in bad)
