@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Any
 
 # 0.5 ms .. ~8.5 min, x1.25 per bucket: percentiles within ~12%.
 LATENCY_BUCKETS_S = tuple(0.0005 * 1.25**i for i in range(64))
@@ -95,8 +96,10 @@ class Metrics:
     def __init__(self) -> None:
         self.models: dict[str, Series] = {}
         self.deployments: dict[str, Series] = {}
+        # (org, model) -> the org's own series: what an org's admin may see (never exported to Prometheus)
+        self.org_models: dict[tuple[str, str], Series] = {}
 
-    def _series(self, table: dict[str, Series], name: str) -> Series | None:
+    def _series(self, table: dict[Any, Series], name: Any) -> Series | None:
         s = table.get(name)
         if s is None:
             if len(table) >= MAX_SERIES:
@@ -104,8 +107,10 @@ class Metrics:
             s = table[name] = Series()
         return s
 
-    def series_for(self, model_id: str, deployment_id: str | None) -> list[Series]:
-        found = [self._series(self.models, model_id)]
+    def series_for(self, model_id: str, deployment_id: str | None, org_id: str | None = None) -> list[Series]:
+        """The series a request counts in: its org's (first), its model's, its deployment's (last)."""
+        found = [self._series(self.org_models, (org_id, model_id))] if org_id else []
+        found.append(self._series(self.models, model_id))
         if deployment_id:
             found.append(self._series(self.deployments, deployment_id))
         return [s for s in found if s is not None]

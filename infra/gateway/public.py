@@ -81,9 +81,7 @@ async def models_available(ctx: Observing, req: Request) -> None:
 async def inference_metrics(ctx: Observing, req: Request) -> None:
     key = req.caller
     usage = await ctx.db(ctx.store.usage_totals, key.org_id)
-    latency = {
-        name: s.snapshot() for name, s in ctx.metrics.models.items() if name in usage or key.kind == "admin"
-    }
+    latency = {model: s.snapshot() for (org, model), s in ctx.metrics.org_models.items() if org == key.org_id}
     await req.json({"object": "inference.metrics", "org_id": key.org_id, "usage": usage, "models": latency})
 
 

@@ -17,7 +17,16 @@ from infra.catalog import Catalog
 from infra.lifecycle.operations import api_stack_name, prepare_api_workspace
 from infra.store import Store
 from tests.gateway.fake_upstream import FakeUpstream
-from tests.gateway.harness import PEPPER, Keys, Running, make_gateway, routes_for, running, wait_for
+from tests.gateway.harness import (
+    CHAT_MODEL,
+    PEPPER,
+    Keys,
+    Running,
+    make_gateway,
+    routes_for,
+    running,
+    wait_for,
+)
 from tests.gateway.test_deployments_api import SPEC, FakeOps
 
 API = "/api/v1/public/deployments"
@@ -182,3 +191,19 @@ def test_a_multipart_upload_is_refused_before_its_body_is_read(tenants: Tenants,
     assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
     incoming = tenants.r.gateway.control.uploads.incoming
     assert list(incoming.iterdir()) == []
+
+
+def test_usage_metrics_show_an_org_only_its_own_series(tenants: Tenants) -> None:
+    t = tenants
+    client = t.r.openai(t.keys.standard)
+    for _ in range(3):
+        client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}])
+    url = f"{t.r.url}/api/v1/public/inference/metrics"
+
+    def models(key: str) -> dict[str, Any]:
+        answer = requests.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json()["models"])
+
+    assert wait_for(lambda: models(t.keys.admin).get(CHAT_MODEL, {}).get("requests") == 3, 5)
+    assert models(t.admin_b) == {}  # org B's admin sees no series of org A, not even the model names
