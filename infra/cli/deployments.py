@@ -51,7 +51,13 @@ def follow(client: Client, dep_id: str, timeout_s: float = 3600, interval_s: flo
         dep = client.call("GET", f"/{dep_id}")
         if dep["status"] != seen_status:
             seen_status = dep["status"]
-            print(f"{time.strftime('%H:%M:%S')} {dep['name']}: {seen_status}", flush=True)
+            history = (dep.get("lifecycle") or {}).get("history") or [{}]
+            why = (
+                f" ({history[-1].get('reason')})"
+                if seen_status == "degraded" and history[-1].get("reason")
+                else ""
+            )
+            print(f"{time.strftime('%H:%M:%S')} {dep['name']}: {seen_status}{why}", flush=True)
         job = dep.get("job")
         lines = (job or {}).get("log_tail") or []
         for line in lines[seen_lines:]:
@@ -63,7 +69,6 @@ def follow(client: Client, dep_id: str, timeout_s: float = 3600, interval_s: flo
 
 
 def _stack_deployment(arg: str) -> dict[str, Any]:
-
     doc = load_document(resolve_stack(arg))
     return dict(doc.data["config"][DEPLOYMENT_KEY])
 

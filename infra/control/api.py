@@ -16,7 +16,7 @@ from infra.control.deployments import Deployments
 from infra.control.errors import NotManaged, StackBusy, UnsafeURL
 from infra.control.sla import SlaWatch
 from infra.control.webhooks import EVENTS, WebhookSender, check_url, seal
-from infra.errors import PlanError, SpecError
+from infra.errors import InfraError, PlanError, SpecError
 from infra.gateway import authz
 from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError, bad_request, forbidden, not_found
@@ -97,6 +97,16 @@ class ManagementApi:
         key = req.caller
         if "deployment:manage" not in key.org_permissions(key.org_id):
             raise forbidden("creating deployments needs an admin key")
+        try:
+            await asyncio.to_thread(self.deployments.stack_ops.preflight)
+        except InfraError as exc:  # nothing is recorded: the request can simply be sent again once fixed
+            raise GatewayError(
+                503,
+                f"deployments cannot be created here: {exc}",
+                "server_error",
+                code="control_plane_unavailable",
+                headers={"Retry-After": "60"},
+            ) from None
         body = await req.json_object(self.max_body_bytes)
         try:
             spec = validate_deployment(body, self.catalog)

@@ -40,6 +40,10 @@ class StackOps(Protocol):
 
     def destroy(self, stack: str, keep_model_cache: bool, progress: Progress) -> None: ...
 
+    def preflight(self) -> None:
+        """Raise, naming what is missing and how to fix it, when no operation could run (checked before a
+        deployment record exists)."""
+
 
 class Deployments:
     """The control plane's deployments: the only writer of deployment records."""

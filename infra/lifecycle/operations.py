@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from infra import PROJECT_ROOT
-from infra.automation import require_cli
+from infra.automation import PulumiUnavailable, require_cli
 from infra.catalog import Catalog
 from infra.document import Document
 from infra.planner import plan
@@ -70,12 +70,24 @@ def write_stack_file(spec: DeploymentSpec, directory: Path = STACKS_DIR, stack: 
     return path
 
 
+TOKEN_VARIABLES = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")
+
+
 class PulumiStackOps:
     """Stack operations through the Pulumi Automation API (the control plane's `StackOps` in production)."""
 
     def __init__(self, work_dir: Path = PROJECT_ROOT, backend_url: str | None = None) -> None:
         self.work_dir = work_dir
         self.backend_url = backend_url or os.environ.get("PULUMI_BACKEND_URL", DEFAULT_BACKEND)
+
+    def preflight(self) -> None:
+        """The Pulumi CLI and a DigitalOcean token, before any deployment record exists."""
+        require_cli()
+        if not any(os.environ.get(v) for v in TOKEN_VARIABLES):
+            raise PulumiUnavailable(
+                "no DigitalOcean token in the gateway's environment; set DIGITALOCEAN_TOKEN (a secret of the "
+                "gateway stack) so the control plane can create droplets"
+            )
 
     def _stack(self, name: str) -> Any:
         require_cli()

@@ -64,6 +64,9 @@ class StandInOps:
     def refresh(self, stack: str, progress: Any) -> dict[str, Any]:
         return self.up(stack, progress)
 
+    def preflight(self) -> None:
+        return None  # a stand-in cloud needs no CLI and no token
+
     def destroy(self, stack: str, keep_model_cache: bool, progress: Any) -> None:
         self._record("start", "destroy", stack)
         self._record("end", "destroy", stack)

@@ -25,7 +25,7 @@ from tests.gateway.harness import Keys, Running, make_gateway, running, wait_for
 from tests.gateway.stand_in_ops import outputs_for, stack_deployment
 
 API = "/api/v1/public/deployments"
-SPEC = {
+SPEC: dict[str, Any] = {
     "name": "api-8b",
     "model_id": "llama-3.1-8b-instruct",
     "gpu_type": "h100",
@@ -56,6 +56,9 @@ class FakeOps:
 
     def destroy(self, stack: str, keep_model_cache: bool, progress: Any) -> None:
         self.calls.append(("destroy", stack, keep_model_cache))
+
+    def preflight(self) -> None:
+        return None  # a stand-in cloud needs no CLI and no token
 
 
 @dataclass
@@ -363,3 +366,48 @@ def test_sla_breach_fires_a_signed_webhook(api: Api) -> None:
     assert event["type"] == "deployment.sla_breach" and event["data"]["metric"] == "ttft_p95_ms"
     history = api.call("GET", f"/{dep_id}/sla").json()["history"]
     assert history and history[0]["event"] == "breach"
+
+
+@pytest.mark.parametrize(
+    ("cli", "token", "missing"),
+    [(None, "dop_v1_x", "pulumi CLI is not on PATH"), ("/usr/bin/pulumi", None, "DIGITALOCEAN_TOKEN")],
+)
+def test_create_checks_its_preconditions_before_any_record_exists(
+    tmp_path: Path,
+    catalog: Catalog,
+    store: Store,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    cli: str | None,
+    token: str | None,
+    missing: str,
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: cli)
+    for name in ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    if token:
+        monkeypatch.setenv("DIGITALOCEAN_TOKEN", token)
+    ops = PulumiStackOps(work_dir=tmp_path, backend_url=f"file://{tmp_path}")
+    with running(make_gateway(catalog, store, RouteTable(), tmp_path, stack_ops=ops)) as r:
+        answer = requests.post(
+            f"{r.url}{API}", headers={"Authorization": f"Bearer {keys.admin}"}, json=SPEC, timeout=15
+        )
+        assert answer.status_code == 503 and missing in answer.json()["error"]["message"], answer.text
+        assert answer.headers["Retry-After"] == "60"
+    assert store.deployments() == []  # nothing to forget: the same request works once it is fixed
+
+
+def test_a_failed_create_says_why(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from infra.cli import main
+
+    def refuse(stack: str, progress: Any) -> dict[str, Any]:
+        raise RuntimeError("size gpu-h100x1-80gb is not available in tor1")
+
+    api.ops.up = refuse  # type: ignore[method-assign]
+    stack = tmp_path / "Pulumi.broken.yaml"
+    stack.write_text(yaml.safe_dump({"config": {"agent-cloud:deployment": {**SPEC, "name": "broken"}}}))
+    assert main(["deployments", "--url", api.r.url, "--key", api.keys.admin, "create", str(stack)]) == 1
+    assert (
+        "broken: degraded (create failed: size gpu-h100x1-80gb is not available in tor1)"
+        in capsys.readouterr().out
+    )
