@@ -21,7 +21,7 @@ from infra.records import Status
 from infra.upstream import anthropic
 from infra.upstream.balance import affinity_key
 from infra.upstream.proxy import Opened, Upstreams, anthropic_headers, openai_headers
-from infra.upstream.sse import UsageScanner, sse_events
+from infra.upstream.sse import UsageFilter, UsageScanner, sse_events
 from infra.upstream.target import Target
 
 STREAM_ERRORS = (TimeoutError, OSError)
@@ -250,15 +250,19 @@ async def _chat(
         raise bad_request(
             f"{model_id} is served in Anthropic's format: call POST /v1/messages", param="model"
         )
-    asked_usage = isinstance(body.get("stream_options"), dict)
+    options = body.get("stream_options")
+    asked_usage = isinstance(options, dict) and options.get("include_usage") is True
 
     def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
         if body.get("model") == t.upstream_model and (not stream or asked_usage):
             payload = req.raw  # unchanged: forward the bytes as received
         else:
             out = {**body, "model": t.upstream_model}
-            if stream and not asked_usage:
-                out["stream_options"] = {"include_usage": True}
+            if stream and not asked_usage:  # always metered: the usage is asked for, and kept from the client
+                out["stream_options"] = {
+                    **(options if isinstance(options, dict) else {}),
+                    "include_usage": True,
+                }
             payload = orjson.dumps(out)
         return t.base_url + "/chat/completions", payload, openai_headers(t)
 
@@ -269,7 +273,7 @@ async def _chat(
             if opened.response.status >= 400:
                 await pass_upstream_error(req, opened, call)
             elif stream:
-                await _pipe_openai(ctx, req, opened, call)
+                await _pipe_openai(ctx, req, opened, call, None if asked_usage else UsageFilter())
             else:
                 call.ttft_s = (
                     time.perf_counter() - call.started_s
@@ -291,21 +295,30 @@ def _usage_from_json(body: bytes, call: Call) -> None:
     call.completion_tokens = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
 
 
-async def _pipe_openai(ctx: Serving, req: Request, opened: Opened, call: Call) -> None:
+async def _pipe_openai(
+    ctx: Serving, req: Request, opened: Opened, call: Call, strip: UsageFilter | None
+) -> None:
+    """Relay an OpenAI stream; its usage is metered whatever happens: from the upstream's usage event, or,
+    when the stream stops before it (the client left, the upstream broke), from what was relayed."""
     scanner = UsageScanner()
     await req.start(200, b"text/event-stream", [(b"cache-control", b"no-cache")])
     call.ttft_s = time.perf_counter() - call.started_s
     scanner.feed(opened.first)
-    await req.write(opened.first)
+    await req.write(strip.feed(opened.first) if strip else opened.first)
     try:
         async for chunk in ctx.upstreams.chunks(opened):
             scanner.feed(chunk)
-            await req.write(chunk)
+            await req.write(strip.feed(chunk) if strip else chunk)
+        if strip:
+            await req.write(strip.flush())
     except STREAM_ERRORS as exc:
         await stream_error(req, call, exc, anthropic_format=False)
         return
     finally:
-        call.prompt_tokens, call.completion_tokens = scanner.prompt_tokens, scanner.completion_tokens
+        if scanner.prompt_tokens or scanner.completion_tokens:
+            call.prompt_tokens, call.completion_tokens = scanner.prompt_tokens, scanner.completion_tokens
+        else:  # no usage event: count what was relayed, never zero
+            call.prompt_tokens, call.completion_tokens = len(req.raw) // 4, scanner.deltas
     if not scanner.done:  # the upstream closed without [DONE]: a truncated stream, not a clean end
         await stream_error(
             req, call, ConnectionResetError("stream ended without [DONE]"), anthropic_format=False

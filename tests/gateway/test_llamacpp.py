@@ -17,7 +17,7 @@ from infra.catalog import Catalog
 from infra.gateway.routing import RouteTable
 from infra.store import Store
 from tests.gateway.conftest import assert_counters_released
-from tests.gateway.harness import Keys, Running, make_gateway, running, target
+from tests.gateway.harness import Keys, Running, make_gateway, running, target, wait_for
 from tests.sshd import free_port
 from tests.tiny_gguf import write_tiny_gguf
 
@@ -118,9 +118,20 @@ def test_chat_and_stream_through_llamacpp(llama_gw: Running, keys: Keys) -> None
         )
     )
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 1
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    assert all(c.usage is None for c in chunks)  # not asked for: metered, not sent
+    asked = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=6,
+            stream=True,
+            temperature=0,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert asked[-1].usage is not None and asked[-1].usage.completion_tokens == 6
     series = llama_gw.gateway.metrics.models[MODEL]
-    assert series.completion_tokens >= 14 and series.ttft.count >= 1
+    assert wait_for(lambda: series.completion_tokens >= 20) and series.ttft.count >= 1
 
 
 def test_anthropic_sdk_through_llamacpp(llama_gw: Running, keys: Keys) -> None:

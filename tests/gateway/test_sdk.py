@@ -33,9 +33,19 @@ def test_chat_streaming_with_usage(gw: Running, keys: Keys, upstream: FakeUpstre
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "echo: one two three"
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    assert all(c.usage is None for c in chunks)  # the client did not ask: usage is metered, not sent
     assert upstream.stats.bodies[-1]["stream_options"] == {"include_usage": True}
-    assert wait_for(lambda: upstream.stats.completed_streams == 1)
+    asked = list(
+        client.chat.completions.create(
+            model=CHAT_MODEL,
+            messages=[{"role": "user", "content": "one two three"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert asked[-1].usage is not None and asked[-1].usage.completion_tokens == 4
+    assert wait_for(lambda: upstream.stats.completed_streams == 2)
+    assert wait_for(lambda: gw.gateway.metrics.models[CHAT_MODEL].completion_tokens == 8)
 
 
 def test_tool_calls(gw: Running, keys: Keys) -> None:

@@ -191,3 +191,17 @@ def test_chat_fields() -> None:
         with pytest.raises(GatewayError) as err:
             chat_fields(body, 512)
         assert err.value.status == 400 and err.value.param == param
+
+
+def test_usage_filter_drops_usage_only_events_and_keeps_the_rest() -> None:
+    from infra.upstream.sse import UsageFilter
+
+    stream = (
+        b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+        b'data: {"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":3}}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\ndata: [DONE]\n\n'
+    )
+    f = UsageFilter()
+    out = b"".join(f.feed(stream[i : i + 9]) for i in range(0, len(stream), 9)) + f.flush()
+    assert b'"usage"' not in out and out.count(b"data:") == 3 and out.endswith(b"data: [DONE]\n\n")
+    assert b'"finish_reason":"stop"' in out

@@ -1,0 +1,53 @@
+"""Streamed tokens are always metered: whatever the client asks of stream_options, and when it leaves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from tests.gateway.fake_upstream import FakeUpstream
+from tests.gateway.harness import CHAT_MODEL, Keys, Running, wait_for
+
+
+def test_a_client_that_declines_usage_is_metered_all_the_same(
+    gw: Running, keys: Keys, upstream: FakeUpstream
+) -> None:
+    client = gw.openai(keys.standard)
+    chunks = list(
+        client.chat.completions.create(
+            model=CHAT_MODEL,
+            messages=[{"role": "user", "content": "one two three"}],
+            stream=True,
+            stream_options={"include_usage": False},
+        )
+    )
+    assert all(c.usage is None for c in chunks)  # as the client asked
+    assert upstream.stats.bodies[-1]["stream_options"] == {"include_usage": True}  # the gateway asked anyway
+    series = gw.gateway.metrics.models[CHAT_MODEL]
+    assert wait_for(lambda: (series.prompt_tokens, series.completion_tokens) == (7, 4))
+
+
+def test_a_client_that_leaves_mid_stream_is_metered_for_what_it_got(
+    gw: Running, keys: Keys, upstream: FakeUpstream
+) -> None:
+    body: dict[str, Any] = {
+        "model": CHAT_MODEL,
+        "stream": True,
+        "messages": [{"role": "user", "content": "[[chunks=40]] [[gap=0.05]] a long answer"}],
+    }
+    headers = {"Authorization": f"Bearer {keys.standard}"}
+    got = 0
+    with requests.post(
+        f"{gw.url}/v1/chat/completions", json=body, headers=headers, stream=True, timeout=15
+    ) as r:
+        for line in r.iter_lines():
+            got += b'"content"' in line
+            if got >= 10:
+                break  # the client leaves before the usage event
+    series = gw.gateway.metrics.models[CHAT_MODEL]
+    assert wait_for(lambda: series.requests == 1, 5)
+    assert series.completion_tokens >= 9 and series.prompt_tokens > 0, (
+        series.prompt_tokens,
+        series.completion_tokens,
+    )
