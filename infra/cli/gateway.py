@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -58,6 +59,15 @@ def cmd_org_create(args: argparse.Namespace) -> int:
 
 def cmd_key_create(args: argparse.Namespace) -> int:
     store, config = _store(args)
+    from infra.catalog import load_catalog
+
+    plans = load_catalog(config.catalog).plans
+    if args.plan not in plans:
+        print(
+            f"error: --plan {args.plan}: not a plan of {config.catalog}; use one of: {', '.join(plans)}",
+            file=sys.stderr,
+        )
+        return 2
     expires = time.time() + args.expires_days * 86400 if args.expires_days else None
     key_id, token = store.create_key(
         config.pepper, args.org, args.name, args.plan, args.kind, expires, args.rpm, args.tpm

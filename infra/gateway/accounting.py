@@ -55,9 +55,18 @@ class Plans:
         self.catalog = catalog
 
     def limits(self, key: KeyRecord) -> tuple[int | None, int | None]:
+        """(requests/min, tokens/min); a key whose plan the catalog lacks is refused, never unlimited."""
         plan = self.catalog.plans.get(key.plan)
-        rpm = key.requests_per_minute or (plan.requests_per_minute if plan else None)
-        tpm = key.tokens_per_minute or (plan.tokens_per_minute if plan else None)
+        if plan is None:
+            raise GatewayError(
+                403,
+                f"this key's plan {key.plan!r} is not in the catalog; an admin must move the key to one of: "
+                f"{', '.join(sorted(self.catalog.plans))}",
+                "permission_error",
+                code="unknown_plan",
+            )
+        rpm = key.requests_per_minute or plan.requests_per_minute
+        tpm = key.tokens_per_minute or plan.tokens_per_minute
         return rpm, tpm
 
 

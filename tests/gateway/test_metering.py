@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from tests.gateway.fake_upstream import FakeUpstream
@@ -51,3 +53,23 @@ def test_a_client_that_leaves_mid_stream_is_metered_for_what_it_got(
         series.prompt_tokens,
         series.completion_tokens,
     )
+
+
+def test_an_unknown_plan_is_refused_when_the_key_is_made_and_when_it_is_used(
+    gw: Running, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from infra.cli import main
+    from infra.store import Store
+    from tests.gateway.harness import PEPPER
+
+    db = str(tmp_path / "gw.sqlite3")
+    Store(db).create_org("acme", org_id="org_acme")
+    assert main(["gateway", "--database", db, "keys", "create", "--org", "org_acme", "--plan", "pro"]) == 2
+    assert "--plan pro: not a plan" in capsys.readouterr().err
+    # a key made before (or by hand) with a plan the catalog lacks gets no limits-free pass
+    _, token = gw.gateway.store.create_key(PEPPER, "org_a", "old", "pro")
+    answer = gw.openai(token).with_raw_response
+    import openai
+
+    with pytest.raises(openai.PermissionDeniedError, match="plan 'pro' is not in the catalog"):
+        answer.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}])
