@@ -16,7 +16,7 @@ from infra.catalog import Catalog
 from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError
 from infra.gateway.limits import ConcurrencyLimiter, MemoryRateLimiter, RateLimiter
-from infra.gateway.metrics import Metrics, Series
+from infra.gateway.metrics import CLIENT_CLOSED, Metrics, Series
 from infra.gateway.routing import Deployment
 from infra.store import Sample, Store, UsageRow
 from infra.store.keys import KeyRecord
@@ -197,7 +197,7 @@ class Accountant:
                 return
             acc = self.usage[slot] = [0, 0, 0, 0, 0.0, 0.0]
         acc[0] += 1
-        if call.status >= 400:
+        if call.status >= 400 and call.status != CLIENT_CLOSED:
             acc[1] += 1
         acc[2] += call.prompt_tokens
         acc[3] += call.completion_tokens

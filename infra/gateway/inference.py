@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from infra.catalog import ApiFormat, Catalog
+from infra.catalog import ApiFormat, Catalog, Task
 from infra.gateway import authz
 from infra.gateway.accounting import Admission, Call
 from infra.gateway.asgi import Request
@@ -79,6 +79,8 @@ ServingHandler = Callable[[Serving, Request], Awaitable[None]]
 
 
 def chat_fields(body: dict[str, Any], default_max_tokens: int) -> tuple[str | None, bool, int]:
+    """(model, stream, max tokens) of a chat request; every parameter it forwards is checked for its type, so
+    a malformed request is a 400 here, never an upstream's error or a 5xx."""
     unknown = sorted(set(body) - CHAT_PARAMS)
     if unknown:
         raise bad_request(
@@ -93,17 +95,45 @@ def chat_fields(body: dict[str, Any], default_max_tokens: int) -> tuple[str | No
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise bad_request(f"messages[{i}]: must be an object with a string role", param=f"messages[{i}]")
+        content = m.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise bad_request(
+                f"messages[{i}].content: must be a string or an array of parts",
+                param=f"messages[{i}].content",
+            )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("stream: must be a boolean", param="stream")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
-    ):
+    if max_tokens is not None and not _positive_int(max_tokens):
         raise bad_request("max_tokens: must be a positive integer", param="max_tokens")
-    if body.get("n", 1) != 1:
-        raise bad_request("n: only 1 is supported", param="n", code="unsupported_parameter")
+    for name in (
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "min_p",
+        "repetition_penalty",
+    ):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise bad_request(f"{name}: must be a number", param=name)
+    for name, kinds, what in (
+        ("tools", list, "an array"),
+        ("stop", str | list, "a string or an array"),
+        ("stream_options", dict, "an object"),
+        ("response_format", dict, "an object"),
+    ):
+        if body.get(name) is not None and not isinstance(body[name], kinds):
+            raise bad_request(f"{name}: must be {what}", param=name)
+    n = body.get("n", 1)
+    if not _positive_int(n) or n > 16:
+        raise bad_request("n: must be an integer from 1 to 16", param="n")
     return model, stream, max_tokens or default_max_tokens
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 async def resolve_model(
@@ -210,15 +240,37 @@ async def stream_error(req: Request, call: Call, exc: BaseException, anthropic_f
 async def chat(ctx: Serving, req: Request) -> None:
     body = await req.json_object(ctx.config.max_body_bytes)
     model, stream, max_tokens = chat_fields(body, ctx.config.default_max_tokens)
+    _generative(ctx, model)
     targets, dep = await resolve_model(ctx, req, model)
     await _chat(ctx, req, body, str(model), targets, dep, stream, max_tokens)
+
+
+def _same_model(dep: Deployment, model: str | None) -> None:
+    """A deployment route serves its own model: another model name is a mistake, not a request to reroute."""
+    if model is not None and model not in (dep.model_id, dep.name):
+        raise bad_request(
+            f"model: deployment {dep.id} serves {dep.model_id}, not {model}; omit model or use its name",
+            param="model",
+            code="model_mismatch",
+        )
+
+
+def _generative(ctx: Serving, model: str | None) -> None:
+    """Chat and messages need a generative model: an embedding model there is the caller's mistake (400)."""
+    known = ctx.catalog.models.get(model or "")
+    if known is not None and known.task is not Task.GENERATE:
+        raise bad_request(
+            f"model {model} is a {known.task.value} model, not a chat model; call its own route",
+            param="model",
+        )
 
 
 async def chat_deployment(ctx: Serving, req: Request) -> None:
     dep_id = req.params["deployment_id"]
     dep = authz.invoke_deployment(req.caller, ctx.routes.deployments.get(dep_id), dep_id)
     body = await req.json_object(ctx.config.max_body_bytes)
-    _, stream, max_tokens = chat_fields(body, ctx.config.default_max_tokens)
+    model, stream, max_tokens = chat_fields(body, ctx.config.default_max_tokens)
+    _same_model(dep, model)
     targets, dep = await deployment_targets(ctx, req, dep)
     await _chat(ctx, req, body, dep.model_id, targets, dep, stream, max_tokens)
 
@@ -227,7 +279,8 @@ async def chat_org(ctx: Serving, req: Request) -> None:
     dep_id, org_id = req.params["deployment_id"], req.params["org_id"]
     dep = authz.invoke_org_deployment(req.caller, org_id, ctx.routes.deployments.get(dep_id), dep_id)
     body = await req.json_object(ctx.config.max_body_bytes)
-    _, stream, max_tokens = chat_fields(body, ctx.config.default_max_tokens)
+    model, stream, max_tokens = chat_fields(body, ctx.config.default_max_tokens)
+    _same_model(dep, model)
     targets, dep = await deployment_targets(ctx, req, dep)
     await _chat(ctx, req, body, dep.model_id, targets, dep, stream, max_tokens)
 
@@ -334,6 +387,7 @@ async def messages(ctx: Serving, req: Request) -> None:
     if not isinstance(model, str) or not model:
         raise bad_request("model: required, a string", param="model")
     template = anthropic.to_openai(body, model)  # validates the whole request before anything is spent
+    _generative(ctx, model)
     targets, dep = await resolve_model(ctx, req, model)
     affinity = affinity_key(body.get("messages"), body.get("system"))
     targets, held = ctx.routes.spread(ctx.upstreams.balancer, model, targets, dep, affinity)

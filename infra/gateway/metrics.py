@@ -12,6 +12,7 @@ from typing import Any
 LATENCY_BUCKETS_S = tuple(0.0005 * 1.25**i for i in range(64))
 RATE_BUCKETS = tuple(0.5 * 1.25**i for i in range(48))  # tokens/s: 0.5 .. ~20k
 MAX_SERIES = 10_000
+CLIENT_CLOSED = 499
 
 
 class Histogram:
@@ -133,7 +134,7 @@ class Metrics:
         for s in series:
             s.active -= 1
             s.requests += 1
-            if status >= 400:
+            if status >= 400 and status != CLIENT_CLOSED:  # a client that went away is not an error
                 s.errors += 1
             s.prompt_tokens += prompt_tokens
             s.completion_tokens += completion_tokens

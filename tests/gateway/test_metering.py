@@ -73,3 +73,43 @@ def test_an_unknown_plan_is_refused_when_the_key_is_made_and_when_it_is_used(
 
     with pytest.raises(openai.PermissionDeniedError, match="plan 'pro' is not in the catalog"):
         answer.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_requests_that_cannot_be_served_as_asked_are_400s(gw: Running, keys: Keys) -> None:
+    headers = {"Authorization": f"Bearer {keys.standard}"}
+    msgs = [{"role": "user", "content": "hi"}]
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("/v1/chat/completions", {"model": "bge-m3", "messages": msgs}),  # an embedding model: was a 502
+        ("/v1/chat/completions", {"model": CHAT_MODEL, "messages": [{"role": "user", "content": 5}]}),
+        ("/v1/chat/completions", {"model": CHAT_MODEL, "messages": msgs, "temperature": "hot"}),
+        ("/v1/chat/completions", {"model": CHAT_MODEL, "messages": msgs, "tools": "x"}),
+        (
+            "/api/v1/public/deployments/dep_a/chat/completions",
+            {"model": "some-other-model", "messages": msgs},
+        ),
+    ]
+    for path, body in cases:
+        answer = requests.post(f"{gw.url}{path}", json=body, headers=headers, timeout=10)
+        assert answer.status_code == 400, (body, answer.text)
+    ok = requests.post(
+        f"{gw.url}/v1/chat/completions",
+        json={"model": CHAT_MODEL, "messages": msgs, "n": 2},
+        headers=headers,
+        timeout=10,
+    )
+    assert ok.status_code == 200, ok.text  # n > 1 is passed on
+
+
+def test_a_client_that_goes_away_is_not_an_error(gw: Running, keys: Keys) -> None:
+    body: dict[str, Any] = {
+        "model": CHAT_MODEL,
+        "stream": True,
+        "messages": [{"role": "user", "content": "[[chunks=40]] [[gap=0.05]] long"}],
+    }
+    headers = {"Authorization": f"Bearer {keys.standard}"}
+    with requests.post(
+        f"{gw.url}/v1/chat/completions", json=body, headers=headers, stream=True, timeout=15
+    ) as r:
+        next(r.iter_lines())
+    series = gw.gateway.metrics.models[CHAT_MODEL]
+    assert wait_for(lambda: series.requests == 1, 5) and series.errors == 0

@@ -90,7 +90,7 @@ def cluster(tmp_path: Path, pg_url: str, redis_url: str, upstream: FakeUpstream)
         "AGENTCLOUD_STACKS_DIR": str(stacks),
         "AGENTCLOUD_UPLOAD_DIR": str(tmp_path / "uploads"),
         "FAKE_ENGINE_PORT": upstream.base_url.split(":")[2].split("/")[0],
-        "FAKE_OPS_DELAY_S": "1.5",
+        "FAKE_OPS_DELAY_S": "3",
         "FAKE_OPS_LOG": str(tmp_path / "ops.jsonl"),
     }
     with ExitStack() as stack:

@@ -180,12 +180,17 @@ def test_chat_fields() -> None:
     msgs = [{"role": "user", "content": "x"}]
     assert chat_fields({"model": "m", "messages": msgs}, 512) == ("m", False, 512)
     assert chat_fields({"messages": msgs, "stream": True, "max_tokens": 9}, 512) == (None, True, 9)
+    assert chat_fields({"messages": msgs, "n": 2}, 512) == (None, False, 512)  # passed on to the engine
     for body, param in (
         ({"messages": msgs, "bogus": 1}, "bogus"),
         ({"messages": []}, "messages"),
         ({"messages": msgs, "stream": "yes"}, "stream"),
         ({"messages": msgs, "max_tokens": 0}, "max_tokens"),
-        ({"messages": msgs, "n": 2}, "n"),
+        ({"messages": msgs, "n": 0}, "n"),
+        ({"messages": msgs, "n": 17}, "n"),
+        ({"messages": msgs, "temperature": "hot"}, "temperature"),
+        ({"messages": msgs, "tools": "x"}, "tools"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"messages": [{"content": "x"}]}, "messages[0]"),
     ):
         with pytest.raises(GatewayError) as err:
