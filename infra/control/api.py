@@ -187,8 +187,11 @@ class ManagementApi:
             raise bad_request("api_key_id: required, a string", param="api_key_id")
         if role != "inference":
             raise bad_request("role: only 'inference' is supported", param="role")
-        if await self.db(self.store.key_by_id, api_key_id) is None:
-            raise not_found(f"API key {api_key_id} not found", code="api_key_not_found")
+        grantee = await self.db(self.store.key_by_id, api_key_id)
+        if grantee is None or grantee.org_id != dep.org_id:  # another org's keys are not this org's to name
+            raise not_found(
+                f"API key {api_key_id} not found in the deployment's org", code="api_key_not_found"
+            )
         await self.db(self.store.grant, dep.id, api_key_id, role)
         await self.deployments.keys_changed()
         await req.json({"deployment_id": dep.id, "api_key_id": api_key_id, "role": role}, status=201)

@@ -207,3 +207,13 @@ def test_usage_metrics_show_an_org_only_its_own_series(tenants: Tenants) -> None
 
     assert wait_for(lambda: models(t.keys.admin).get(CHAT_MODEL, {}).get("requests") == 3, 5)
     assert models(t.admin_b) == {}  # org B's admin sees no series of org A, not even the model names
+
+
+def test_grants_go_only_to_keys_of_the_deployments_org(tenants: Tenants) -> None:
+    t = tenants
+    url = f"{t.r.url}/api/v1/public/deployments/dep_a/permissions"
+    headers = {"Authorization": f"Bearer {t.keys.admin}"}
+    foreign = requests.post(url, headers=headers, json={"api_key_id": t.keys.ids["other_org"]}, timeout=10)
+    assert foreign.status_code == 404 and foreign.json()["error"]["code"] == "api_key_not_found"
+    own = requests.post(url, headers=headers, json={"api_key_id": t.keys.ids["scoped_other"]}, timeout=10)
+    assert own.status_code == 201, own.text
