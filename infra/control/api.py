@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Awaitable
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -73,6 +74,14 @@ class ManagementApi:
         except ValueError as exc:
             raise bad_request(f"invalid {what}: {exc}", code=f"invalid_{what}") from None
 
+    async def _accepted(self, req: Request, operation: Awaitable[DeploymentRecord]) -> None:
+        """Start a stack operation, answer 202 with the deployment; 409 when its stack is busy or absent."""
+        try:
+            record = await operation
+        except (StackBusy, NotManaged) as exc:
+            raise busy(exc) from None
+        await req.json(await self.deployments.public(record), status=202)
+
     async def _record(self, dep: Deployment) -> DeploymentRecord:
         record = await self.deployments.get(dep.id)
         if record is None:  # a deployment of the routes file: nothing in the store to act on
@@ -116,11 +125,7 @@ class ManagementApi:
             raise GatewayError(422, str(exc), code="does_not_fit") from None
         if any(d.name == spec.name and d.org_id == key.org_id for d in await self.deployments.all()):
             raise GatewayError(409, f"your org has a deployment named {spec.name}", code="name_taken")
-        try:
-            record = await self.deployments.create(key.org_id, spec)
-        except (StackBusy, NotManaged) as exc:
-            raise busy(exc) from None
-        await req.json(await self.deployments.public(record), status=202)
+        await self._accepted(req, self.deployments.create(key.org_id, spec))
 
     async def list(self, req: Request) -> None:
         key = req.caller
@@ -139,28 +144,16 @@ class ManagementApi:
         query = req.scope.get("query_string", b"").decode("latin-1")
         params = dict(pair.split("=", 1) for pair in query.split("&") if "=" in pair)
         keep = params.get("keep_model_cache", "true") != "false"
-        try:
-            record = await self.deployments.delete(record, keep)
-        except (StackBusy, NotManaged) as exc:
-            raise busy(exc) from None
-        await req.json(await self.deployments.public(record), status=202)
+        await self._accepted(req, self.deployments.delete(record, keep))
 
     async def scaling(self, req: Request) -> None:
         record = await self._managed(req)
         scaling = await self._body_as(req, Scaling, "scaling")
-        try:
-            record = await self.deployments.set_scaling(record, scaling)
-        except (StackBusy, NotManaged) as exc:
-            raise busy(exc) from None
-        await req.json(await self.deployments.public(record), status=202)
+        await self._accepted(req, self.deployments.set_scaling(record, scaling))
 
     async def refresh(self, req: Request) -> None:
         record = await self._managed(req)
-        try:
-            await self.deployments.refresh(record)
-        except (StackBusy, NotManaged) as exc:
-            raise busy(exc) from None
-        await req.json(await self.deployments.public(record), status=202)
+        await self._accepted(req, self.deployments.refresh(record))
 
     async def set_sla(self, req: Request) -> None:
         record = await self._managed(req)

@@ -23,7 +23,7 @@ from infra.control.webhooks import WebhookSender
 from infra.lifecycle.operations import api_stack_name, validate_deployment, write_stack_file
 from infra.records import DeploymentRecord, Lifecycle, Reason, Status
 from infra.spec import DeploymentSpec, Scaling, Sla
-from infra.store import JobRow, Store
+from infra.store import Store
 from infra.store.offload import StoreThread
 
 Progress = Callable[[str], None]
@@ -239,7 +239,7 @@ class Deployments:
         finally:
             go.set()
 
-    async def refresh(self, record: DeploymentRecord) -> JobRow:
+    async def refresh(self, record: DeploymentRecord) -> DeploymentRecord:
         """`pulumi refresh`: a droplet deleted outside Pulumi shows as drift, the deployment as degraded."""
         dep_id, stack = record.id, self.stack_of(record)
 
@@ -259,9 +259,9 @@ class Deployments:
             ):
                 await self.move(dep_id, Status.ACTIVE, "refresh: no drift, engine healthy", healthy=True)
 
-        job, go = await self._start(stack, "refresh", work)
+        _, go = await self._start(stack, "refresh", work)
         go.set()
-        return job.row()
+        return record
 
     async def set_routing(self, record: DeploymentRecord, routing: Routing) -> DeploymentRecord:
         """How requests spread over the replicas: a gateway setting, no stack operation needed."""
