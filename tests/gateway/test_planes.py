@@ -104,6 +104,8 @@ def cluster(tmp_path: Path, pg_url: str, redis_url: str, upstream: FakeUpstream)
             )
         }
         yield {"urls": urls, "keys": keys, "ops_log": tmp_path / "ops.jsonl"}
+    for log in sorted(logs.glob("*.log")):  # shown by pytest when the test failed: what each process said
+        print(f"--- {log.name}\n{log.read_text()[-2000:]}")
 
 
 def _call(url: str, method: str, path: str, key: str, **kw: Any) -> requests.Response:
