@@ -51,6 +51,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics_token(args: argparse.Namespace) -> int:
+    print(_config(args).metrics_token)
+    return 0
+
+
 def cmd_org_create(args: argparse.Namespace) -> int:
     store, _ = _store(args)
     print(store.create_org(args.name, org_id=args.id))
@@ -172,6 +177,9 @@ def add_parser(sub: Any) -> None:
         "processes share state through --database (and --redis)",
     )
     s.set_defaults(func=cmd_serve)
+
+    mt = gs.add_parser("metrics-token", help="print the bearer token /metrics asks for (for Prometheus)")
+    mt.set_defaults(func=cmd_metrics_token)
 
     o = gs.add_parser("orgs", help="organisations")
     o.add_argument("action", choices=["create"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -105,6 +107,8 @@ class GatewayConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "pepper" not in values:
             values["pepper"] = load_pepper(str(values.get("database", GatewayConfig().database)))
+        if "metrics_token" not in values:  # /metrics is never anonymous
+            values["metrics_token"] = metrics_token(values["pepper"])  # type: ignore[arg-type]
         return GatewayConfig(**values)  # type: ignore[arg-type]
 
 
@@ -125,3 +129,10 @@ def load_pepper(database: str) -> bytes:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
     return path.read_text().strip().encode()
+
+
+def metrics_token(pepper: bytes) -> str:
+    """The default bearer token of /metrics (AGENTCLOUD_METRICS_TOKEN overrides it): derived from the key
+    pepper, so every replica that shares the pepper shares it and nothing else needs distributing. Print it
+    with `agentcloud gateway metrics-token` for Prometheus' `authorization` setting."""
+    return hmac.new(pepper, b"agentcloud /metrics", hashlib.sha256).hexdigest()[:40]

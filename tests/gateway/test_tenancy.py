@@ -217,3 +217,25 @@ def test_grants_go_only_to_keys_of_the_deployments_org(tenants: Tenants) -> None
     assert foreign.status_code == 404 and foreign.json()["error"]["code"] == "api_key_not_found"
     own = requests.post(url, headers=headers, json={"api_key_id": t.keys.ids["scoped_other"]}, timeout=10)
     assert own.status_code == 201, own.text
+
+
+def test_prometheus_metrics_are_never_anonymous(
+    tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from infra.cli import main
+    from infra.compose import build
+    from infra.gateway.config import GatewayConfig
+
+    monkeypatch.delenv("AGENTCLOUD_METRICS_TOKEN", raising=False)
+    monkeypatch.delenv("AGENTCLOUD_KEY_PEPPER", raising=False)
+    db = str(tmp_path / "gw.sqlite3")
+    config = GatewayConfig.from_env(
+        database=db, upload_dir=str(tmp_path / "up"), stacks_dir=str(tmp_path / "st")
+    )
+    assert config.metrics_token  # the default: derived from the pepper, shared by replicas that share it
+    assert main(["gateway", "--database", db, "metrics-token"]) == 0
+    assert capsys.readouterr().out.strip() == config.metrics_token
+    with running(build(config, catalog=catalog)) as r:
+        assert requests.get(f"{r.url}/metrics", timeout=10).status_code == 401
+        auth = {"Authorization": f"Bearer {config.metrics_token}"}
+        assert requests.get(f"{r.url}/metrics", headers=auth, timeout=10).status_code == 200
