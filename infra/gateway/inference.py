@@ -156,6 +156,13 @@ async def resolve_model(
             return await deployment_targets(ctx, req, dep)
         raise error
     if model not in ctx.routes.models:
+        missing = ctx.routes.unconfigured.get(model)
+        if missing:
+            raise not_found(
+                f"model {model} is served by providers whose API key is not configured: set "
+                f"{' or '.join(sorted(set(missing)))} in the gateway's environment",
+                code="provider_not_configured",
+            )
         raise not_found(f"model {model} does not exist or is not served here", code="model_not_found")
     authz.invoke_model(key, ctx.catalog, model)
     return ctx.routes.models[model], None

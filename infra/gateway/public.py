@@ -57,13 +57,16 @@ def _card(ctx: Observing, model_id: str, model: Model | None) -> dict[str, Any]:
     return card
 
 
-def _visible(ctx: Observing, plan: str | None) -> list[dict[str, Any]]:
+def _visible(ctx: Observing, plan: str | None, callable_only: bool = False) -> list[dict[str, Any]]:
+    """Model cards: the whole catalog, or (``callable_only``) what a key of ``plan`` can call here now."""
     rank = ctx.catalog.plans[plan].rank if plan in ctx.catalog.plans else None
     out = []
     for model_id in ctx.routes.models.keys() | ctx.catalog.models.keys():
         model = ctx.catalog.models.get(model_id)
         if rank is not None and model is not None and ctx.catalog.plans[model.tier].rank > rank:
             continue
+        if callable_only and model_id not in ctx.routes.models and not (model and model.deployable):
+            continue  # no provider with a configured key serves it, and it is not deployable
         out.append(_card(ctx, model_id, model))
     return sorted(out, key=lambda c: str(c["id"]))
 
@@ -74,7 +77,7 @@ async def models(ctx: Observing, req: Request) -> None:
 
 async def models_available(ctx: Observing, req: Request) -> None:
     key = req.caller
-    data = [] if key.kind == "scoped" else _visible(ctx, key.plan)
+    data = [] if key.kind == "scoped" else _visible(ctx, key.plan, callable_only=True)
     await req.json({"object": "list", "plan": key.plan, "data": data})
 
 

@@ -57,6 +57,7 @@ class RouteTable:
     deployments: dict[str, Deployment] = field(default_factory=dict)
     breakers: Breakers = field(default_factory=Breakers)
     static: set[str] = field(default_factory=set)
+    unconfigured: dict[str, list[str]] = field(default_factory=dict)  # model -> provider key settings missing
     # routed models whose first n targets are replicas of one server (spread), not fallbacks (tried in order)
     policies: dict[str, tuple[Routing, int]] = field(default_factory=dict)
 
@@ -96,8 +97,14 @@ def _env_key(name: str | None) -> str | None:
 
 
 def from_catalog(catalog: Catalog) -> RouteTable:
+    """The providers of every catalog model, in routing order; a provider whose API key is not configured is
+    left out (a prompt never goes out unauthenticated), and ``unconfigured`` names the settings a model lacks.
+    """
     table = RouteTable()
     for model_id in catalog.models:
+        for _, p in catalog.providers_for(model_id):
+            if p.api_key_env and not _env_key(p.api_key_env):
+                table.unconfigured.setdefault(model_id, []).append(p.api_key_env)
         table.models[model_id] = [
             Target(
                 name=pname,
@@ -109,8 +116,11 @@ def from_catalog(catalog: Catalog) -> RouteTable:
                 usd_per_mtok_out=pm.usd_per_mtok_out,
             )
             for pname, p in catalog.providers_for(model_id)
+            if not p.api_key_env or _env_key(p.api_key_env)
             for pm in [p.models[model_id]]
         ]
+        if not table.models[model_id]:
+            del table.models[model_id]
     return table
 
 

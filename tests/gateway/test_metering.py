@@ -113,3 +113,29 @@ def test_a_client_that_goes_away_is_not_an_error(gw: Running, keys: Keys) -> Non
         next(r.iter_lines())
     series = gw.gateway.metrics.models[CHAT_MODEL]
     assert wait_for(lambda: series.requests == 1, 5) and series.errors == 0
+
+
+def test_a_model_without_its_provider_key_is_neither_listed_nor_routed(
+    catalog: Any, store: Any, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra.gateway.routing import from_catalog
+    from tests.gateway.harness import make_gateway, running
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    routes = from_catalog(catalog)
+    assert "claude-opus-4-1" not in routes.models and routes.unconfigured["claude-opus-4-1"] == [
+        "ANTHROPIC_API_KEY"
+    ]
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    assert [t.api_key for t in from_catalog(catalog).models["claude-opus-4-1"]] == ["sk-test"]
+    with running(make_gateway(catalog, store, routes)) as r:
+        headers = {"Authorization": f"Bearer {keys.admin}"}
+        body: dict[str, Any] = {
+            "model": "claude-opus-4-1",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        answer = requests.post(f"{r.url}/v1/messages", json=body, headers=headers, timeout=10)
+        assert answer.status_code == 404 and "set ANTHROPIC_API_KEY" in answer.text, answer.text
+        listed = requests.get(f"{r.url}/api/v1/public/models/available", headers=headers, timeout=10).json()
+        assert "claude-opus-4-1" not in {m["id"] for m in listed["data"]}
