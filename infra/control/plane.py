@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from infra.catalog import ApiFormat, Catalog
+from infra.catalog import Catalog
 from infra.control.api import ManagementApi
 from infra.control.autoscaler import Autoscaler
 from infra.control.deployments import Deployments, Publish, StackOps
@@ -31,7 +31,6 @@ from infra.store import Store
 from infra.store.offload import StoreThread
 from infra.upstream.http_client import HttpPool
 from infra.upstream.proxy import wait_healthy
-from infra.upstream.target import Target
 
 log = logging.getLogger("agentcloud.control")
 API = "/api/v1/public"
@@ -113,8 +112,7 @@ class ControlPlane:
         """The engines answer /health over the network path the gateway itself uses for inference."""
         if self.pool is None or not endpoints:
             return False
-        targets = [Target("health", url, ApiFormat.OPENAI, "", None) for url in endpoints]
-        return await wait_healthy(self.pool, targets, self.config.delivery.health_timeout_s)
+        return await wait_healthy(self.pool, endpoints, self.config.delivery.health_timeout_s)
 
     def register(self, router: Router) -> None:
         a, u = self.api, self.uploads

@@ -19,7 +19,6 @@ from infra.gateway.routing import Deployment, RouteTable
 from infra.gateway.sync import Waker, hold_seconds
 from infra.records import Status
 from infra.upstream import anthropic
-from infra.upstream.balance import affinity_key
 from infra.upstream.proxy import Opened, Upstreams, anthropic_headers, openai_headers
 from infra.upstream.sse import UsageFilter, UsageScanner, sse_events
 from infra.upstream.target import Target
@@ -303,9 +302,7 @@ async def _chat(
     max_tokens: int,
 ) -> None:
     usable = [t for t in targets if t.format is ApiFormat.OPENAI]
-    usable, held = ctx.routes.spread(
-        ctx.upstreams.balancer, model_id, usable, dep, affinity_key(body.get("messages"))
-    )
+    usable, held = ctx.routes.spread(ctx.upstreams.balancer, model_id, usable, dep, body.get("messages"))
     if targets and not usable:
         raise bad_request(
             f"{model_id} is served in Anthropic's format: call POST /v1/messages", param="model"
@@ -396,8 +393,9 @@ async def messages(ctx: Serving, req: Request) -> None:
     template = anthropic.to_openai(body, model)  # validates the whole request before anything is spent
     _generative(ctx, model)
     targets, dep = await resolve_model(ctx, req, model)
-    affinity = affinity_key(body.get("messages"), body.get("system"))
-    targets, held = ctx.routes.spread(ctx.upstreams.balancer, model, targets, dep, affinity)
+    targets, held = ctx.routes.spread(
+        ctx.upstreams.balancer, model, targets, dep, body.get("messages"), body.get("system")
+    )
     stream = bool(template.get("stream"))
     stops = list(template.get("stop", []))
 

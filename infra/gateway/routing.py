@@ -14,7 +14,7 @@ import yaml
 from infra.catalog import ApiFormat, Catalog, Routing
 from infra.gateway.errors import RoutesError
 from infra.records import DeploymentRecord, Status
-from infra.upstream.balance import Balancer
+from infra.upstream.balance import Balancer, affinity_key
 from infra.upstream.target import Breakers, Target
 
 
@@ -67,16 +67,19 @@ class RouteTable:
         model_id: str,
         targets: list[Target],
         dep: Deployment | None,
-        affinity: bytes | None,
+        messages: object = None,
+        system: object = None,
     ) -> tuple[list[Target], bytes | None]:
         """The order to try the targets in (replicas by their policy, then fallbacks as listed), and the
-        affinity key that holds a request for its turn at home (``prefix_aware`` only)."""
+        affinity key that holds a request for its turn at home (``prefix_aware`` only). The key is read from
+        ``messages``/``system`` only when the policy uses it."""
         if dep is not None:
             routing, n = dep.routing, len(targets)
         elif model_id in self.policies:
             routing, n = self.policies[model_id]
         else:
             return targets, None
+        affinity = affinity_key(messages, system) if routing is Routing.PREFIX_AWARE else None
         # vLLM shares a computed prefix between running requests: only engines whose slots do not (llama.cpp)
         # gain from holding a request of the same key until its turn
         held = affinity if routing is Routing.PREFIX_AWARE and (dep is None or dep.engine != "vllm") else None

@@ -48,7 +48,7 @@ async def _forward(
     result: dict[str, tuple[bytes, str]] = {}
 
     async def run(call: Call) -> None:
-        spread, _ = ctx.routes.spread(ctx.upstreams.balancer, model, _openai_targets(targets), dep, None)
+        spread, _ = ctx.routes.spread(ctx.upstreams.balancer, model, _openai_targets(targets), dep)
         opened = await ctx.upstreams.open(spread, build, stream=False)
         call.target = opened.target
         try:

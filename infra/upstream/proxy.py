@@ -156,11 +156,11 @@ class Upstreams:
             yield chunk
 
 
-async def wait_healthy(pool: HttpPool, targets: tuple[Target, ...] | list[Target], timeout_s: float) -> bool:
+async def wait_healthy(pool: HttpPool, base_urls: list[str], timeout_s: float) -> bool:
     """Every engine answers GET /health with 200 (polled) before the deadline, over the gateway's own path."""
     deadline = time.monotonic() + timeout_s
-    for target in targets:
-        url = target.base_url.removesuffix("/v1") + "/health"
+    for base_url in base_urls:
+        url = base_url.removesuffix("/v1") + "/health"
         while True:
             try:
                 async with asyncio.timeout(5):
