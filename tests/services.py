@@ -27,10 +27,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def redis_server() -> Iterator[str]:
+    with redis_process() as (url, _):
+        yield url
+
+
+@contextmanager
+def redis_process(port: int | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis server (on ``port``, else a free one): its URL and process (a test may stop it)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server not installed (scripts/setup.sh installs it)")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [
             binary,
@@ -50,9 +57,10 @@ def redis_server() -> Iterator[str]:
     )
     try:
         wait_for_port(port, proc)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", proc
     finally:
-        _stop(proc)
+        if proc.poll() is None:
+            _stop(proc)
 
 
 def _pg_bin(name: str) -> str | None:

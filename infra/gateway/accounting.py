@@ -2,8 +2,9 @@
 what the control plane needs to see (per-request samples, last request, in-flight load), written to the store
 in batches off the request path.
 
-Hot-path rules (reference/gateway-performance.md): metrics in memory, usage as per-minute rollups (no object
-per request), no store round trip per request."""
+Hot-path rules (reference/gateway-performance.md): metrics in memory, usage appended to a local journal (one
+write per request, see journal.py) and written to the store as per-minute rollups, no store round trip per
+request."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from infra.catalog import Catalog
 from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError
-from infra.gateway.limits import ConcurrencyLimiter, MemoryRateLimiter, RateLimiter
+from infra.gateway.journal import UsageJournal
+from infra.gateway.journal import entry as journal_entry
+from infra.gateway.limits import ConcurrencyLimiter, MemoryRateLimiter, RateLimiter, SharedStateError
 from infra.gateway.metrics import CLIENT_CLOSED, Metrics, Series
 from infra.gateway.routing import Deployment
 from infra.store import Sample, Store, UsageRow
@@ -42,6 +46,7 @@ class Call:
     completion_tokens: int = 0
     target: Target | None = None
     lease: str | None = None  # the deployment concurrency slot held, if any
+    recorded: bool = False  # in the usage journal
 
     @property
     def cost_usd(self) -> float:
@@ -134,8 +139,8 @@ class Admission:
 
 
 class Accountant:
-    """Settles calls: tokens, concurrency, metrics, usage rollups and the control plane's observations;
-    flushes them to the store every ``flush_s``."""
+    """Settles calls: tokens, concurrency, metrics, usage (through the journal) and the control plane's
+    observations; flushes them to the store every ``flush_s``."""
 
     def __init__(
         self,
@@ -146,66 +151,108 @@ class Accountant:
         store: Store,
         db: StoreThread,
         process: str,
+        journal_dir: Path,
         queue_max: int = 100_000,
     ) -> None:
         self.plans, self.limiter, self.concurrency, self.metrics = plans, limiter, concurrency, metrics
         self.store, self.db, self.process, self.queue_max = store, db, process, queue_max
-        # (minute, key, org, model, deployment) -> [requests, errors, prompt, completion, cost, latency ms]
-        self.usage: dict[tuple[float, str, str, str, str | None], list[float]] = {}
+        self.journal_dir = journal_dir
+        self.journal: UsageJournal | None = None  # opened at start (it names the store)
         self.samples: list[Sample] = []
         self.last_request: dict[str, float] = {}
-        self.dropped = 0
         self.reported_load = False
+        self.journal_errors = 0
+
+    async def start(self) -> None:
+        store_id = await self.db(self.store.store_id)
+        self.journal = UsageJournal(self.journal_dir, store_id, self.process)
+        await self.flush()  # what a killed process left behind
+
+    def record(self, call: Call) -> None:
+        """Journal the call's usage (once): called before the response's last byte, and at settling."""
+        if call.recorded:
+            return
+        call.recorded = True
+        assert self.journal is not None, "Accountant.start() was not awaited"
+        key, dep = call.key, call.deployment
+        try:
+            self._journal(call, key, dep)
+        except OSError as exc:  # a full or broken disk must not fail the request: say so loudly
+            self.journal_errors += 1
+            log.error("usage journal write failed (%s): this call's usage is lost", exc)
+
+    def _journal(self, call: Call, key: KeyRecord, dep: Deployment | None) -> None:
+        assert self.journal is not None
+        self.journal.append(
+            journal_entry(
+                time.time() // 60 * 60,
+                key.id,
+                key.org_id,
+                call.model_id,
+                dep.id if dep else None,
+                call.status >= 400 and call.status != CLIENT_CLOSED,
+                call.prompt_tokens,
+                call.completion_tokens,
+                call.cost_usd,
+                (time.perf_counter() - call.started_s) * 1000,
+            )
+        )
+
+    def record_calls(self, req: Request) -> None:
+        for call in req.calls:
+            self.record(call)
 
     async def settle(self, call: Call) -> None:
-        """Runs on every exit path of a call, cancellation included."""
+        """Runs on every exit path of a call, cancellation included; a shared state that fails (Redis down)
+        cannot keep the gauges, the journal or the metrics from settling."""
         elapsed = time.perf_counter() - call.started_s
         dep = call.deployment
-        if call.lease is not None and dep is not None:
-            await asyncio.shield(self.concurrency.release(dep.id, call.lease))
+        try:
+            self.record(call)
+        finally:
+            self.metrics.finished(
+                call.series,
+                call.status,
+                elapsed,
+                call.ttft_s,
+                call.prompt_tokens,
+                call.completion_tokens,
+                call.cost_usd,
+            )
+            if dep is not None:  # the SLA and the autoscaler judge on the gateway's own measurements
+                self._observe(call, dep.id, elapsed)
+            await self._release(call)
+
+    def _observe(self, call: Call, deployment_id: str, elapsed: float) -> None:
+        now = time.time()
+        gen_s = elapsed - (call.ttft_s or 0.0)
+        tps = call.completion_tokens / gen_s if call.completion_tokens > 1 and gen_s > 0 else None
+        ttft_ms = call.ttft_s * 1000 if call.ttft_s is not None else None
+        if len(self.samples) < self.queue_max:
+            self.samples.append(
+                Sample(deployment_id, now, ttft_ms, tps, call.series[-1].active if call.series else 0)
+            )
+        self.last_request[deployment_id] = now
+
+    async def _release(self, call: Call) -> None:
+        """Give back the concurrency slot and settle the token reservation; a network call finishes even if
+        this request is being cancelled, and a failing one is logged (Redis expires its slots by itself)."""
+        dep = call.deployment
         _, tpm = self.plans.limits(call.key)
         delta = call.prompt_tokens + call.completion_tokens - call.estimate_tokens
-        if tpm and delta:
-            if isinstance(self.limiter, MemoryRateLimiter):
-                self.limiter.settle_now(call.key.id, tpm, delta)
-            else:  # a network call: finish it even if this request is being cancelled
-                await asyncio.shield(self.limiter.settle(call.key.id, tpm, delta))
-        now = time.time()
-        if dep is not None:  # the SLA and the autoscaler judge on the gateway's own measurements
-            gen_s = elapsed - (call.ttft_s or 0.0)
-            tps = call.completion_tokens / gen_s if call.completion_tokens > 1 and gen_s > 0 else None
-            ttft_ms = call.ttft_s * 1000 if call.ttft_s is not None else None
-            if len(self.samples) < self.queue_max:
-                self.samples.append(
-                    Sample(dep.id, now, ttft_ms, tps, call.series[-1].active if call.series else 0)
-                )
-            self.last_request[dep.id] = now
-        self.metrics.finished(
-            call.series,
-            call.status,
-            elapsed,
-            call.ttft_s,
-            call.prompt_tokens,
-            call.completion_tokens,
-            call.cost_usd,
-        )
-        slot = (now // 60 * 60, call.key.id, call.key.org_id, call.model_id, dep.id if dep else None)
-        acc = self.usage.get(slot)
-        if acc is None:
-            if len(self.usage) >= self.queue_max:  # the store is down for long: bounded memory
-                self.dropped += 1
-                return
-            acc = self.usage[slot] = [0, 0, 0, 0, 0.0, 0.0]
-        acc[0] += 1
-        if call.status >= 400 and call.status != CLIENT_CLOSED:
-            acc[1] += 1
-        acc[2] += call.prompt_tokens
-        acc[3] += call.completion_tokens
-        acc[4] += call.cost_usd
-        acc[5] += elapsed * 1000
+        try:
+            if call.lease is not None and dep is not None:
+                await asyncio.shield(self.concurrency.release(dep.id, call.lease))
+            if tpm and delta:
+                if isinstance(self.limiter, MemoryRateLimiter):
+                    self.limiter.settle_now(call.key.id, tpm, delta)
+                else:
+                    await asyncio.shield(self.limiter.settle(call.key.id, tpm, delta))
+        except SharedStateError as exc:
+            log.warning("could not settle a call's limits: %s", exc)
 
     async def flush(self) -> None:
-        """Write what accumulated since the last flush; on failure the usage stays queued (bounded)."""
+        """Write what accumulated since the last flush; usage stays in the journal until the store has it."""
         load = {d: s.active for d, s in self.metrics.deployments.items() if s.active}
         if load or self.reported_load:  # report until every deployment is back at zero once
             await self.db(self.store.report_load, self.process, load, time.time())
@@ -215,17 +262,13 @@ class Accountant:
             touched, self.last_request = self.last_request, {}
             await self.db(self.store.add_samples, samples)
             await self.db(self.store.touch, touched)
-        if not self.usage:
-            return
-        batch, self.usage = self.usage, {}
-        rows = [
-            UsageRow(*k, int(v[0]), int(v[1]), int(v[2]), int(v[3]), v[4], v[5]) for k, v in batch.items()
-        ]
-        try:
-            await self.db(self.store.add_usage, rows)
-        except Exception:
-            for k, v in batch.items():  # keep the counts for the next flush
-                acc = self.usage.setdefault(k, [0, 0, 0, 0, 0.0, 0.0])
-                for i, x in enumerate(v):
-                    acc[i] += x
-            raise
+        if self.journal is not None:
+            self.journal.seal()
+            await self.db(self.journal.apply, self._apply)
+
+    def _apply(self, segment: str, rows: list[UsageRow]) -> bool:
+        return self.store.add_usage(rows, segment=segment)
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from infra.catalog import Catalog
@@ -74,7 +75,10 @@ class DataPlane:
         if config.redis_url:
             import redis.asyncio as aioredis
 
-            self.redis = aioredis.from_url(config.redis_url)
+            # short timeouts: a Redis that hangs answers 503 within a second, it never holds requests
+            self.redis = aioredis.from_url(
+                config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0, retry_on_timeout=False
+            )
             self.limiter, self.concurrency = RedisRateLimiter(self.redis), RedisConcurrency(self.redis)
         plans = Plans(catalog)
         timeouts = Timeouts(config.connect_timeout_s, config.first_byte_timeout_s, config.idle_timeout_s)
@@ -89,7 +93,8 @@ class DataPlane:
             store,
             self.db,
             self.process,
-            config.usage_queue_max,
+            Path(config.journal_dir),
+            config.samples_max,
         )
         self.sync = RouteSync(store, self.db, routes, self.key_cache, config.sync_interval_s)
         self.waker = Waker(store, self.db, routes)
@@ -112,6 +117,7 @@ class DataPlane:
 
     async def startup(self) -> None:
         await asyncio.to_thread(self.sync.load_now)
+        await self.accountant.start()
         await self.upstreams.start()
         self.background += [
             asyncio.create_task(self._flush_forever()),
@@ -121,7 +127,11 @@ class DataPlane:
 
     async def shutdown(self) -> None:
         await cancel(self.background)
-        await self.accountant.flush()
+        try:
+            await self.accountant.flush()
+        except Exception:  # the store is down: usage stays in the journal for the next start
+            log.exception("usage flush at shutdown failed")
+        self.accountant.close()
         await self.upstreams.close()
         self.db.close()
         if self.redis is not None:
@@ -132,7 +142,7 @@ class DataPlane:
             await asyncio.sleep(self.config.usage_flush_s)
             try:
                 await self.accountant.flush()
-            except Exception:  # a store outage must not kill the gateway; rows stay queued (bounded)
+            except Exception:  # a store outage must not kill the gateway; usage stays in the journal
                 log.exception("usage flush failed")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ WATCH_AFTER_S = 0.5
 Scope = dict[str, Any]
 Headers = list[tuple[bytes, bytes]]
 JSON_CT = (b"content-type", b"application/json")
+MAX_JSON_DEPTH = 64  # objects and arrays within each other (tool schemas use about 10)
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Request:
     watcher: asyncio.Task[None] | asyncio.TimerHandle | None = None
     key: KeyRecord | None = None  # set by the authentication middleware on routes that need a key
     calls: list[Any] = field(default_factory=list)  # upstream calls the accounting middleware settles
+    # called before the response's last byte (the accounting middleware journals the calls' usage there)
+    before_last_byte: Callable[[Request], None] | None = None
 
     @property
     def caller(self) -> KeyRecord:
@@ -117,6 +121,12 @@ class Request:
             raise bad_request(f"request body is not valid JSON: {exc.msg} at position {exc.pos}") from None
         if not isinstance(data, dict):
             raise bad_request("request body must be a JSON object")
+        # Bound the nesting (it must survive re-serialization, and upstreams parse it too). Counting brackets
+        # is a memchr-speed scan; only a body with that many brackets is walked.
+        if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and too_deep(data, MAX_JSON_DEPTH):
+            raise bad_request(
+                f"request body is nested more than {MAX_JSON_DEPTH} levels deep", code="too_deep"
+            )
         return data
 
     def _headers(self, content_type: bytes, extra: Headers) -> Headers:
@@ -138,6 +148,8 @@ class Request:
         self.started = True
 
     async def write(self, data: bytes, more: bool = True) -> None:
+        if not more and self.calls and self.before_last_byte is not None:
+            self.before_last_byte(self)
         await self.send({"type": "http.response.body", "body": data, "more_body": more})
         if not more:
             self.finished = True
@@ -172,3 +184,17 @@ def bearer_token(req: Request) -> str | None:
         return token.strip() if scheme.lower() == "bearer" and token.strip() else None
     key = req.headers.get(b"x-api-key")  # the Anthropic SDK's header
     return key.decode("latin-1").strip() if key else None
+
+
+def too_deep(data: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than ``limit`` levels (iterative: no recursion to overflow)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False

@@ -45,7 +45,9 @@ class GatewayConfig:
     key_cache_ttl_s: float = 30.0
     key_cache_size: int = 10_000
     usage_flush_s: float = 1.0
-    usage_queue_max: int = 100_000  # distinct (minute, key, model, deployment) usage slots held in memory
+    # the usage journal (see journal.py): local to this host, tagged with the store it belongs to
+    journal_dir: str = field(default_factory=lambda: str(_data_dir() / "usage-journal"))
+    samples_max: int = 100_000  # deployment samples held in memory while the store is down
     default_max_tokens: int = 512
     metrics_token: str | None = None
     anthropic_version: str = "2023-06-01"
@@ -86,6 +88,7 @@ class GatewayConfig:
             ("routes_file", str),
             ("metrics_token", str),
             ("upload_dir", str),
+            ("journal_dir", str),
             ("max_model_bytes", int),
             ("ssh_key", str),
             ("max_body_bytes", int),
@@ -105,8 +108,11 @@ class GatewayConfig:
             if raw:
                 values[name] = kind(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        database = str(values.get("database", GatewayConfig().database))
+        if "journal_dir" not in values and database != ":memory:" and "://" not in database:
+            values["journal_dir"] = str(Path(database).parent / "usage-journal")  # next to the SQLite file
         if "pepper" not in values:
-            values["pepper"] = load_pepper(str(values.get("database", GatewayConfig().database)))
+            values["pepper"] = load_pepper(database)
         if "metrics_token" not in values:  # /metrics is never anonymous
             values["metrics_token"] = metrics_token(values["pepper"])  # type: ignore[arg-type]
         return GatewayConfig(**values)  # type: ignore[arg-type]

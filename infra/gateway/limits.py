@@ -12,12 +12,42 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from infra.gateway.errors import GatewayError
+
+T = TypeVar("T")
 
 PERIOD_S = 60.0
 MAX_KEYS = 100_000
+RETRY_AFTER_S = 2  # asked of clients while the shared limit store is down
+
+
+class SharedStateError(GatewayError):
+    """The shared limit store (Redis) cannot be reached: the request is refused with 503 and Retry-After,
+    never let through unlimited (fail closed) and never left hanging (the client has short timeouts)."""
+
+    def __init__(self, what: str, exc: BaseException) -> None:
+        super().__init__(
+            503,
+            f"the gateway's shared rate-limit store is unavailable ({what}: {type(exc).__name__}); "
+            f"retry after {RETRY_AFTER_S} seconds",
+            "api_error",
+            code="limits_unavailable",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+
+async def _shared(what: str, call: Awaitable[T]) -> T:
+    """Await a Redis call; its failures (refused, timed out, reset) become a SharedStateError."""
+    import redis.exceptions
+
+    try:
+        return await call
+    except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+        raise SharedStateError(what, exc) from None
 
 
 @dataclass(frozen=True)
@@ -173,9 +203,12 @@ class RedisRateLimiter:
     async def check(self, key: str, rpm: int | None, tpm: int | None, tokens: int) -> Decision | None:
         if rpm is None and tpm is None:
             return None
-        r = await self._check(
-            keys=[f"{self.prefix}:r:{key}", f"{self.prefix}:t:{key}"],
-            args=[rpm or 0, tpm or 0, tokens, PERIOD_S],
+        r = await _shared(
+            "rate check",
+            self._check(
+                keys=[f"{self.prefix}:r:{key}", f"{self.prefix}:t:{key}"],
+                args=[rpm or 0, tpm or 0, tokens, PERIOD_S],
+            ),
         )
         req = None if int(r[1]) < 0 else (bool(int(r[1])), 0.0, int(r[2]), float(r[3]), float(r[4]))
         tok = None if int(r[5]) < 0 else (bool(int(r[5])), 0.0, int(r[6]), float(r[7]), float(r[8]))
@@ -183,7 +216,10 @@ class RedisRateLimiter:
 
     async def settle(self, key: str, tpm: int | None, delta_tokens: int) -> None:
         if tpm and delta_tokens:
-            await self._settle(keys=[f"{self.prefix}:t:{key}"], args=[tpm, delta_tokens, PERIOD_S])
+            await _shared(
+                "token settle",
+                self._settle(keys=[f"{self.prefix}:t:{key}"], args=[tpm, delta_tokens, PERIOD_S]),
+            )
 
 
 class ConcurrencyLimiter(Protocol):
@@ -244,12 +280,15 @@ class RedisConcurrency:
 
     async def acquire(self, name: str, limit: int) -> str | None:
         token = uuid.uuid4().hex
-        ok = await self._acquire(keys=[f"{self.prefix}:{name}"], args=[limit, token, self.max_request_s])
+        ok = await _shared(
+            "concurrency",
+            self._acquire(keys=[f"{self.prefix}:{name}"], args=[limit, token, self.max_request_s]),
+        )
         return token if int(ok) else None
 
     async def release(self, name: str, token: str) -> None:
-        await self.redis.zrem(f"{self.prefix}:{name}", token)
+        await _shared("concurrency release", self.redis.zrem(f"{self.prefix}:{name}", token))
 
     async def in_flight(self, name: str) -> int:
         now = time.time()
-        return int(await self.redis.zcount(f"{self.prefix}:{name}", now, "+inf"))
+        return int(await _shared("concurrency", self.redis.zcount(f"{self.prefix}:{name}", now, "+inf")))

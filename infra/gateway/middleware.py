@@ -127,13 +127,15 @@ class AdmissionControl:
 
 class Accounting:
     """Settles every upstream call the handler began, whatever happened: the error's status, 499 for a client
-    that went away, 500 for a bug."""
+    that went away, 500 for a bug. A call's usage is journaled before the response's last byte leaves, so a
+    response the client received in full is metered even if the process is killed right after."""
 
     def __init__(self, app: App, accountant: Accountant) -> None:
         self.app, self.accountant = app, accountant
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         req = request_of(scope)
+        req.before_last_byte = self.accountant.record_calls
         failed: int | None = None
         try:
             await self.app(scope, receive, send)

@@ -31,6 +31,7 @@ class Router:
         self.static: dict[tuple[str, str], Route] = {}
         self.dynamic: list[tuple[str, re.Pattern[str], Route]] = []
         self.anthropic_paths: set[str] = set()
+        self.templates: list[tuple[str, str, Route]] = []  # (method, path as registered, route): every route
 
     def add(
         self,
@@ -43,6 +44,7 @@ class Router:
         anthropic: bool = False,
     ) -> None:
         route = Route(handler, auth, metered, anthropic)
+        self.templates.append((method, path, route))
         if anthropic:
             self.anthropic_paths.add(path)
         if "{" not in path:

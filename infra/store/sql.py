@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,11 @@ SCHEMA = [
         completion_tokens BIGINT NOT NULL, cost_usd DOUBLE PRECISION NOT NULL,
         latency_ms_sum DOUBLE PRECISION NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS usage_org_minute ON usage (org_id, minute)",
+    # Usage-journal segments already in `usage` (a segment is applied once, in the same transaction).
+    """CREATE TABLE IF NOT EXISTS usage_segments (
+        name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)""",
+    # This store's identity (journal segments name the store they belong to).
+    """CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS uploads (
         id TEXT PRIMARY KEY, org_id TEXT NOT NULL, key_id TEXT NOT NULL, name TEXT NOT NULL,
         deployment_id TEXT NOT NULL, status TEXT NOT NULL, size BIGINT, received BIGINT NOT NULL,
@@ -94,6 +99,7 @@ TABLES = (
     "webhooks",
     "uploads",
     "usage",
+    "usage_segments",
     "grants",
     "org_members",
     "deployments",
@@ -147,6 +153,37 @@ class Database:
                 except BaseException:
                     self._conn.execute("ROLLBACK")
                     raise
+
+    def _atomic(self, body: Callable[[Callable[[str, Sequence[Any]], int]], bool]) -> bool:
+        """Run ``body(execute)`` in one transaction (``execute`` returns the rows a statement changed); the
+        transaction commits when ``body`` returns True, else rolls back."""
+        with self._lock:
+            if self._pg:
+                import psycopg
+
+                done = False
+                with self._conn.transaction() as tx, self._conn.cursor() as cur:
+
+                    def pg(sql: str, params: Sequence[Any]) -> int:
+                        cur.execute(self._sql(sql), tuple(params))
+                        return int(cur.rowcount)
+
+                    done = body(pg)
+                    if not done:
+                        raise psycopg.Rollback(tx)  # swallowed by the transaction block
+                return done
+
+            def lite(sql: str, params: Sequence[Any]) -> int:
+                return int(self._conn.execute(sql, tuple(params)).rowcount)
+
+            self._conn.execute("BEGIN")
+            try:
+                done = body(lite)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT" if done else "ROLLBACK")
+            return done
 
     def close(self) -> None:
         with self._lock:

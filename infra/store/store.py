@@ -327,29 +327,34 @@ class Store(Coordination):
         ]
 
     # -- usage -----------------------------------------------------------------------------------------
-    def add_usage(self, rows: Sequence[UsageRow]) -> None:
-        if rows:
-            self._many(
-                "INSERT INTO usage (minute, key_id, org_id, model_id, deployment_id, requests, errors, "
-                "prompt_tokens, "
-                "completion_tokens, cost_usd, latency_ms_sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.minute,
-                        r.key_id,
-                        r.org_id,
-                        r.model_id,
-                        r.deployment_id,
-                        r.requests,
-                        r.errors,
-                        r.prompt_tokens,
-                        r.completion_tokens,
-                        r.cost_usd,
-                        r.latency_ms_sum,
-                    )
-                    for r in rows
-                ],
-            )
+    _USAGE_INSERT = (
+        "INSERT INTO usage (minute, key_id, org_id, model_id, deployment_id, requests, errors, "
+        "prompt_tokens, completion_tokens, cost_usd, latency_ms_sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+
+    def add_usage(self, rows: Sequence[UsageRow], segment: str | None = None) -> bool:
+        """Add usage rollups; with ``segment`` (a usage-journal file), only once per segment name, in one
+        transaction: False when that segment was applied before."""
+
+        def write(execute: Any) -> bool:
+            if segment is not None and not execute(
+                "INSERT INTO usage_segments (name, applied_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                (segment, time.time()),
+            ):
+                return False
+            for r in rows:
+                execute(self._USAGE_INSERT, _usage_params(r))
+            return True
+
+        return self._atomic(write)
+
+    def store_id(self) -> str:
+        """This store's identity, made on first use (usage-journal segments carry it)."""
+        self._exec(
+            "INSERT INTO meta (name, value) VALUES ('store_id', ?) ON CONFLICT (name) DO NOTHING",
+            (keymod.new_id("store"),),
+        )
+        return str(self._exec("SELECT value FROM meta WHERE name = 'store_id'")[0][0])
 
     def usage_totals(self, org_id: str, since: float = 0.0) -> dict[str, dict[str, float]]:
         rows = self._exec(
@@ -368,3 +373,19 @@ class Store(Coordination):
             }
             for r in rows
         }
+
+
+def _usage_params(r: UsageRow) -> tuple[Any, ...]:
+    return (
+        r.minute,
+        r.key_id,
+        r.org_id,
+        r.model_id,
+        r.deployment_id,
+        r.requests,
+        r.errors,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.cost_usd,
+        r.latency_ms_sum,
+    )

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
 import uvicorn
 
 from infra.catalog import ApiFormat, Catalog
 from infra.compose import build
 from infra.gateway.app import Gateway
 from infra.gateway.config import GatewayConfig
-from infra.gateway.routing import Deployment, RouteTable
+from infra.gateway.routing import Deployment, RouteTable, SshHost
 from infra.records import DeploymentRecord
 from infra.store import Store
 from infra.upstream.target import Target
@@ -220,6 +224,9 @@ def make_gateway(
     config.setdefault(
         "upload_dir", str(tmp / "uploads") if tmp else tempfile.mkdtemp(prefix="agentcloud-uploads-")
     )
+    config.setdefault(
+        "journal_dir", str(tmp / "journal") if tmp else tempfile.mkdtemp(prefix="agentcloud-journal-")
+    )
     for dep in routes.deployments.values():
         store.save_deployment(record_of(dep))
     cfg = GatewayConfig(database=":memory:", pepper=PEPPER, usage_flush_s=0.05, **config)
@@ -233,3 +240,125 @@ def make_gateway(
         stacks_dir=stacks_dir
         or (tmp / "stacks" if tmp else Path(tempfile.mkdtemp(prefix="agentcloud-stacks-"))),
     )
+
+
+ROOT = Path(__file__).resolve().parents[2]
+API = "/api/v1/public"
+
+
+@dataclass
+class GatewayProcess:
+    """A gateway in its own process: its URL and the process (a test may kill it)."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+@contextmanager
+def gateway_process(
+    plane: str, env: dict[str, str], logs: Path, args: tuple[str, ...] = ()
+) -> Iterator[GatewayProcess]:
+    """`agentcloud gateway serve --plane PLANE` in its own process, once /health answers."""
+    port = free_port()
+    log_path = logs / f"{plane}-{port}.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "gateway", "serve", "--plane", plane, "--port", str(port), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return requests.get(f"{url}/health", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return proc.poll() is not None  # died: stop waiting, fail below
+
+    try:
+        assert wait_for(up, 30) and proc.poll() is None, log_path.read_text()[-3000:]
+        yield GatewayProcess(url, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+@dataclass
+class World:
+    """The gateway under test and what the matrix acts on: org_a's dep_a (registered by hand), dep_m (made
+    through the API: it has a stack) and dep_u (a bring-your-own-model deployment with a droplet to deliver
+    to); org_b's dep_b."""
+
+    r: Running
+    keys: Keys
+    tokens: dict[str, str]
+    dep_m: str
+    names: Iterator[int] = field(default_factory=lambda: itertools.count())
+
+    def call(self, method: str, path: str, token: str | None, **kw: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        headers.update(kw.pop("headers", {}))
+        return requests.request(method, self.r.url + path, headers=headers, timeout=15, **kw)
+
+    def admin(self, method: str, path: str, **kw: Any) -> requests.Response:
+        return self.call(method, path, self.keys.admin, **kw)
+
+    def settled(self) -> None:
+        """Wait until dep_m has no stack operation running (the next operation would get 409)."""
+        assert wait_for(lambda: self.admin("GET", f"{API}/deployments/{self.dep_m}").json()["job"] is None)
+
+    def upload(self) -> str:
+        made = self.admin(
+            "POST",
+            f"{API}/models/uploads",
+            json={"name": f"m{next(self.names)}", "deployment_id": "dep_u", "size": 64},
+        )
+        assert made.status_code == 201, made.text
+        return str(made.json()["id"])
+
+
+@contextmanager
+def world_of(catalog: Catalog, tmp: Path) -> Iterator[World]:
+    """A gateway with both planes and every kind of object to act on (see World)."""
+    from tests.gateway.fake_upstream import fake_upstream
+    from tests.gateway.stand_in_ops import SPEC, FakeOps
+
+    stacks = tmp / "stacks"
+    stacks.mkdir()
+    store = Store(":memory:")
+    keys = seed(store, requests_per_minute=1_000_000)  # access, not limits
+    _, admin_b = store.create_key(PEPPER, "org_b", "admin_b", "professional", "admin")
+    byom = Deployment(
+        "dep_u",
+        "org_a",
+        "dep_u",
+        "byom:none",
+        (),
+        gpu_type="l40s",
+        hosts=(SshHost("127.0.0.1", "ssh-ed25519 AAAA", 22),),
+    )
+    store.save_deployment(record_of(byom))
+    with fake_upstream() as up:
+        ops = FakeOps(int(up.base_url.split(":")[2].split("/")[0]), stacks)
+        gateway = make_gateway(catalog, store, routes_for(up.base_url), tmp, stack_ops=ops, stacks_dir=stacks)
+        with running(gateway) as r:
+            tokens = {f.name: getattr(keys, f.name) for f in dataclasses.fields(keys) if f.name != "ids"}
+            tokens["admin_b"] = admin_b
+            made = requests.post(
+                f"{r.url}{API}/deployments",
+                json=SPEC,
+                headers={"Authorization": f"Bearer {keys.admin}"},
+                timeout=15,
+            )
+            assert made.status_code == 202, made.text
+            w = World(r, keys, tokens, made.json()["id"])
+            w.settled()
+            yield w
+    store.close()

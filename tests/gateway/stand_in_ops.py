@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,42 @@ def outputs_for(cfg: dict[str, Any], engine_port: int, host_public_key: str | No
     if host_public_key:
         out["host_public_key"] = host_public_key
     return out
+
+
+SPEC: dict[str, Any] = {
+    "name": "api-8b",
+    "model_id": "llama-3.1-8b-instruct",
+    "gpu_type": "h100",
+    "region": "tor1",
+    "replicas": 1,
+    "preset": "speed",
+}
+
+
+class FakeOps:
+    """Answers like a stack: one endpoint per replica in the stack file, all at the fake upstream."""
+
+    def __init__(self, port: int, stacks: Path) -> None:
+        self.port, self.stacks = port, stacks
+        self.calls: list[tuple[str, str, Any]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def up(self, stack: str, progress: Any) -> dict[str, Any]:
+        progress(f"Updating ({stack})")
+        self.gate.wait(10)
+        cfg = stack_deployment(self.stacks, stack)
+        self.calls.append(("up", stack, cfg.get("replicas", 1)))
+        return outputs_for(cfg, self.port, "ssh-ed25519 AAAA")
+
+    def refresh(self, stack: str, progress: Any) -> dict[str, Any]:
+        return self.up(stack, progress)
+
+    def destroy(self, stack: str, keep_model_cache: bool, progress: Any) -> None:
+        self.calls.append(("destroy", stack, keep_model_cache))
+
+    def preflight(self) -> None:
+        return None  # a stand-in cloud needs no CLI and no token
 
 
 class StandInOps:

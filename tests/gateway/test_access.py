@@ -7,111 +7,322 @@ membership in -> 404, exactly like one that does not exist; same org or a member
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import requests
 
 from infra.catalog import Catalog
+from infra.control.uploads import OFFSET_CT
 from infra.store import Store
 from infra.store import keys as keymod
-from tests.gateway.fake_upstream import fake_upstream
-from tests.gateway.harness import CHAT_MODEL, Keys, Running, make_gateway, routes_for, running, seed
+from tests.gateway.harness import (
+    CHAT_MODEL,
+    Keys,
+    World,
+    world_of,
+)
+from tests.gateway.stand_in_ops import SPEC
 
 API = "/api/v1/public"
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
-ROUTES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
-    "public-free": ("POST", f"{API}/chat/completions", CHAT),
-    "public-basic": ("POST", f"{API}/chat/completions", {**CHAT, "model": "gemma-3-27b-it"}),
-    "dep_a": ("POST", f"{API}/deployments/dep_a/chat/completions", CHAT),
-    "dep_b": ("POST", f"{API}/deployments/dep_b/chat/completions", CHAT),
-    "dep_missing": ("POST", f"{API}/deployments/dep_nope/chat/completions", CHAT),
-    "org_a/dep_a": ("POST", f"{API}/orgs/org_a/deployments/dep_a/chat/completions", CHAT),
-    "org_b/dep_b": ("POST", f"{API}/orgs/org_b/deployments/dep_b/chat/completions", CHAT),
-    "org_a/dep_b": ("POST", f"{API}/orgs/org_a/deployments/dep_b/chat/completions", CHAT),
-    "grant dep_a": ("POST", f"{API}/deployments/dep_a/permissions", None),
-    "metrics dep_a": ("GET", f"{API}/deployments/dep_a/metrics", None),
-}
-KEYS = ["admin", "standard", "basic", "scoped", "scoped_other", "other_org", "member", "member_read_only"]
+KEYS = [
+    "admin",
+    "standard",
+    "basic",
+    "scoped",
+    "scoped_other",
+    "other_org",
+    "member",
+    "member_read_only",
+    "admin_b",
+]
 BAD_KEYS = ["revoked", "expired", "malformed", "unknown", "missing"]
-# Expected status per route, for the keys in KEYS order.
-EXPECTED = {
-    "public-free": [200, 200, 200, 403, 403, 200, 200, 200],
-    "public-basic": [200, 403, 200, 403, 403, 200, 403, 403],
-    "dep_a": [200, 200, 200, 200, 403, 404, 200, 403],
-    "dep_b": [404, 404, 404, 404, 404, 200, 200, 200],
-    "dep_missing": [404, 404, 404, 404, 404, 404, 404, 404],
-    "org_a/dep_a": [200, 200, 200, 200, 403, 404, 200, 403],
-    "org_b/dep_b": [404, 404, 404, 404, 404, 200, 200, 200],
-    "org_a/dep_b": [404, 404, 404, 404, 404, 404, 404, 404],
-    "grant dep_a": [201, 403, 403, 403, 403, 404, 403, 403],
-    "metrics dep_a": [200, 200, 200, 200, 403, 404, 200, 200],
-}
+UNAUTHENTICATED = {("GET", "/health"), ("GET", "/metrics")}  # /metrics has its own token (test_tenancy)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One route of the router, called by every key: ``path`` and ``kw`` (request arguments) may be built per
+    call; ``expected`` holds the designed status for each key of KEYS, in order."""
+
+    method: str
+    template: str
+    expected: tuple[int, ...]
+    path: Callable[[World], str] | str | None = None
+    kw: Callable[[World], dict[str, Any]] | None = None
+
+
+def _spec(w: World) -> dict[str, Any]:
+    return {"json": {**SPEC, "name": f"matrix-{next(w.names)}"}}
+
+
+def _grant(w: World) -> dict[str, Any]:
+    return {"json": {"api_key_id": w.keys.ids["expired"], "role": "inference"}}
+
+
+def _granted(w: World) -> str:
+    w.admin("POST", f"{API}/deployments/{w.dep_m}/permissions", json=_grant(w)["json"])
+    return f"{API}/deployments/{w.dep_m}/permissions/{w.keys.ids['expired']}"
+
+
+def _dep_m(suffix: str = "") -> Callable[[World], str]:
+    return lambda w: f"{API}/deployments/{w.dep_m}{suffix}"
+
+
+def _audio(w: World) -> dict[str, Any]:
+    return {
+        "files": {"file": ("a.mp3", b"\x00" * 64, "audio/mpeg")},
+        "data": {"model": "whisper-large-v3-turbo"},
+    }
+
+
+def _bytes(w: World) -> dict[str, Any]:
+    return {"data": b"\x00" * 16, "headers": {"Content-Type": OFFSET_CT, "Upload-Offset": "0"}}
+
+
+def _not_gguf(w: World) -> dict[str, Any]:
+    return {
+        "data": {"deployment_id": "dep_u", "name": f"mp{next(w.names)}"},
+        "files": {"file": ("x.gguf", b"nope")},
+    }
+
+
+CHAT_ALL = (200, 200, 200, 403, 403, 200, 200, 200, 200)  # scoped keys call only their grants
+BASIC_TIER = (200, 403, 200, 403, 403, 200, 403, 403, 200)  # and free-plan keys no basic-tier model
+PRO_TIER = (200, 403, 403, 403, 403, 200, 403, 403, 200)
+READ_M = (200, 200, 200, 403, 403, 404, 200, 200, 404)  # org_a's keys and members read; others: 404
+MANAGE_M = (403, 403, 403, 403, 403, 404, 403, 403, 404)  # the admin's answer is set per row
+EVERYONE = (200,) * 9
+
+
+def _manage(admin: int) -> tuple[int, ...]:
+    return (admin, *MANAGE_M[1:])
+
+
+MESSAGES = {"model": CHAT_MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+ROWS = [
+    # -- inference -------------------------------------------------------------------------------------
+    Row("POST", "/v1/chat/completions", CHAT_ALL, kw=lambda w: {"json": CHAT}),
+    Row("POST", f"{API}/chat/completions", CHAT_ALL, kw=lambda w: {"json": CHAT}),
+    Row("POST", "/v1/messages", CHAT_ALL, kw=lambda w: {"json": MESSAGES}),
+    Row("POST", f"{API}/messages", CHAT_ALL, kw=lambda w: {"json": MESSAGES}),
+    Row("POST", "/v1/embeddings", BASIC_TIER, kw=lambda w: {"json": {"model": "bge-m3", "input": "x"}}),
+    Row(
+        "POST",
+        f"{API}/embeddings/generate",
+        BASIC_TIER,
+        kw=lambda w: {"json": {"model": "bge-m3", "input": "x"}},
+    ),
+    Row(
+        "POST",
+        "/v1/rerank",
+        BASIC_TIER,
+        kw=lambda w: {"json": {"model": "bge-reranker-v2-m3", "query": "q", "documents": ["a"]}},
+    ),
+    Row(
+        "POST",
+        f"{API}/rerank",
+        BASIC_TIER,
+        kw=lambda w: {"json": {"model": "bge-reranker-v2-m3", "query": "q", "documents": ["a"]}},
+    ),
+    Row("POST", "/v1/audio/transcriptions", BASIC_TIER, kw=_audio),
+    Row("POST", f"{API}/audio/transcriptions", BASIC_TIER, kw=_audio),
+    Row(
+        "POST",
+        f"{API}/audio/tts",
+        PRO_TIER,
+        kw=lambda w: {"json": {"model": "minimax-speech-02-hd", "input": "x"}},
+    ),
+    Row(
+        "POST",
+        f"{API}/deployments/{{deployment_id}}/chat/completions",
+        (200, 200, 200, 200, 403, 404, 200, 403, 404),
+        f"{API}/deployments/dep_a/chat/completions",
+        lambda w: {"json": CHAT},
+    ),
+    Row(
+        "POST",
+        f"{API}/deployments/{{deployment_id}}/chat/completions",
+        (404, 404, 404, 404, 404, 200, 200, 200, 200),
+        f"{API}/deployments/dep_b/chat/completions",
+        lambda w: {"json": CHAT},
+    ),
+    Row(
+        "POST",
+        f"{API}/orgs/{{org_id}}/deployments/{{deployment_id}}/chat/completions",
+        (200, 200, 200, 200, 403, 404, 200, 403, 404),
+        f"{API}/orgs/org_a/deployments/dep_a/chat/completions",
+        lambda w: {"json": CHAT},
+    ),
+    Row(
+        "POST",
+        f"{API}/orgs/{{org_id}}/deployments/{{deployment_id}}/chat/completions",
+        (404,) * 9,  # dep_b is not org_a's: as if it did not exist
+        f"{API}/orgs/org_a/deployments/dep_b/chat/completions",
+        lambda w: {"json": CHAT},
+    ),
+    # -- catalog and metrics ---------------------------------------------------------------------------
+    Row("GET", f"{API}/models", EVERYONE),
+    Row("GET", f"{API}/models/available", EVERYONE),
+    Row("GET", "/v1/models", EVERYONE),
+    Row("GET", f"{API}/inference/metrics", EVERYONE),  # each sees its own org's series only
+    Row(
+        "GET",
+        f"{API}/deployments/{{deployment_id}}/metrics",
+        (200, 200, 200, 200, 403, 404, 200, 200, 404),
+        f"{API}/deployments/dep_a/metrics",
+    ),
+    # -- deployments -----------------------------------------------------------------------------------
+    Row("POST", f"{API}/deployments", (202, 403, 403, 403, 403, 403, 403, 403, 202), kw=_spec),
+    Row("GET", f"{API}/deployments", EVERYONE),
+    Row("GET", f"{API}/deployments/{{deployment_id}}", READ_M, _dep_m()),
+    Row(
+        "GET",
+        f"{API}/deployments/{{deployment_id}}",
+        (404, 404, 404, 404, 404, 200, 200, 200, 200),
+        f"{API}/deployments/dep_b",
+    ),
+    Row("GET", f"{API}/deployments/{{deployment_id}}/sla", READ_M, _dep_m("/sla")),
+    Row(
+        "PATCH",
+        f"{API}/deployments/{{deployment_id}}/scaling",
+        _manage(202),
+        _dep_m("/scaling"),
+        lambda w: {"json": {"min_replicas": 1, "max_replicas": 2}},
+    ),
+    Row("POST", f"{API}/deployments/{{deployment_id}}/refresh", _manage(202), _dep_m("/refresh")),
+    Row(
+        "PATCH",
+        f"{API}/deployments/{{deployment_id}}/sla",
+        _manage(200),
+        _dep_m("/sla"),
+        lambda w: {"json": {"ttft_target_ms": 2000}},
+    ),
+    Row(
+        "PATCH",
+        f"{API}/deployments/{{deployment_id}}/routing",
+        _manage(200),
+        _dep_m("/routing"),
+        lambda w: {"json": {"routing": "least_load"}},
+    ),
+    Row(
+        "POST",
+        f"{API}/deployments/{{deployment_id}}/permissions",
+        _manage(201),
+        _dep_m("/permissions"),
+        _grant,
+    ),
+    Row("DELETE", f"{API}/deployments/{{deployment_id}}/permissions/{{api_key_id}}", _manage(200), _granted),
+    Row(
+        "POST",
+        f"{API}/deployments/{{deployment_id}}/webhooks",
+        _manage(201),
+        _dep_m("/webhooks"),
+        lambda w: {"json": {"url": "https://93.184.216.34/hook"}},
+    ),
+    # -- uploads (for dep_u, org_a's): the right to manage the deployment -------------------------------
+    Row(
+        "POST",
+        f"{API}/models/uploads",
+        _manage(201),
+        kw=lambda w: {"json": {"name": f"u{next(w.names)}", "deployment_id": "dep_u", "size": 64}},
+    ),
+    # authorized before its body is read: a key that manages nothing anywhere is 403 at once; then the file
+    # (and the deployment, named in the body) are checked
+    Row("POST", f"{API}/models/upload", (422, 403, 403, 403, 403, 403, 403, 403, 404), kw=_not_gguf),
+    Row(
+        "PATCH",
+        f"{API}/models/uploads/{{upload_id}}",
+        _manage(204),
+        lambda w: f"{API}/models/uploads/{w.upload()}",
+        _bytes,
+    ),
+    Row(
+        "GET",
+        f"{API}/models/uploads/{{upload_id}}",
+        _manage(200),
+        lambda w: f"{API}/models/uploads/{w.upload()}",
+    ),
+    Row(
+        "HEAD",
+        f"{API}/models/uploads/{{upload_id}}",
+        _manage(200),
+        lambda w: f"{API}/models/uploads/{w.upload()}",
+    ),
+    Row(
+        "DELETE",
+        f"{API}/models/uploads/{{upload_id}}",
+        _manage(200),
+        lambda w: f"{API}/models/uploads/{w.upload()}",
+    ),
+    # last: it ends dep_m
+    Row("DELETE", f"{API}/deployments/{{deployment_id}}", _manage(202), _dep_m()),
+]
 
 
 @pytest.fixture(scope="module")
-def matrix_gateway(catalog: Catalog) -> Iterator[tuple[Running, Keys]]:
-    store = Store(":memory:")
-    keys = seed(store, requests_per_minute=10_000)  # this file is about access, not limits
-    with fake_upstream() as up, running(make_gateway(catalog, store, routes_for(up.base_url))) as r:
-        yield r, keys
-    store.close()
+def world(catalog: Catalog, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with world_of(catalog, tmp_path_factory.mktemp("matrix")) as w:
+        yield w
 
 
-def _call(r: Running, route: str, token: str | None, keys: Keys) -> int:
-    method, path, body = ROUTES[route]
-    if route == "grant dep_a":  # a key used nowhere else in the matrix, so the grant changes no other answer
-        body = {"api_key_id": keys.ids["expired"], "role": "inference"}
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    resp = requests.request(method, r.url + path, json=body, headers=headers, timeout=10)
-    body_json = resp.json()
-    assert "error" in body_json or resp.status_code < 300, body_json
-    return resp.status_code
+def test_every_route_is_in_the_matrix(world: World) -> None:
+    routes = {(m, t) for m, t, _ in world.r.gateway.router.templates}
+    covered = {(row.method, row.template) for row in ROWS}
+    assert routes - UNAUTHENTICATED == covered, (routes - UNAUTHENTICATED) ^ covered
 
 
-def test_matrix(matrix_gateway: tuple[Running, Keys]) -> None:
-    r, keys = matrix_gateway
+def test_matrix(world: World) -> None:
+    """Every route x every key kind x own and other org: exactly as designed, never a 5xx."""
     wrong: list[str] = []
-    for route, expected in EXPECTED.items():
-        for name, want in zip(KEYS, expected, strict=True):
-            got = _call(r, route, getattr(keys, name), keys)
-            if got != want:
-                wrong.append(f"{name} on {route}: {got}, designed {want}")
+    for row in ROWS:
+        for name, want in zip(KEYS, row.expected, strict=True):
+            path = row.path(world) if callable(row.path) else row.path or row.template
+            kw = row.kw(world) if row.kw else {}
+            resp = world.call(row.method, path, world.tokens[name], **kw)
+            if resp.status_code != want:
+                wrong.append(
+                    f"{name} {row.method} {path}: {resp.status_code} {resp.text[:120]}, designed {want}"
+                )
+            elif resp.status_code >= 400 and row.method != "HEAD":
+                assert "error" in resp.json(), resp.text
+            world.settled()
     assert not wrong, "\n".join(wrong)
 
 
-def test_bad_keys_get_401_everywhere(matrix_gateway: tuple[Running, Keys]) -> None:
-    r, keys = matrix_gateway
+def test_bad_keys_get_401_everywhere(world: World) -> None:
     tokens = {
-        "revoked": keys.revoked,
-        "expired": keys.expired,
+        "revoked": world.keys.revoked,
+        "expired": world.keys.expired,
         "malformed": "ak_live_short",
         "unknown": keymod.generate(),
         "missing": None,
     }
-    for route in ROUTES:
+    for row in ROWS:
+        path = row.path(world) if callable(row.path) else row.path or row.template
         for name in BAD_KEYS:
-            assert _call(r, route, tokens[name], keys) == 401, f"{name} on {route}"
+            assert world.call(row.method, path, tokens[name]).status_code == 401, (
+                f"{name} on {row.method} {path}"
+            )
 
 
-def test_grant_then_revoke_takes_effect(matrix_gateway: tuple[Running, Keys]) -> None:
-    r, keys = matrix_gateway
-    admin = {"Authorization": f"Bearer {keys.admin}"}
-    url = f"{r.url}{API}/deployments/dep_a"
-    assert (
-        requests.post(
-            f"{url}/permissions", json={"api_key_id": keys.ids["scoped_other"]}, headers=admin
-        ).status_code
-        == 201
-    )
-    assert _call(r, "dep_a", keys.scoped_other, keys) == 200
-    assert requests.delete(f"{url}/permissions/{keys.ids['scoped_other']}", headers=admin).status_code == 200
-    assert _call(r, "dep_a", keys.scoped_other, keys) == 403
-    assert requests.delete(f"{url}/permissions/{keys.ids['scoped_other']}", headers=admin).status_code == 404
-    bad = requests.post(f"{url}/permissions", json={"api_key_id": "key_nope"}, headers=admin)
+def test_grant_then_revoke_takes_effect(world: World) -> None:
+    keys, url = world.keys, f"{API}/deployments/dep_a"
+    other = keys.ids["scoped_other"]
+
+    def chat() -> int:
+        return world.call("POST", f"{url}/chat/completions", keys.scoped_other, json=CHAT).status_code
+
+    assert world.admin("POST", f"{url}/permissions", json={"api_key_id": other}).status_code == 201
+    assert chat() == 200
+    assert world.admin("DELETE", f"{url}/permissions/{other}").status_code == 200
+    assert chat() == 403
+    assert world.admin("DELETE", f"{url}/permissions/{other}").status_code == 404
+    bad = world.admin("POST", f"{url}/permissions", json={"api_key_id": "key_nope"})
     assert bad.status_code == 404 and bad.json()["error"]["code"] == "api_key_not_found"
-    assert requests.post(f"{url}/permissions", json={"api_key_id": 5}, headers=admin).status_code == 400
+    assert world.admin("POST", f"{url}/permissions", json={"api_key_id": 5}).status_code == 400
 
 
 def test_keys_are_stored_only_as_hashes(store: Store, keys: Keys) -> None:

@@ -20,7 +20,16 @@ from infra.gateway.limits import MemoryConcurrency, MemoryRateLimiter, RedisConc
 from infra.store import Store
 from tests.gateway.conftest import assert_counters_released
 from tests.gateway.fake_upstream import FakeUpstream
-from tests.gateway.harness import CHAT_MODEL, PEPPER, Keys, Running, make_gateway, routes_for, running
+from tests.gateway.harness import (
+    CHAT_MODEL,
+    PEPPER,
+    Keys,
+    Running,
+    make_gateway,
+    routes_for,
+    running,
+    wait_for,
+)
 from tests.sshd import free_port
 
 CHAT: dict[str, Any] = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -189,3 +198,46 @@ def test_limits_exact_across_two_gateway_processes(
     assert statuses.count(200) == 10, f"the plan allows 10/min across all gateways, got {statuses.count(200)}"
     assert statuses.count(429) == 20
     assert upstream.stats.requests == 10
+
+
+def test_redis_down_answers_503_and_every_gauge_settles(
+    catalog: Catalog, store: Store, keys: Keys, upstream: FakeUpstream
+) -> None:
+    """Redis stops while streams are in flight: they finish, every gauge returns to 0, new requests get 503
+    with Retry-After quickly (not a 500, not a hang, not unlimited), and Redis coming back heals it."""
+    from tests.services import redis_process
+
+    slow = {**CHAT, "stream": True, "messages": [{"role": "user", "content": "[[chunks=8]] [[gap=0.1]]"}]}
+    path = "/api/v1/public/deployments/dep_a/chat/completions"
+    with redis_process() as (url, redis_proc):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        gateway = make_gateway(
+            catalog, store, routes_for(upstream.base_url, concurrency_limit=8), redis_url=url
+        )
+        assert isinstance(gateway.concurrency, RedisConcurrency)
+        with running(gateway) as r:
+            assert _post(r, keys.admin, CHAT, path).status_code == 200
+            streams: list[int] = []
+            threads = [
+                threading.Thread(target=lambda: streams.append(_post(r, keys.admin, slow, path).status_code))
+                for _ in range(4)
+            ]
+            for t in threads:
+                t.start()
+            assert wait_for(lambda: upstream.stats.active == 4, 5)
+            redis_proc.kill()
+            redis_proc.wait(5)
+            for t in threads:
+                t.join(10)
+            assert streams == [200] * 4, "streams in flight finish without Redis"
+            started = time.monotonic()
+            for key, body in ((keys.admin, CHAT), (keys.standard, CHAT)):  # concurrency / requests-per-minute
+                down = _post(r, key, body, path if key == keys.admin else "/v1/chat/completions")
+                assert down.status_code == 503, down.text
+                assert down.json()["error"]["code"] == "limits_unavailable"
+                assert int(down.headers["Retry-After"]) >= 1
+            assert time.monotonic() - started < 5, "a Redis that is down must not hold requests"
+            assert_counters_released(r)
+            with redis_process(port):
+                assert wait_for(lambda: _post(r, keys.admin, CHAT, path).status_code == 200, 10)
+            assert_counters_released(r)

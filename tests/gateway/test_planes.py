@@ -7,12 +7,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,7 @@ from infra.cli import main
 from infra.gateway.routing import RouteTable
 from infra.store import Store
 from tests.gateway.fake_upstream import FakeUpstream
-from tests.gateway.harness import PEPPER, Keys, make_gateway, running, seed, wait_for
-from tests.sshd import free_port
+from tests.gateway.harness import PEPPER, Keys, gateway_process, make_gateway, running, seed, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 API = "/api/v1/public/deployments"
@@ -37,39 +34,6 @@ SPEC = {
     "replicas": 1,
     "preset": "speed",
 }
-
-
-@contextmanager
-def gateway_process(plane: str, env: dict[str, str], logs: Path) -> Iterator[str]:
-    """`agentcloud gateway serve --plane PLANE` in its own process; yields its URL once /health answers."""
-    port = free_port()
-    log = (logs / f"{plane}-{port}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "infra.cli", "gateway", "serve", "--plane", plane, "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return requests.get(f"{url}/health", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return proc.poll() is not None  # died: stop waiting, fail below
-
-    try:
-        assert wait_for(up, 30) and proc.poll() is None, (logs / f"{plane}-{port}.log").read_text()[-3000:]
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
 
 
 @pytest.fixture
@@ -95,7 +59,7 @@ def cluster(tmp_path: Path, pg_url: str, redis_url: str, upstream: FakeUpstream)
     }
     with ExitStack() as stack:
         urls = {
-            name: stack.enter_context(gateway_process(plane, env, logs))
+            name: stack.enter_context(gateway_process(plane, env, logs)).url
             for name, plane in (
                 ("data1", "data"),
                 ("data2", "data"),

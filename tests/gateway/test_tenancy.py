@@ -27,7 +27,7 @@ from tests.gateway.harness import (
     running,
     wait_for,
 )
-from tests.gateway.test_deployments_api import SPEC, FakeOps
+from tests.gateway.stand_in_ops import SPEC, FakeOps
 
 API = "/api/v1/public/deployments"
 GIT_STACK = "# the gateway's own stack, reviewed in git\nconfig:\n  agent-cloud:gateway:\n    replicas: 2\n"

@@ -1,0 +1,193 @@
+"""The usage journal: every metered call is appended to a local file before its response's last byte is sent,
+so usage survives a `kill -9` of the gateway.
+
+One line per call (a JSON array) in a segment file of this process. Once a second the accountant seals the
+current segment and writes it to the store as per-minute rollups, in one transaction with the segment's name
+(the store keeps the names it applied: a segment is never counted twice), then deletes it. A process that was
+killed leaves its segments behind; any process journaling into the same folder for the same store applies
+them at its next flush (`flock` tells a live process's segment from a dead one's: the kernel drops the lock
+with the process).
+
+The cost on the hot path is one `write(2)` of about 150 bytes per request to the page cache (no fsync: a
+killed process loses nothing written; a machine that loses power loses at most what the kernel had not yet
+written back). Measured on the gateway benchmark: docs/gateway.md."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from infra.store import UsageRow
+
+log = logging.getLogger("agentcloud.gateway")
+
+PREFIX, SUFFIX = "usage-", ".jsonl"
+
+
+@dataclass
+class Segment:
+    """One journal file, locked by this process while it is open."""
+
+    path: Path
+    fd: int
+    lines: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class UsageJournal:
+    """Append-only usage files in ``folder``, tagged with the store they belong to."""
+
+    def __init__(self, folder: Path, store_id: str, process: str) -> None:
+        self.folder, self.store_id, self.process = folder, store_id, process
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.current: Segment | None = None
+        self.sealed: Segment | None = None  # written to the store at the next flush
+        self._seq = 0
+
+    # -- the hot path (event loop) ---------------------------------------------------------------------
+    def append(self, entry: list[object]) -> None:
+        segment = self.current or self._open()
+        os.write(segment.fd, orjson.dumps(entry) + b"\n")
+        segment.lines += 1
+
+    def _open(self) -> Segment:
+        self._seq += 1
+        path = self.folder / f"{PREFIX}{self.process}-{self._seq:08d}{SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        header = {"store": self.store_id, "process": self.process, "created": time.time()}
+        os.write(fd, orjson.dumps(header) + b"\n")
+        self.current = Segment(path, fd)
+        return self.current
+
+    def seal(self) -> None:
+        """Hand the current segment to the next flush, unless the last one is not in the store yet (then the
+        current one keeps growing: at most two files per process whatever the store's outage)."""
+        if self.sealed is None and self.current is not None and self.current.lines:
+            self.sealed, self.current = self.current, None
+
+    # -- the flush (a store thread) ----------------------------------------------------------------------
+    def apply(self, write: Callable[[str, list[UsageRow]], bool]) -> int:
+        """Write the sealed segment and any segment a dead process left for this store, with
+        ``write(segment name, rows)`` (idempotent per name); returns the number of calls applied."""
+        applied = 0
+        if self.sealed is not None:
+            applied += self._apply(self.sealed, write)
+            self.sealed = None
+        for path in sorted(self.folder.glob(f"{PREFIX}*{SUFFIX}")):
+            if path.name.startswith(f"{PREFIX}{self.process}-"):
+                continue
+            orphan = self._take(path)
+            if orphan is not None:
+                try:
+                    applied += self._apply(orphan, write)
+                    log.warning("usage journal: applied %s, left by a process that stopped", path.name)
+                finally:
+                    orphan.close()
+        return applied
+
+    def _apply(self, segment: Segment, write: Callable[[str, list[UsageRow]], bool]) -> int:
+        calls, rows = read_segment(segment.path)
+        write(segment.name, rows)  # raises while the store is down: the segment stays sealed
+        segment.path.unlink(missing_ok=True)
+        segment.close()
+        return calls
+
+    def _take(self, path: Path) -> Segment | None:
+        """Lock a segment whose writer is gone and that belongs to this store, else None."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its process is alive
+            os.close(fd)
+            return None
+        segment = Segment(path, fd)
+        if os.fstat(fd).st_nlink == 0 or _store_of(path) != self.store_id:
+            segment.close()  # applied by another process meanwhile, or another store's
+            return None
+        return segment
+
+    def close(self) -> None:
+        for segment in (self.current, self.sealed):
+            if segment is not None:
+                segment.close()
+        self.current = self.sealed = None
+
+
+def entry(
+    minute: float,
+    key_id: str,
+    org_id: str,
+    model_id: str,
+    deployment_id: str | None,
+    error: bool,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_usd: float,
+    latency_ms: float,
+) -> list[object]:
+    """One call as a journal line."""
+    return [
+        minute,
+        key_id,
+        org_id,
+        model_id,
+        deployment_id,
+        int(error),
+        prompt_tokens,
+        completion_tokens,
+        cost_usd,
+        round(latency_ms, 3),
+    ]
+
+
+def _store_of(path: Path) -> str | None:
+    with path.open("rb") as f:
+        try:
+            header = orjson.loads(f.readline())
+        except orjson.JSONDecodeError:
+            return None
+    return header.get("store") if isinstance(header, dict) else None
+
+
+def read_segment(path: Path) -> tuple[int, list[UsageRow]]:
+    """(calls, per-minute rollups) of one segment; a torn last line (killed mid-write) is skipped."""
+    totals: dict[tuple[float, str, str, str, str | None], list[float]] = {}
+    calls = 0
+    with path.open("rb") as f:
+        f.readline()  # the header
+        for line in f:
+            try:
+                minute, key_id, org_id, model_id, dep, error, prompt, completion, cost, latency = (
+                    orjson.loads(line)
+                )
+            except (orjson.JSONDecodeError, ValueError, TypeError):
+                continue
+            acc = totals.setdefault((minute, key_id, org_id, model_id, dep), [0, 0, 0, 0, 0.0, 0.0])
+            acc[0] += 1
+            acc[1] += error
+            acc[2] += prompt
+            acc[3] += completion
+            acc[4] += cost
+            acc[5] += latency
+            calls += 1
+    rows = [UsageRow(*k, int(v[0]), int(v[1]), int(v[2]), int(v[3]), v[4], v[5]) for k, v in totals.items()]
+    return calls, rows
