@@ -2,12 +2,20 @@
 crafted headers, so every count, length and size read here is checked against a limit before it is used).
 
 Reads the magic, version, metadata and tensor table; never loads tensor data. Checks that every tensor lies
-inside the file (a truncated upload is refused). Pure: give it a binary file object and its size.
+inside the file (a truncated upload is refused). `read_gguf` is pure (a binary file object and its size);
+`read_gguf_bounded` runs it in a child process bounded in time and memory, for uploads.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import os
+import resource
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -249,8 +257,11 @@ def _value(r: _Reader, kind: int, key: str, depth: int = 0) -> Any:
             fmt, size = _SCALARS[item_kind]
             r.read(size * count, key)  # long numeric arrays (token scores, types) are skipped, not kept
             return count
-        items = [_value(r, item_kind, key, depth + 1) for _ in range(count)]
-        return items if count <= 64 else count
+        if count > 64:  # read through, keep nothing: memory stays flat whatever the count
+            for _ in range(count):
+                _value(r, item_kind, key, depth + 1)
+            return count
+        return [_value(r, item_kind, key, depth + 1) for _ in range(count)]
     raise GGUFError(f"{key}: unknown value type {kind}")
 
 
@@ -339,7 +350,61 @@ def read_gguf(f: IO[bytes], file_size: int, progress: Callable[[int], None] | No
 
 
 def read_gguf_path(path: str) -> GGUFInfo:
-    import os
-
     with open(path, "rb") as f:
         return read_gguf(f, os.fstat(f.fileno()).st_size)
+
+
+CHECK_TIMEOUT_S = 60.0
+CHECK_MEMORY_BYTES = 1 << 30
+
+
+def read_gguf_bounded(
+    path: str, timeout_s: float = CHECK_TIMEOUT_S, memory_bytes: int = CHECK_MEMORY_BYTES
+) -> GGUFInfo:
+    """`read_gguf_path` in a child process bounded in time and address space, for files from users: a
+    crafted header costs the gateway neither its event loop (no GIL shared) nor its memory."""
+
+    def limits() -> None:  # in the child, before exec
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        cpu = max(1, math.ceil(timeout_s))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "infra.gguf", path],
+            capture_output=True,
+            timeout=timeout_s,
+            preexec_fn=limits,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise GGUFError(f"reading the header took more than {timeout_s:g} s") from None
+    out = done.stdout.decode("utf-8", "replace").strip()
+    try:
+        answer = json.loads(out.splitlines()[-1]) if out else {}
+    except json.JSONDecodeError:
+        answer = {}
+    if "error" in answer:
+        raise GGUFError(str(answer["error"]))
+    if done.returncode != 0 or "info" not in answer:
+        if b"MemoryError" in done.stderr:
+            raise GGUFError(f"reading the header needs more than {memory_bytes >> 20} MiB")
+        raise GGUFError(f"the header could not be read (checker exited with {done.returncode})")
+    fields = dict(answer["info"])
+    fields["metadata_keys"] = tuple(fields.get("metadata_keys", ()))
+    return GGUFInfo(**fields)
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m infra.gguf PATH`: the header as one JSON line ({"info": ...} or {"error": ...})."""
+    try:
+        info = read_gguf_path(argv[0])
+    except (GGUFError, OSError) as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 2
+    print(json.dumps({"info": dataclasses.asdict(info)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

@@ -41,7 +41,8 @@ ALLOWED: dict[Status, frozenset[Status]] = {
     S.SCALING: frozenset({S.ACTIVE, S.DEGRADED, S.TEARDOWN, S.INACTIVE}),  # inactive: scaled to zero
     S.DEGRADED: frozenset({S.ACTIVE, S.SCALING, S.TEARDOWN}),
     S.TEARDOWN: frozenset({S.INACTIVE, S.DEGRADED}),
-    S.INACTIVE: frozenset({S.PROVISIONING, S.SCALING}),  # wake from zero, or create again
+    # wake from zero, create again, or DELETE at zero (the model-cache volume, the stack itself)
+    S.INACTIVE: frozenset({S.PROVISIONING, S.SCALING, S.TEARDOWN}),
 }
 
 

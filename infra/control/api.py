@@ -23,7 +23,7 @@ from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError, bad_request, forbidden, not_found
 from infra.gateway.routing import Deployment, RouteTable
 from infra.lifecycle.operations import validate_deployment
-from infra.records import DeploymentRecord
+from infra.records import DeploymentRecord, IllegalTransition
 from infra.spec import Scaling, Sla
 from infra.store import Store
 from infra.store.keys import new_id
@@ -80,6 +80,8 @@ class ManagementApi:
             record = await operation
         except (StackBusy, NotManaged) as exc:
             raise busy(exc) from None
+        except IllegalTransition as exc:  # e.g. scaling a deployment that is being torn down
+            raise GatewayError(409, str(exc), code="invalid_state") from None
         await req.json(await self.deployments.public(record), status=202)
 
     async def _record(self, dep: Deployment) -> DeploymentRecord:

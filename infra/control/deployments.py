@@ -64,6 +64,7 @@ class Deployments:
         self.store, self.db, self.catalog, self.jobs = store, db, catalog, jobs
         self.stack_ops, self.stacks_dir, self.webhooks, self.sla = stack_ops, stacks_dir, webhooks, sla
         self.healthy, self.publish = healthy, publish
+        self._edits: dict[str, asyncio.Lock] = {}  # one settings edit per deployment at a time
 
     # -- records --------------------------------------------------------------------------------------------
     async def get(self, dep_id: str) -> DeploymentRecord | None:
@@ -265,18 +266,36 @@ class Deployments:
 
     async def set_routing(self, record: DeploymentRecord, routing: Routing) -> DeploymentRecord:
         """How requests spread over the replicas: a gateway setting, no stack operation needed."""
-        new = {**record.spec, "routing": routing.value}
-        if record.stack:  # a deployment the control plane made: its stack file follows
-            spec = validate_deployment(new, self.catalog)
-            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, record.stack)
-        routes = {**record.routes, "routing": routing.value}
-        return await self.save(dataclasses.replace(record, spec=new if record.spec else {}, routes=routes))
+
+        def change(current: DeploymentRecord) -> DeploymentRecord:
+            spec = {**current.spec, "routing": routing.value} if current.spec else {}
+            routes = {**current.routes, "routing": routing.value}
+            return dataclasses.replace(current, spec=spec, routes=routes)
+
+        return await self._edit(record.id, change)
 
     async def set_sla(self, record: DeploymentRecord, sla: Sla) -> DeploymentRecord:
-        new = {**record.spec, "sla": sla.model_dump(mode="json", exclude_none=True)}
-        if record.stack:  # a deployment the control plane made: its stack file follows
-            spec = validate_deployment(new, self.catalog)
-            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, record.stack)
-        routes = {**record.routes, "concurrency_limit": sla.concurrency_limit}
+        def change(current: DeploymentRecord) -> DeploymentRecord:
+            spec = {**current.spec, "sla": sla.model_dump(mode="json", exclude_none=True)}
+            routes = {**current.routes, "concurrency_limit": sla.concurrency_limit}
+            return dataclasses.replace(current, spec=spec, routes=routes)
+
+        saved = await self._edit(record.id, change)
         self.sla.set(record.id, sla)
-        return await self.save(dataclasses.replace(record, spec=new, routes=routes))
+        return saved
+
+    async def _edit(
+        self, dep_id: str, change: Callable[[DeploymentRecord], DeploymentRecord]
+    ) -> DeploymentRecord:
+        """A setting that needs no stack operation: re-read the record, change it, write its stack file (when
+        the control plane made one) and save, one edit of a deployment at a time in this process (each file
+        write is atomic, so edits from two processes never mix; the last one wins)."""
+        async with self._edits.setdefault(dep_id, asyncio.Lock()):
+            current = await self.get(dep_id)
+            if current is None:
+                raise NotManaged(dep_id)
+            new = change(current)
+            if new.stack and new.spec:
+                spec = validate_deployment(new.spec, self.catalog)
+                await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, new.stack)
+            return await self.save(new)

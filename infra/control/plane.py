@@ -149,6 +149,10 @@ class ControlPlane:
             ("waker", self.config.wake_poll_s, a.wake_due),
         ):
             self.background.append(asyncio.create_task(self.leased_loop(lease, interval_s, work)))
+        # every process sweeps the abandoned upload parts on its own disk
+        self.background.append(
+            asyncio.create_task(self.loop("upload expiry", 600.0, self.uploads.expire_parts))
+        )
 
     async def shutdown(self) -> None:
         await cancel(self.background)
@@ -159,6 +163,15 @@ class ControlPlane:
         if self.pool is not None:
             self.pool.close()
         self.db.close()
+
+    async def loop(self, name: str, interval_s: float, work: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``work`` every interval in this process; a failing round is logged and the loop goes on."""
+        while True:
+            try:
+                await work()
+            except Exception:
+                log.exception("%s round failed", name)
+            await asyncio.sleep(interval_s)
 
     async def leased_loop(self, lease: str, interval_s: float, work: Callable[[], Awaitable[Any]]) -> None:
         """Run ``work`` every interval on the one process holding ``lease`` (it moves when its holder stops

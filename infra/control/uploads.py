@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from infra.gateway.config import DeliveryConfig
 from infra.gateway.errors import GatewayError, bad_request, forbidden, not_found
 from infra.gateway.multipart import MultipartReader
 from infra.gateway.routing import Deployment, RouteTable
-from infra.gguf import GGUFError, read_gguf_path
+from infra.gguf import CHECK_MEMORY_BYTES, CHECK_TIMEOUT_S, GGUFError, read_gguf_bounded
 from infra.store import Store
 from infra.store.keys import KeyRecord, new_id
 from infra.store.offload import StoreThread
@@ -38,6 +39,7 @@ Deliver = Any  # (SshHost, local path, file name, settings, DeliveryConfig) -> r
 
 log = logging.getLogger("agentcloud.gateway.uploads")
 MAX_FIELD_BYTES = 1024
+PART_TTL_S = 24 * 3600.0  # an abandoned resumable upload's part file is deleted after this
 OFFSET_CT = "application/offset+octet-stream"
 
 
@@ -105,6 +107,9 @@ class Uploads:
         self.busy: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.incoming.mkdir(parents=True, exist_ok=True)
+        # the header check of an upload runs in a child process with these bounds (see gguf.py)
+        self.check_timeout_s, self.check_memory_bytes = CHECK_TIMEOUT_S, CHECK_MEMORY_BYTES
+        self.part_ttl_s = PART_TTL_S
 
     # -- shared steps ------------------------------------------------------------------------------------
     def _deployment(self, key: KeyRecord, dep_id: Any) -> Deployment:
@@ -140,7 +145,7 @@ class Uploads:
     def _validate(self, path: Path, dep: Deployment, name: str) -> tuple[dict[str, Any], dict[str, str]]:
         """Header check and fit; raises GatewayError 422 with the reason."""
         try:
-            info = read_gguf_path(str(path))
+            info = read_gguf_bounded(str(path), self.check_timeout_s, self.check_memory_bytes)
         except GGUFError as exc:
             raise GatewayError(422, f"not an acceptable GGUF: {exc}", code="invalid_gguf") from None
         catalog = self.catalog
@@ -401,6 +406,10 @@ class Uploads:
         record = await self._owned(req, key)
         if record["status"] not in ("pending_upload", "uploading") or record["sha256"]:
             raise GatewayError(409, f"upload {record['id']} is {record['status']}", code="upload_closed")
+        if record["id"] in self.busy:
+            raise GatewayError(
+                409, "a request is writing this upload; cancel it once that ends", code="upload_busy"
+            )
         sink = self.sinks.pop(record["id"], None)
         if sink is not None:
             sink.discard()
@@ -410,3 +419,27 @@ class Uploads:
             self.store.update_upload, record["id"], status="failed", reason="cancelled by the client"
         )
         await req.json(await self.status_of(record["id"]))
+
+    async def expire_parts(self, now: float | None = None) -> list[str]:
+        """Resumable uploads untouched for ``part_ttl_s``: their partial files are deleted and the uploads
+        marked failed (the client may start again). Each process sweeps the parts on its own disk."""
+        now = time.time() if now is None else now
+        expired: list[str] = []
+        for part in self.incoming.glob("*.part"):
+            upload_id = part.stem
+            try:
+                idle = now - part.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if idle < self.part_ttl_s or upload_id in self.busy:
+                continue
+            sink = self.sinks.pop(upload_id, None)
+            if sink is not None:
+                sink.close()
+            part.unlink(missing_ok=True)
+            record = await self.db(self.store.upload, upload_id)
+            if record is not None and record["status"] in ("pending_upload", "uploading"):
+                reason = f"expired: no bytes received for {self.part_ttl_s / 3600:g} h; start a new upload"
+                await self.db(self.store.update_upload, upload_id, status="failed", reason=reason)
+            expired.append(upload_id)
+        return expired

@@ -12,6 +12,7 @@ from typing import Any
 from infra.gateway.errors import GatewayError, bad_request
 
 MAX_PARTS = 32
+MAX_BOUNDARY = 70  # RFC 2046, section 5.1.1
 
 
 class MultipartReader:
@@ -31,6 +32,11 @@ class MultipartReader:
         if ctype != b"multipart/form-data" or not boundary:
             raise GatewayError(
                 415, f"send multipart/form-data with a '{file_field}' part", code="unsupported_media_type"
+            )
+        if len(boundary) > MAX_BOUNDARY:
+            raise bad_request(
+                f"multipart boundary of {len(boundary)} characters; RFC 2046 allows 1 to {MAX_BOUNDARY}",
+                code="bad_boundary",
             )
         self._options = parse_options_header
         self.file_field = file_field

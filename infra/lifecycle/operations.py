@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,15 @@ def write_stack_file(spec: DeploymentSpec, directory: Path = STACKS_DIR, stack: 
         data = yaml.safe_load(path.read_text()) or {}
     config = data.setdefault("config", {})
     config[DEPLOYMENT_KEY] = spec.model_dump(mode="json", exclude_defaults=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    # a temporary file of its own: two writers never share one, and readers see the old or the new file
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -111,7 +111,11 @@ def test_kill_9_under_load_loses_no_completed_request(tmp_path: Path, upstream: 
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {token}"
         stream = n % 2 == 1
-        body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        body: dict[str, Any] = {
+            "model": CHAT_MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": stream,
+        }
         while not stop.is_set():
             attempted.append(1)
             try:
