@@ -1,11 +1,17 @@
 """Deployment webhooks: SSRF-checked URLs, signed bodies, a durable outbox delivered at least once.
 
-Signature, exactly as the reference product's verify() expects: X-AINative-Signature: sha256=<hex
-HMAC-SHA256(secret, raw body)> The event id and a timestamp are inside the signed body and in
-X-AINative-Event-Id / X-AINative-Timestamp, so a receiver can refuse replays (timestamps older than 5 minutes,
-ids already seen). Events are written to the outbox in the store first, then sent with exponential backoff and
-jitter until a 2xx (redirects are not followed), for up to a day; a gateway restart loses nothing. One gateway
-replica sends at a time (a lease)."""
+Two signatures on every delivery attempt:
+- X-AINative-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>, exactly what the reference product's
+  verify() checks (the body carries the event id and when the event happened, `created`);
+- X-AINative-Delivery-Signature: sha256=<hex HMAC-SHA256(secret, "<event id>.<timestamp>." + raw body)>, with
+  X-AINative-Event-Id and X-AINative-Timestamp (the attempt's time, new at each retry). A receiver that checks
+  it (`verify_delivery`) refuses attempts older than 5 minutes and ids it has already processed: a captured
+  delivery cannot be replayed later (its timestamp is signed), and a retry is accepted (fresh timestamp, and
+  an id not yet processed).
+
+Events are written to the outbox in the store first, then sent with exponential backoff and jitter until a
+2xx (redirects are not followed), for up to a day; a gateway restart loses nothing. One gateway replica sends
+at a time (a lease)."""
 
 from __future__ import annotations
 
@@ -104,8 +110,42 @@ def check_url(url: str, policy: Policy, resolve: Any = socket.getaddrinfo) -> tu
     return url, addresses[0]
 
 
+REPLAY_WINDOW_S = 300
+
+
 def sign(secret: str, body: bytes) -> str:
+    """The reference product's signature: of the body alone."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def sign_delivery(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
+    """The signature of one delivery attempt: its event id and time together with the body."""
+    message = f"{event_id}.{timestamp}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def verify_delivery(
+    secret: str,
+    body: bytes,
+    headers: dict[str, str],
+    seen: set[str],
+    now: float | None = None,
+    window_s: float = REPLAY_WINDOW_S,
+) -> bool:
+    """What a receiver does (docs/lifecycle.md): check the attempt's signature, refuse an attempt older (or
+    newer) than the window, and an event id already processed; remember the id once accepted."""
+    try:
+        event_id = headers["X-AINative-Event-Id"]
+        timestamp = int(headers["X-AINative-Timestamp"])
+        signature = headers["X-AINative-Delivery-Signature"]
+    except (KeyError, ValueError):
+        return False
+    now = time.time() if now is None else now
+    expected = sign_delivery(secret, event_id, timestamp, body)
+    if not hmac.compare_digest(expected, signature) or abs(now - timestamp) > window_s or event_id in seen:
+        return False
+    seen.add(event_id)
+    return True
 
 
 def _box_key(pepper: bytes) -> bytes:
@@ -210,11 +250,13 @@ class WebhookSender:
         assert pool is not None, "control plane not started"
         try:
             _, address = await asyncio.to_thread(check_url, url, self.policy)  # checked again at each attempt
+            timestamp = int(time.time())
             headers = {
                 "Content-Type": "application/json",
                 "X-AINative-Signature": sign(secret, body),
+                "X-AINative-Delivery-Signature": sign_delivery(secret, event_id, timestamp, body),
                 "X-AINative-Event-Id": event_id,
-                "X-AINative-Timestamp": str(int(time.time())),
+                "X-AINative-Timestamp": str(timestamp),
                 "User-Agent": "agentcloud-webhooks",
             }
             async with asyncio.timeout(self.timeout_s):

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from infra.catalog import Catalog
 from infra.control.errors import UnsafeURL
-from infra.control.webhooks import Policy, check_url
+from infra.control.webhooks import Policy, check_url, verify_delivery
 from infra.store import Store
 from tests.gateway.harness import PEPPER, Keys, Running, make_gateway, routes_for, running, seed, wait_for
 from tests.sshd import free_port
@@ -263,3 +263,28 @@ def test_a_webhook_that_cannot_be_sent_fails_alone(
         assert wait_for(lambda: any(row["last_error"] and row["attempts"] for row in store.outbox()), 10)
     bad = [row for row in store.outbox() if row["last_error"]]
     assert bad and all(not row["delivered_at"] for row in bad)
+
+
+def test_each_attempt_is_signed_with_its_time_and_replays_fail(
+    tmp_path: Path, catalog: Catalog, store: Store, keys: Keys
+) -> None:
+    """Retries carry a fresh signed timestamp (accepted); a captured attempt replayed later or again is
+    not."""
+    receiver = Receiver(fail_rate=0.5)
+    with receiver.serving(), running(_gateway(catalog, store, tmp_path)) as r:
+        secret = _subscribe(f"http://127.0.0.1:{receiver.port}/hook", r.url, keys)
+        ids = []
+        for i in range(10):
+            ids += r.run(r.gateway.control.webhooks.emit("dep_a", "deployment.scaled", {"replicas": i}))
+        assert wait_for(lambda: {h["X-AINative-Event-Id"] for _, h in receiver.received} >= set(ids), 30)
+    assert max(row["attempts"] for row in store.outbox()) > 1, "some events needed a retry"
+    seen: set[str] = set()
+    for body, headers in receiver.received:
+        assert verify(body, headers["X-AINative-Signature"], secret)  # the reference's check still holds
+        assert verify_delivery(secret, body, headers, seen), headers
+    body, headers = receiver.received[0]
+    assert not verify_delivery(secret, body, headers, seen), "an id already processed"
+    later = time.time() + 600
+    assert not verify_delivery(secret, body, headers, set(), now=later), "a replay after the window"
+    forged = {**headers, "X-AINative-Timestamp": str(int(later))}
+    assert not verify_delivery(secret, body, forged, set(), now=later), "a timestamp moved by the replayer"
