@@ -33,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from infra.catalog import load_catalog
     from infra.compose import PLANES, build, routes_for
-    from infra.gateway.server import serve
+    from infra.gateway.server import limits_of, serve
 
     config = _config(args)
     catalog = load_catalog(config.catalog)
@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"(store: {config.database})",
         flush=True,
     )
-    serve(gateway, args.host, args.port)
+    serve(gateway, args.host, args.port, limits_of(gateway.config))
     return 0
 
 

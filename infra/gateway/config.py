@@ -73,6 +73,11 @@ class GatewayConfig:
     # for its turn at home (0: never hold)
     routing_load_factor: float = 2.0
     routing_hold_s: float = 0.5
+    # connection bounds of the server (see server.py): slow or oversized clients are refused early
+    header_timeout_s: float = 10.0
+    body_idle_s: float = 30.0
+    max_header_bytes: int = 64 * 1024
+    max_connections: int = 4096
     stack_ops: str | None = None  # module:factory of the control plane's stack operations (default: Pulumi)
     # The Pulumi workspace of the stacks the API creates (their stack files; never the repository's stacks/)
     stacks_dir: str = field(default_factory=lambda: str(_data_dir() / "api-stacks"))
@@ -103,6 +108,10 @@ class GatewayConfig:
             ("stacks_dir", str),
             ("routing_load_factor", float),
             ("routing_hold_s", float),
+            ("header_timeout_s", float),
+            ("body_idle_s", float),
+            ("max_header_bytes", int),
+            ("max_connections", int),
         ):
             raw = env.get(f"AGENTCLOUD_{name.upper()}")
             if raw:

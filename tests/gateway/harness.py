@@ -24,6 +24,7 @@ from infra.compose import build
 from infra.gateway.app import Gateway
 from infra.gateway.config import GatewayConfig
 from infra.gateway.routing import Deployment, RouteTable, SshHost
+from infra.gateway.server import limits_of, server_config
 from infra.records import DeploymentRecord
 from infra.store import Store
 from infra.upstream.target import Target
@@ -159,18 +160,9 @@ class Running:
 
 @contextmanager
 def running(gateway: Gateway) -> Iterator[Running]:
+    """Serve the gateway as `agentcloud gateway serve` does (the same protocol, bounds and settings)."""
     port = free_port()
-    config = uvicorn.Config(
-        gateway,
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,
-    )
+    config = server_config(gateway, "127.0.0.1", port, limits_of(gateway.config))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
