@@ -17,7 +17,7 @@ from infra.gateway.routing import RouteTable
 from infra.store import Store
 from tests.gateway.conftest import assert_counters_released
 from tests.gateway.fake_upstream import FakeUpstream, fake_upstream
-from tests.gateway.harness import CHAT_MODEL, Keys, Running, make_gateway, running, target, wait_for
+from tests.gateway.harness import CHAT_MODEL, PEPPER, Keys, Running, make_gateway, running, target, wait_for
 from tests.sshd import free_port
 
 
@@ -197,3 +197,46 @@ def test_circuit_breaker_stops_trying_a_dead_upstream(
             "open",
             "half-open",
         )
+
+
+def test_a_disconnect_storm_leaves_every_gauge_at_zero(
+    catalog: Catalog, store: Store, keys: Keys, upstream: FakeUpstream
+) -> None:
+    """500 streaming clients leave mid-stream at once: every upstream stream is cancelled, every gauge returns
+    to 0, and none of them counts as an error (499), in the metrics or in usage."""
+    import asyncio as aio
+
+    import aiohttp
+
+    n = 500
+    body = {
+        "model": CHAT_MODEL,
+        "stream": True,
+        "messages": [{"role": "user", "content": "[[chunks=60]] [[gap=0.05]]"}],
+    }
+
+    _, token = store.create_key(PEPPER, "org_a", "storm", "enterprise")  # no rate limit: not what is tested
+
+    async def storm(url: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> int:
+                resp = await session.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+                first = await resp.content.readany()
+                resp.close()  # gone, 2 s before the stream would end
+                return int(first.startswith(b"data:"))
+
+            return sum(await aio.gather(*(one() for _ in range(n))))
+
+    with gateway_over(catalog, store, [upstream.base_url]) as r:
+        assert aio.run(storm(r.url)) == n, "every stream had started"
+        assert wait_for(lambda: upstream.stats.broken_streams == n, 20), upstream.stats.broken_streams
+        series = r.gateway.metrics.models[CHAT_MODEL]
+        assert wait_for(lambda: series.active == 0, 10)
+        assert series.requests == n and series.errors == 0
+        r.run(r.gateway.data.accountant.flush())
+        rows = store._exec("SELECT SUM(requests), SUM(errors) FROM usage WHERE model_id = ?", (CHAT_MODEL,))
+        assert rows[0] == (n, 0), rows
+        assert_counters_released(r)
