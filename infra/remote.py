@@ -99,11 +99,13 @@ def put(client: Any, source: IO[bytes], remote_path: str, mode: int = 0o600) -> 
     """Stream ``source`` to ``remote_path`` atomically; returns the sha256 verified on the remote side."""
     digest = hashlib.sha256()
     temp = f"{remote_path}.partial-{pysecrets.token_hex(6)}"
+    # created empty with its final mode by the remote shell (umask 077: never wider than 0600, not even for
+    # an instant), then chmod-ed to ``mode`` and filled over SFTP
+    run(client, f"umask 077 && : > {shlex.quote(temp)} && chmod {mode:o} -- {shlex.quote(temp)}")
     sftp = client.open_sftp()
     try:
-        with sftp.open(temp, "wb") as remote:
+        with sftp.open(temp, "r+") as remote:
             remote.set_pipelined(True)
-            sftp.chmod(temp, mode)  # restrict before any byte lands
             while chunk := source.read(CHUNK_BYTES):
                 digest.update(chunk)
                 remote.write(chunk)

@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pytest
 
@@ -68,8 +69,70 @@ def _pg_bin(name: str) -> str | None:
     return found[-1] if found else shutil.which(name)
 
 
+@dataclass
+class PgCluster:
+    """A PostgreSQL server on a data directory of its own; a test may stop and start it again."""
+
+    data: str
+    port: int
+    as_user: list[str]
+    binary: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://agentcloud@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                *self.as_user,
+                self.binary,
+                "-D",
+                self.data,
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                self.data,
+                "-c",
+                "fsync=off",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.proc, timeout_s=20)
+        import psycopg
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                psycopg.connect(self.url).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """A fast shutdown (clients are disconnected, as when the server goes away under them)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        pg_ctl = _pg_bin("pg_ctl")
+        if pg_ctl is not None:
+            subprocess.run(
+                [*self.as_user, pg_ctl, "-D", self.data, "-m", "fast", "-w", "stop"],
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=30,
+            )
+        _stop(self.proc)
+
+
 @contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_cluster() -> Iterator[PgCluster]:
     initdb, postgres = _pg_bin("initdb"), _pg_bin("postgres")
     if initdb is None or postgres is None:
         pytest.skip("PostgreSQL server not installed (scripts/setup.sh installs postgresql)")
@@ -84,7 +147,7 @@ def postgres_server() -> Iterator[str]:
             pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
         os.chown(data, pw.pw_uid, pw.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
+    cluster = PgCluster(data, free_port(), as_user, postgres)
     try:
         subprocess.run(
             [*as_user, initdb, "-D", data, "-U", "agentcloud", "--auth=trust", "-E", "UTF8"],
@@ -92,39 +155,16 @@ def postgres_server() -> Iterator[str]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        proc = subprocess.Popen(
-            [
-                *as_user,
-                postgres,
-                "-D",
-                data,
-                "-p",
-                str(port),
-                "-h",
-                "127.0.0.1",
-                "-k",
-                data,
-                "-c",
-                "fsync=off",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        cluster.start()
         try:
-            wait_for_port(port, proc, timeout_s=20)
-            import psycopg
-
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    psycopg.connect(f"postgresql://agentcloud@127.0.0.1:{port}/postgres").close()
-                    break
-                except psycopg.OperationalError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-            yield f"postgresql://agentcloud@127.0.0.1:{port}/postgres"
+            yield cluster
         finally:
-            _stop(proc)
+            cluster.stop()
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    with postgres_cluster() as cluster:
+        yield cluster.url

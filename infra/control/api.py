@@ -22,6 +22,7 @@ from infra.gateway import authz
 from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError, bad_request, forbidden, not_found
 from infra.gateway.routing import Deployment, RouteTable
+from infra.gateway.schemas import GrantRequest, WebhookRequest, parse
 from infra.lifecycle.operations import validate_deployment
 from infra.records import DeploymentRecord, IllegalTransition
 from infra.spec import Scaling, Sla
@@ -68,11 +69,7 @@ class ManagementApi:
         self.sla, self.webhooks, self.pepper, self.max_body_bytes = sla, webhooks, pepper, max_body_bytes
 
     async def _body_as(self, req: Request, model: type[M], what: str) -> M:
-        body = await req.json_object(self.max_body_bytes)
-        try:
-            return model.model_validate(body)
-        except ValueError as exc:
-            raise bad_request(f"invalid {what}: {exc}", code=f"invalid_{what}") from None
+        return parse(model, await req.json_object(self.max_body_bytes), what)
 
     async def _accepted(self, req: Request, operation: Awaitable[DeploymentRecord]) -> None:
         """Start a stack operation, answer 202 with the deployment; 409 when its stack is busy or absent."""
@@ -176,12 +173,8 @@ class ManagementApi:
     async def grant(self, req: Request) -> None:
         dep_id = req.params["deployment_id"]
         dep = authz.manage_deployment(req.caller, self.routes.deployments.get(dep_id), dep_id)
-        body = await req.json_object(self.max_body_bytes)
-        api_key_id, role = body.get("api_key_id"), body.get("role", "inference")
-        if not isinstance(api_key_id, str) or not api_key_id:
-            raise bad_request("api_key_id: required, a string", param="api_key_id")
-        if role != "inference":
-            raise bad_request("role: only 'inference' is supported", param="role")
+        body = await self._body_as(req, GrantRequest, "grant")
+        api_key_id, role = body.api_key_id, body.role
         grantee = await self.db(self.store.key_by_id, api_key_id)
         if grantee is None or grantee.org_id != dep.org_id:  # another org's keys are not this org's to name
             raise not_found(
@@ -202,17 +195,9 @@ class ManagementApi:
     async def create_webhook(self, req: Request) -> None:
         dep_id = req.params["deployment_id"]
         dep = authz.manage_deployment(req.caller, self.routes.deployments.get(dep_id), dep_id)
-        body = await req.json_object(self.max_body_bytes)
-        url, events = body.get("url"), body.get("events", list(EVENTS))
-        if not isinstance(url, str) or len(url) > 2048:
-            raise bad_request("url: required, a string", param="url")
-        if (
-            not isinstance(events, list)
-            or not events
-            or not all(isinstance(e, str) for e in events)
-            or not set(events) <= set(EVENTS)
-            or len(set(events)) != len(events)
-        ):
+        body = await self._body_as(req, WebhookRequest, "webhook")
+        url, events = body.url, list(body.events)
+        if len(set(events)) != len(events):
             raise bad_request(f"events: a list of distinct events among {', '.join(EVENTS)}", param="events")
         try:
             await asyncio.to_thread(check_url, url, self.webhooks.policy)

@@ -30,6 +30,7 @@ from infra.gateway.config import DeliveryConfig
 from infra.gateway.errors import GatewayError, bad_request, forbidden, not_found
 from infra.gateway.multipart import MultipartReader
 from infra.gateway.routing import Deployment, RouteTable
+from infra.gateway.schemas import UploadRequest, parse
 from infra.gguf import CHECK_MEMORY_BYTES, CHECK_TIMEOUT_S, GGUFError, read_gguf_bounded
 from infra.store import Store
 from infra.store.keys import KeyRecord, new_id
@@ -300,17 +301,14 @@ class Uploads:
     # -- resumable ------------------------------------------------------------------------------------------
     async def create(self, req: Request) -> None:
         key = req.caller
-        body = await req.json_object(self.max_body_bytes)
-        name = self._name(body.get("name"))
-        dep = self._deployment(key, body.get("deployment_id"))
-        size = body.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= self.max_bytes:
+        body = parse(UploadRequest, await req.json_object(self.max_body_bytes), "upload")
+        name = self._name(body.name)
+        dep = self._deployment(key, body.deployment_id)
+        size, sha = body.size, body.sha256
+        if size > self.max_bytes:
             raise bad_request(
                 f"size: required, 1 to {self.max_bytes} bytes", param="size", code="invalid_size"
             )
-        sha = body.get("sha256")
-        if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
-            raise bad_request("sha256: 64 hex characters", param="sha256")
         await self._check_unique(dep.org_id, name)
         upload_id = new_id("upl")
         await self.db(self.store.create_upload, upload_id, dep.org_id, key.id, name, dep.id, size)

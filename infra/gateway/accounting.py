@@ -9,6 +9,7 @@ request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from pathlib import Path
 from infra.catalog import Catalog
 from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError
-from infra.gateway.journal import UsageJournal
+from infra.gateway.journal import Rollups, UsageJournal, rows_of
+from infra.gateway.journal import add as add_usage
 from infra.gateway.journal import entry as journal_entry
 from infra.gateway.limits import ConcurrencyLimiter, MemoryRateLimiter, RateLimiter, SharedStateError
 from infra.gateway.metrics import CLIENT_CLOSED, Metrics, Series
@@ -109,11 +111,10 @@ class Admission:
         if decision is not None:
             if not req.extra_headers:  # a plan with a token rate only
                 req.extra_headers = decision.headers()
-            if not decision.allowed:
-                retry = next(v for k, v in decision.headers() if k == b"retry-after")
-                req.extra_headers = [h for h in req.extra_headers if h[0] != b"retry-after"] + [
-                    (b"retry-after", retry)
-                ]
+            if not decision.allowed:  # the headers now describe the limit that refused: the token rate
+                req.extra_headers = [
+                    h for h in req.extra_headers if not h[0].startswith((b"x-ratelimit-", b"retry-after"))
+                ] + decision.headers()
                 raise GatewayError(
                     429,
                     "token rate limit exceeded for this key's plan; retry after Retry-After seconds",
@@ -122,7 +123,12 @@ class Admission:
                 )
         lease = None
         if dep is not None and dep.concurrency_limit:
-            lease = await self.concurrency.acquire(dep.id, dep.concurrency_limit)
+            try:
+                lease = await self.concurrency.acquire(dep.id, dep.concurrency_limit)
+            finally:
+                if lease is None and decision is not None and tpm:  # refused: give the tokens back
+                    with contextlib.suppress(SharedStateError):
+                        await self.limiter.settle(key.id, tpm, -min(estimate, tpm))
             if lease is None:
                 raise GatewayError(
                     429,
@@ -158,6 +164,8 @@ class Accountant:
         self.store, self.db, self.process, self.queue_max = store, db, process, queue_max
         self.journal_dir = journal_dir
         self.journal: UsageJournal | None = None  # opened at start (it names the store)
+        self.usage: Rollups = {}  # this second's usage, also in the journal's current segment
+        self.sealed_usage: list[UsageRow] = []  # the sealed segment's, until the store has it
         self.samples: list[Sample] = []
         self.last_request: dict[str, float] = {}
         self.reported_load = False
@@ -169,34 +177,31 @@ class Accountant:
         await self.flush()  # what a killed process left behind
 
     def record(self, call: Call) -> None:
-        """Journal the call's usage (once): called before the response's last byte, and at settling."""
+        """Journal the call's usage and add it to this second's rollups (once): called before the response's
+        last byte, and at settling."""
         if call.recorded:
             return
         call.recorded = True
         assert self.journal is not None, "Accountant.start() was not awaited"
         key, dep = call.key, call.deployment
+        item = journal_entry(
+            time.time() // 60 * 60,
+            key.id,
+            key.org_id,
+            call.model_id,
+            dep.id if dep else None,
+            call.status >= 400 and call.status != CLIENT_CLOSED,
+            call.prompt_tokens,
+            call.completion_tokens,
+            call.cost_usd,
+            (time.perf_counter() - call.started_s) * 1000,
+        )
+        add_usage(self.usage, item)  # what the store gets at the next flush
         try:
-            self._journal(call, key, dep)
+            self.journal.append(item)  # what survives if the process dies before that
         except OSError as exc:  # a full or broken disk must not fail the request: say so loudly
             self.journal_errors += 1
-            log.error("usage journal write failed (%s): this call's usage is lost", exc)
-
-    def _journal(self, call: Call, key: KeyRecord, dep: Deployment | None) -> None:
-        assert self.journal is not None
-        self.journal.append(
-            journal_entry(
-                time.time() // 60 * 60,
-                key.id,
-                key.org_id,
-                call.model_id,
-                dep.id if dep else None,
-                call.status >= 400 and call.status != CLIENT_CLOSED,
-                call.prompt_tokens,
-                call.completion_tokens,
-                call.cost_usd,
-                (time.perf_counter() - call.started_s) * 1000,
-            )
-        )
+            log.error("usage journal write failed (%s): this call's usage is kept in memory only", exc)
 
     def record_calls(self, req: Request) -> None:
         for call in req.calls:
@@ -263,8 +268,10 @@ class Accountant:
             await self.db(self.store.add_samples, samples)
             await self.db(self.store.touch, touched)
         if self.journal is not None:
-            self.journal.seal()
-            await self.db(self.journal.apply, self._apply)
+            if self.journal.seal():  # the segment and its rollups move together, on the event loop
+                self.sealed_usage, self.usage = rows_of(self.usage), {}
+            await self.db(self.journal.apply, self._apply, self.sealed_usage)
+            self.sealed_usage = []
 
     def _apply(self, segment: str, rows: list[UsageRow]) -> bool:
         return self.store.add_usage(rows, segment=segment)

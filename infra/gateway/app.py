@@ -140,6 +140,8 @@ class DataPlane:
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(self.config.usage_flush_s)
+            if self.upstreams.pool is not None:
+                self.upstreams.pool.sweep()  # idle upstream connections do not stay open forever
             try:
                 await self.accountant.flush()
             except Exception:  # a store outage must not kill the gateway; usage stays in the journal

@@ -16,6 +16,7 @@ from infra.gateway.asgi import Request
 from infra.gateway.config import GatewayConfig
 from infra.gateway.errors import GatewayError, bad_request, not_found
 from infra.gateway.routing import Deployment, RouteTable
+from infra.gateway.schemas import ChatRequest, MessagesRequest, parse
 from infra.gateway.sync import Waker, hold_seconds
 from infra.records import Status
 from infra.upstream import anthropic
@@ -24,42 +25,6 @@ from infra.upstream.sse import UsageFilter, UsageScanner, sse_events
 from infra.upstream.target import Target
 
 STREAM_ERRORS = (TimeoutError, OSError)
-# OpenAI chat parameters, plus the sampling extras vLLM and llama.cpp accept. Anything else is refused (400).
-CHAT_PARAMS = frozenset(
-    [
-        "model",
-        "messages",
-        "stream",
-        "stream_options",
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "n",
-        "stop",
-        "presence_penalty",
-        "frequency_penalty",
-        "logit_bias",
-        "logprobs",
-        "top_logprobs",
-        "user",
-        "seed",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-        "metadata",
-        "store",
-        "reasoning_effort",
-        "service_tier",
-        "modalities",
-        "prediction",
-        "top_k",
-        "min_p",
-        "repetition_penalty",
-        "chat_template_kwargs",
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -78,61 +43,15 @@ ServingHandler = Callable[[Serving, Request], Awaitable[None]]
 
 
 def chat_fields(body: dict[str, Any], default_max_tokens: int) -> tuple[str | None, bool, int]:
-    """(model, stream, max tokens) of a chat request; every parameter it forwards is checked for its type, so
-    a malformed request is a 400 here, never an upstream's error or a 5xx."""
-    unknown = sorted(set(body) - CHAT_PARAMS)
-    if unknown:
-        raise bad_request(
-            f"unsupported parameter: {unknown[0]}", param=unknown[0], code="unsupported_parameter"
-        )
-    model = body.get("model")
-    if model is not None and (not isinstance(model, str) or not model):
-        raise bad_request("model: must be a non-empty string", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("messages: required, a non-empty array", param="messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise bad_request(f"messages[{i}]: must be an object with a string role", param=f"messages[{i}]")
-        content = m.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise bad_request(
-                f"messages[{i}].content: must be a string or an array of parts",
-                param=f"messages[{i}].content",
-            )
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise bad_request("stream: must be a boolean", param="stream")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and not _positive_int(max_tokens):
-        raise bad_request("max_tokens: must be a positive integer", param="max_tokens")
-    for name in (
-        "temperature",
-        "top_p",
-        "presence_penalty",
-        "frequency_penalty",
-        "min_p",
-        "repetition_penalty",
-    ):
-        value = body.get(name)
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-            raise bad_request(f"{name}: must be a number", param=name)
-    for name, kinds, what in (
-        ("tools", list, "an array"),
-        ("stop", str | list, "a string or an array"),
-        ("stream_options", dict, "an object"),
-        ("response_format", dict, "an object"),
-    ):
-        if body.get(name) is not None and not isinstance(body[name], kinds):
-            raise bad_request(f"{name}: must be {what}", param=name)
-    n = body.get("n", 1)
-    if not _positive_int(n) or n > 16:
-        raise bad_request("n: must be an integer from 1 to 16", param="n")
-    return model, stream, max_tokens or default_max_tokens
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    """(model, stream, max tokens) of a chat request, validated in one step against `ChatRequest`: every
+    parameter it forwards has its type checked, so a malformed request is a 400 here, never an upstream's
+    error or a 5xx."""
+    parsed = parse(ChatRequest, body)
+    return (
+        parsed.model,
+        parsed.stream,
+        parsed.max_completion_tokens or parsed.max_tokens or default_max_tokens,
+    )
 
 
 async def resolve_model(
@@ -251,7 +170,7 @@ async def chat(ctx: Serving, req: Request) -> None:
     await _chat(ctx, req, body, str(model), targets, dep, stream, max_tokens)
 
 
-def _same_model(dep: Deployment, model: str | None) -> None:
+def same_model(dep: Deployment, model: str | None) -> None:
     """A deployment route serves its own model: another model name is a mistake, not a request to reroute."""
     if model is not None and model not in (dep.model_id, dep.name):
         raise bad_request(
@@ -276,7 +195,7 @@ async def chat_deployment(ctx: Serving, req: Request) -> None:
     dep = authz.invoke_deployment(req.caller, ctx.routes.deployments.get(dep_id), dep_id)
     body = await req.json_object(ctx.config.max_body_bytes)
     model, stream, max_tokens = chat_fields(body, ctx.config.default_max_tokens)
-    _same_model(dep, model)
+    same_model(dep, model)
     targets, dep = await deployment_targets(ctx, req, dep)
     await _chat(ctx, req, body, dep.model_id, targets, dep, stream, max_tokens)
 
@@ -286,7 +205,7 @@ async def chat_org(ctx: Serving, req: Request) -> None:
     dep = authz.invoke_org_deployment(req.caller, org_id, ctx.routes.deployments.get(dep_id), dep_id)
     body = await req.json_object(ctx.config.max_body_bytes)
     model, stream, max_tokens = chat_fields(body, ctx.config.default_max_tokens)
-    _same_model(dep, model)
+    same_model(dep, model)
     targets, dep = await deployment_targets(ctx, req, dep)
     await _chat(ctx, req, body, dep.model_id, targets, dep, stream, max_tokens)
 
@@ -387,9 +306,7 @@ async def _pipe_openai(
 # -- Anthropic messages ------------------------------------------------------------------------------------
 async def messages(ctx: Serving, req: Request) -> None:
     body = await req.json_object(ctx.config.max_body_bytes)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("model: required, a string", param="model")
+    model = parse(MessagesRequest, body).model
     template = anthropic.to_openai(body, model)  # validates the whole request before anything is spent
     _generative(ctx, model)
     targets, dep = await resolve_model(ctx, req, model)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -75,20 +76,26 @@ class UsageJournal:
         self.current = Segment(path, fd)
         return self.current
 
-    def seal(self) -> None:
-        """Hand the current segment to the next flush, unless the last one is not in the store yet (then the
-        current one keeps growing: at most two files per process whatever the store's outage)."""
+    def seal(self) -> bool:
+        """Hand the current segment to the next flush (True), unless the last one is not in the store yet:
+        then the current one keeps growing (at most two files per process whatever the store's outage)."""
         if self.sealed is None and self.current is not None and self.current.lines:
             self.sealed, self.current = self.current, None
+            return True
+        return False
 
     # -- the flush (a store thread) ----------------------------------------------------------------------
-    def apply(self, write: Callable[[str, list[UsageRow]], bool]) -> int:
-        """Write the sealed segment and any segment a dead process left for this store, with
-        ``write(segment name, rows)`` (idempotent per name); returns the number of calls applied."""
+    def apply(self, write: Callable[[str, list[UsageRow]], bool], sealed_rows: list[UsageRow]) -> int:
+        """Write the sealed segment (its rollups, ``sealed_rows``, kept in memory by the caller: the file is
+        read back only after a crash) and any segment a dead process left for this store, with
+        ``write(segment name, rows)`` (idempotent per name); returns the number of segments applied."""
         applied = 0
         if self.sealed is not None:
-            applied += self._apply(self.sealed, write)
+            write(self.sealed.name, sealed_rows)  # raises while the store is down: the segment stays sealed
+            self.sealed.path.unlink(missing_ok=True)
+            self.sealed.close()
             self.sealed = None
+            applied += 1
         for path in sorted(self.folder.glob(f"{PREFIX}*{SUFFIX}")):
             if path.name.startswith(f"{PREFIX}{self.process}-"):
                 continue
@@ -102,11 +109,10 @@ class UsageJournal:
         return applied
 
     def _apply(self, segment: Segment, write: Callable[[str, list[UsageRow]], bool]) -> int:
-        calls, rows = read_segment(segment.path)
-        write(segment.name, rows)  # raises while the store is down: the segment stays sealed
+        _, rows = read_segment(segment.path)
+        write(segment.name, rows)  # raises while the store is down: the orphan waits for the next flush
         segment.path.unlink(missing_ok=True)
-        segment.close()
-        return calls
+        return 1
 
     def _take(self, path: Path) -> Segment | None:
         """Lock a segment whose writer is gone and that belongs to this store, else None."""
@@ -168,26 +174,37 @@ def _store_of(path: Path) -> str | None:
     return header.get("store") if isinstance(header, dict) else None
 
 
+Rollups = dict[tuple[float, str, str, str, str | None], list[float]]
+
+
+def add(totals: Rollups, item: list[Any]) -> None:
+    """Add one journal entry to per-minute rollups."""
+    minute, key_id, org_id, model_id, dep, error, prompt, completion, cost, latency = item
+    acc = totals.get((minute, key_id, org_id, model_id, dep))
+    if acc is None:
+        acc = totals[(minute, key_id, org_id, model_id, dep)] = [0, 0, 0, 0, 0.0, 0.0]
+    acc[0] += 1
+    acc[1] += error
+    acc[2] += prompt
+    acc[3] += completion
+    acc[4] += cost
+    acc[5] += latency
+
+
+def rows_of(totals: Rollups) -> list[UsageRow]:
+    return [UsageRow(*k, int(v[0]), int(v[1]), int(v[2]), int(v[3]), v[4], v[5]) for k, v in totals.items()]
+
+
 def read_segment(path: Path) -> tuple[int, list[UsageRow]]:
     """(calls, per-minute rollups) of one segment; a torn last line (killed mid-write) is skipped."""
-    totals: dict[tuple[float, str, str, str, str | None], list[float]] = {}
+    totals: Rollups = {}
     calls = 0
     with path.open("rb") as f:
         f.readline()  # the header
         for line in f:
             try:
-                minute, key_id, org_id, model_id, dep, error, prompt, completion, cost, latency = (
-                    orjson.loads(line)
-                )
+                add(totals, orjson.loads(line))
             except (orjson.JSONDecodeError, ValueError, TypeError):
                 continue
-            acc = totals.setdefault((minute, key_id, org_id, model_id, dep), [0, 0, 0, 0, 0.0, 0.0])
-            acc[0] += 1
-            acc[1] += error
-            acc[2] += prompt
-            acc[3] += completion
-            acc[4] += cost
-            acc[5] += latency
             calls += 1
-    rows = [UsageRow(*k, int(v[0]), int(v[1]), int(v[2]), int(v[3]), v[4], v[5]) for k, v in totals.items()]
-    return calls, rows
+    return calls, rows_of(totals)

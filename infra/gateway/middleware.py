@@ -19,13 +19,14 @@ from infra.gateway.asgi import Request, bearer_token, parse_headers
 from infra.gateway.cache import MISSING, TtlCache
 from infra.gateway.errors import HTTP_ERRORS, GatewayError, unauthorized
 from infra.gateway.router import Router
-from infra.store import Store
+from infra.store import Store, StoreUnavailable
 from infra.store.keys import KeyRecord
 from infra.store.offload import StoreThread
 
 log = logging.getLogger("agentcloud.gateway")
 App = Any  # an ASGI application: async (scope, receive, send) -> None
 REQUEST = "agentcloud.request"
+STORE_RETRY_S = 5
 
 
 def request_of(scope: dict[str, Any]) -> Request:
@@ -53,6 +54,17 @@ class Errors:
         except asyncio.CancelledError:
             if not req.disconnected:
                 raise  # a real cancellation (shutdown), not a client that went away
+        except StoreUnavailable:
+            if not req.started:
+                await req.error(
+                    GatewayError(
+                        503,
+                        f"the gateway's store is unavailable; retry after {STORE_RETRY_S} seconds",
+                        "api_error",
+                        code="store_unavailable",
+                        headers={"Retry-After": str(STORE_RETRY_S)},
+                    )
+                )
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", scope["method"], path, req.request_id)
             if not req.started:

@@ -81,6 +81,16 @@ async def models_available(ctx: Observing, req: Request) -> None:
     await req.json({"object": "list", "plan": key.plan, "data": data})
 
 
+async def deployment_models(ctx: Observing, req: Request) -> None:
+    """The model a deployment serves, as OpenAI's model list (for an SDK whose base URL is the deployment)."""
+    dep_id = req.params["deployment_id"]
+    dep = authz.invoke_deployment(req.caller, ctx.routes.deployments.get(dep_id), dep_id)
+    card = _card(ctx, dep.model_id, ctx.catalog.models.get(dep.model_id))
+    await req.json(
+        {"object": "list", "data": [{**card, "deployment_id": dep.id, "status": dep.status.value}]}
+    )
+
+
 async def inference_metrics(ctx: Observing, req: Request) -> None:
     key = req.caller
     usage = await ctx.db(ctx.store.usage_totals, key.org_id)

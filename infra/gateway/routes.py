@@ -26,6 +26,7 @@ def register(router: Router, serving: Serving, observing: Observing) -> None:
         metered("POST", path, inference.messages, anthropic=True)
     for path in (f"{API}/embeddings/generate", "/v1/embeddings"):
         metered("POST", path, services.embeddings)
+    metered("POST", f"{API}/deployments/{{deployment_id}}/embeddings", services.embeddings_deployment)
     for path in (f"{API}/rerank", "/v1/rerank"):
         metered("POST", path, services.rerank)
     for path in (f"{API}/audio/transcriptions", "/v1/audio/transcriptions"):
@@ -40,4 +41,5 @@ def register(router: Router, serving: Serving, observing: Observing) -> None:
     observe("/v1/models", public.models_available)
     observe(f"{API}/inference/metrics", public.inference_metrics)
     observe(f"{API}/deployments/{{deployment_id}}/metrics", public.deployment_metrics)
+    observe(f"{API}/deployments/{{deployment_id}}/models", public.deployment_models)
     observe("/metrics", public.prometheus, auth=False)  # its own token (AGENTCLOUD_METRICS_TOKEN)

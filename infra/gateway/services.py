@@ -8,11 +8,21 @@ from typing import Any
 import orjson
 
 from infra.catalog import ApiFormat, Task
+from infra.gateway import authz
 from infra.gateway.accounting import Call
 from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError, bad_request
-from infra.gateway.inference import Serving, pass_upstream_error, resolve_model, with_call
+from infra.gateway.inference import (
+    Serving,
+    deployment_targets,
+    pass_upstream_error,
+    resolve_model,
+    same_model,
+    with_call,
+)
 from infra.gateway.multipart import MultipartReader
+from infra.gateway.routing import Deployment
+from infra.gateway.schemas import EmbeddingsRequest, RerankRequest, SpeechRequest, parse
 from infra.upstream.proxy import RequestBuilder, openai_headers
 from infra.upstream.target import Target
 
@@ -39,12 +49,21 @@ def _openai_targets(targets: list[Target]) -> list[Target]:
     return [t for t in targets if t.format is ApiFormat.OPENAI]
 
 
+Resolved = tuple[list[Target], Deployment | None]
+
+
 async def _forward(
-    ctx: Serving, req: Request, model: str, estimate: int, build: RequestBuilder, default_type: str
+    ctx: Serving,
+    req: Request,
+    model: str,
+    estimate: int,
+    build: RequestBuilder,
+    default_type: str,
+    resolved: Resolved | None = None,
 ) -> tuple[bytes, str] | None:
     """One non-streaming call (fallback, limits, accounting): the upstream's body and content type, or None
-    when an upstream error has already been answered."""
-    targets, dep = await resolve_model(ctx, req, model)
+    when an upstream error has already been answered. ``resolved``: a deployment route's own targets."""
+    targets, dep = resolved or await resolve_model(ctx, req, model)
     result: dict[str, tuple[bytes, str]] = {}
 
     async def run(call: Call) -> None:
@@ -69,54 +88,63 @@ async def _forward(
 
 
 async def _json_call(
-    ctx: Serving, req: Request, model: str, path: str, payload: dict[str, Any], estimate: int
+    ctx: Serving,
+    req: Request,
+    model: str,
+    path: str,
+    payload: dict[str, Any],
+    estimate: int,
+    resolved: Resolved | None = None,
 ) -> bytes | None:
     """POST ``payload`` (model rewritten per target) to ``path``; returns the upstream's JSON body."""
 
     def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
         return t.base_url + path, orjson.dumps({**payload, "model": t.upstream_model}), openai_headers(t)
 
-    out = await _forward(ctx, req, model, estimate, build, "application/json")
+    out = await _forward(ctx, req, model, estimate, build, "application/json", resolved)
     return out[0] if out else None
+
+
+def _embedding_payload(body: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(model, what is forwarded) of an embeddings request."""
+    parsed = parse(EmbeddingsRequest, body)
+    return parsed.model, parsed.model_dump(exclude_none=True, exclude={"model"})
 
 
 async def embeddings(ctx: Serving, req: Request) -> None:
     body = await req.json_object(ctx.config.max_body_bytes)
-    inp = body.get("input")
-    valid = (isinstance(inp, str) and inp) or (
-        isinstance(inp, list) and inp and all(isinstance(x, str) and x for x in inp)
-    )
-    if not valid:
-        raise bad_request("input: required, a non-empty string or array of non-empty strings", param="input")
-    model = _model(ctx, body.get("model"), Task.EMBED)
-    payload: dict[str, Any] = {"input": inp}
-    for option in ("encoding_format", "dimensions", "user"):
-        if option in body:
-            payload[option] = body[option]
+    asked, payload = _embedding_payload(body)
+    model = _model(ctx, asked, Task.EMBED)
     out = await _json_call(ctx, req, model, "/embeddings", payload, len(req.raw) // 4)
     if out is not None:
         await req.respond(200, out)
 
 
-async def rerank(ctx: Serving, req: Request) -> None:
+async def embeddings_deployment(ctx: Serving, req: Request) -> None:
+    """Embeddings from a dedicated deployment of an embedding model (an OpenAI SDK whose base URL is
+    `.../deployments/{id}` calls it as `client.embeddings.create`)."""
+    dep_id = req.params["deployment_id"]
+    dep = authz.invoke_deployment(req.caller, ctx.routes.deployments.get(dep_id), dep_id)
     body = await req.json_object(ctx.config.max_body_bytes)
-    query, documents, top_n = body.get("query"), body.get("documents"), body.get("top_n")
-    if not isinstance(query, str) or not query:
-        raise bad_request("query: required, a non-empty string", param="query")
-    if not isinstance(documents, list) or not documents or len(documents) > 1000:
-        raise bad_request("documents: required, an array of 1 to 1000 items", param="documents")
-    texts = []
-    for i, d in enumerate(documents):
-        text = d.get("text") if isinstance(d, dict) else d
-        if not isinstance(text, str):
-            raise bad_request(
-                f"documents[{i}]: must be a string or {{'text': string}}", param=f"documents[{i}]"
-            )
-        texts.append(text)
-    if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1):
-        raise bad_request("top_n: must be a positive integer", param="top_n")
-    model = _model(ctx, body.get("model"), Task.RERANK)
-    limit = top_n or len(texts)
+    model, payload = _embedding_payload(body)
+    same_model(dep, model)
+    known = ctx.catalog.models.get(dep.model_id)
+    if known is not None and known.task is not Task.EMBED:
+        raise bad_request(
+            f"deployment {dep.id} serves {dep.model_id}, a {known.task.value} model", param="model"
+        )
+    resolved = await deployment_targets(ctx, req, dep)
+    out = await _json_call(ctx, req, dep.model_id, "/embeddings", payload, len(req.raw) // 4, resolved)
+    if out is not None:
+        await req.respond(200, out)
+
+
+async def rerank(ctx: Serving, req: Request) -> None:
+    parsed = parse(RerankRequest, await req.json_object(ctx.config.max_body_bytes))
+    query = parsed.query
+    texts = [d if isinstance(d, str) else d.text for d in parsed.documents]
+    model = _model(ctx, parsed.model, Task.RERANK)
+    limit = parsed.top_n or len(texts)
     payload = {"query": query, "documents": texts, "top_n": limit}
     out = await _json_call(ctx, req, model, "/rerank", payload, sum(len(t) for t in texts) // 4)
     if out is None:
@@ -185,14 +213,9 @@ async def transcriptions(ctx: Serving, req: Request) -> None:
 
 
 async def tts(ctx: Serving, req: Request) -> None:
-    body = await req.json_object(ctx.config.max_body_bytes)
-    text = body.get("input")
-    if not isinstance(text, str) or not text or len(text) > 10_000:
-        raise bad_request("input: required, a string of 1 to 10000 characters", param="input")
-    voice = body.get("voice", "en_female_1")
-    if not isinstance(voice, str):
-        raise bad_request("voice: must be a string", param="voice")
-    model = _model(ctx, body.get("model"), Task.SPEECH)
+    parsed = parse(SpeechRequest, await req.json_object(ctx.config.max_body_bytes))
+    text, voice = parsed.input, parsed.voice
+    model = _model(ctx, parsed.model, Task.SPEECH)
 
     def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
         payload = {"model": t.upstream_model, "input": text, "voice": voice, "response_format": "mp3"}

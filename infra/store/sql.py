@@ -6,17 +6,26 @@ a thread."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from infra.errors import InfraError
 
+log = logging.getLogger("agentcloud.store")
+
 
 class StoreError(InfraError):
     """A store call refused its input (an unknown org, a duplicate, a bad kind)."""
+
+
+class StoreUnavailable(InfraError):
+    """The database cannot be reached (PostgreSQL down or restarting, SQLite locked for too long): callers
+    answer 503 with Retry-After; the next call reconnects."""
 
 
 SCHEMA = [
@@ -87,6 +96,17 @@ SCHEMA = [
 ]
 
 
+def _unavailable(exc: Exception) -> bool:
+    """A failure of the connection, not of the statement."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc) or "unable to open" in str(exc) or "disk I/O" in str(exc)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+
+
 TABLES = (
     "plane_load",
     "sla_events",
@@ -118,7 +138,7 @@ class Database:
             import psycopg
 
             self._pg = True
-            self._conn: Any = psycopg.connect(url, autocommit=True)
+            self._conn: Any = psycopg.connect(url, autocommit=True, connect_timeout=5)
         else:
             path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
             if path != ":memory:":
@@ -135,13 +155,36 @@ class Database:
         return sql.replace("?", "%s") if self._pg else sql
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._lock, self._reachable():
             cur = self._conn.execute(self._sql(sql), tuple(params))
             rows = cur.fetchall() if cur.description else []
             return [tuple(r) for r in rows]
 
+    @contextlib.contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Around one database call (under the lock): a lost PostgreSQL connection is made again first; a
+        database that cannot be reached raises StoreUnavailable (its details are logged, not shown)."""
+        if self._pg and self._conn.closed:
+            import psycopg
+
+            try:
+                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
+            except psycopg.OperationalError as exc:
+                log.warning("store unreachable: %s", exc)
+                raise StoreUnavailable("the database cannot be reached") from None
+        try:
+            yield
+        except Exception as exc:
+            if not _unavailable(exc):
+                raise
+            log.warning("store call failed: %s", exc)
+            if self._pg:
+                with contextlib.suppress(Exception):
+                    self._conn.close()  # reconnect at the next call
+            raise StoreUnavailable("the database cannot be reached") from None
+
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self._lock:
+        with self._lock, self._reachable():
             if self._pg:
                 with self._conn.cursor() as cur:
                     cur.executemany(self._sql(sql), [tuple(r) for r in rows])
@@ -157,7 +200,7 @@ class Database:
     def _atomic(self, body: Callable[[Callable[[str, Sequence[Any]], int]], bool]) -> bool:
         """Run ``body(execute)`` in one transaction (``execute`` returns the rows a statement changed); the
         transaction commits when ``body`` returns True, else rolls back."""
-        with self._lock:
+        with self._lock, self._reachable():
             if self._pg:
                 import psycopg
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from infra.upstream.errors import UpstreamProtocolError
 HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 18
 MAX_IDLE_PER_HOST = 512
+IDLE_CLOSE_S = 60.0  # an idle pooled connection older than this is closed by `HttpPool.sweep`
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.paused = False
         self.used = 0
+        self.idle_since = 0.0  # monotonic time it went back to the pool
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -230,9 +233,27 @@ class HttpPool:
     def put_back(self, conn: _Connection) -> None:
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) < MAX_IDLE_PER_HOST:
+            conn.idle_since = time.monotonic()
             idle.append(conn)
         else:
             conn.close()
+
+    def sweep(self, idle_s: float = IDLE_CLOSE_S, now: float | None = None) -> int:
+        """Close pooled connections idle for longer than ``idle_s`` (the oldest are first in each list:
+        reuse takes the newest); returns how many were closed."""
+        now = time.monotonic() if now is None else now
+        closed = 0
+        for key, conns in list(self._idle.items()):
+            keep = [c for c in conns if not c.closed and now - c.idle_since <= idle_s]
+            for c in conns:
+                if c not in keep and not c.closed:
+                    c.close()
+                    closed += 1
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        return closed
 
     async def _connect(self, ep: Endpoint, address: str | None = None) -> _Connection:
         loop = asyncio.get_running_loop()

@@ -285,8 +285,8 @@ def gateway_process(
 @dataclass
 class World:
     """The gateway under test and what the matrix acts on: org_a's dep_a (registered by hand), dep_m (made
-    through the API: it has a stack) and dep_u (a bring-your-own-model deployment with a droplet to deliver
-    to); org_b's dep_b."""
+    through the API: it has a stack), dep_u (a bring-your-own-model deployment with a droplet to deliver
+    to) and dep_e (an embedding model); org_b's dep_b."""
 
     r: Running
     keys: Keys
@@ -339,7 +339,13 @@ def world_of(catalog: Catalog, tmp: Path) -> Iterator[World]:
     store.save_deployment(record_of(byom))
     with fake_upstream() as up:
         ops = FakeOps(int(up.base_url.split(":")[2].split("/")[0]), stacks)
-        gateway = make_gateway(catalog, store, routes_for(up.base_url), tmp, stack_ops=ops, stacks_dir=stacks)
+        routes = routes_for(up.base_url)
+        routes.add_deployment(  # dep_e: org_a's dedicated embedding model
+            Deployment(
+                "dep_e", "org_a", "dep_e", "bge-m3", (target(up.base_url, "dep_e", deployment_id="dep_e"),)
+            )
+        )
+        gateway = make_gateway(catalog, store, routes, tmp, stack_ops=ops, stacks_dir=stacks)
         with running(gateway) as r:
             tokens = {f.name: getattr(keys, f.name) for f in dataclasses.fields(keys) if f.name != "ids"}
             tokens["admin_b"] = admin_b

@@ -163,6 +163,26 @@ ROWS = [
         f"{API}/orgs/org_a/deployments/dep_b/chat/completions",
         lambda w: {"json": CHAT},
     ),
+    Row(
+        "POST",
+        f"{API}/deployments/{{deployment_id}}/embeddings",
+        (200, 200, 200, 403, 403, 404, 200, 403, 404),  # scoped: its grant is dep_a
+        f"{API}/deployments/dep_e/embeddings",
+        lambda w: {"json": {"input": "x"}},
+    ),
+    Row(
+        "POST",
+        f"{API}/deployments/{{deployment_id}}/embeddings",
+        (400, 400, 400, 400, 403, 404, 400, 403, 404),  # dep_a serves a chat model
+        f"{API}/deployments/dep_a/embeddings",
+        lambda w: {"json": {"input": "x"}},
+    ),
+    Row(
+        "GET",
+        f"{API}/deployments/{{deployment_id}}/models",
+        (200, 200, 200, 200, 403, 404, 200, 403, 404),
+        f"{API}/deployments/dep_a/models",
+    ),
     # -- catalog and metrics ---------------------------------------------------------------------------
     Row("GET", f"{API}/models", EVERYONE),
     Row("GET", f"{API}/models/available", EVERYONE),

@@ -240,3 +240,46 @@ def test_a_disconnect_storm_leaves_every_gauge_at_zero(
         rows = store._exec("SELECT SUM(requests), SUM(errors) FROM usage WHERE model_id = ?", (CHAT_MODEL,))
         assert rows[0] == (n, 0), rows
         assert_counters_released(r)
+
+
+def test_the_store_down_answers_503_and_usage_waits_in_the_journal(
+    catalog: Catalog, upstream: FakeUpstream
+) -> None:
+    """PostgreSQL stops: a key the gateway must look up gets 503 with Retry-After (not a 500), a cached key
+    is still served, and usage waits in the journal; PostgreSQL back, the gateway reconnects and the usage
+    lands."""
+    from infra.gateway.routing import RouteTable
+    from tests.gateway.harness import seed, target
+    from tests.services import postgres_cluster
+
+    with postgres_cluster() as pg:
+        store = Store(pg.url)
+        keys = seed(store)
+        table = RouteTable()
+        table.models[CHAT_MODEL] = [target(upstream.base_url)]
+        with running(make_gateway(catalog, store, table)) as r:
+
+            def chat(key: str) -> requests.Response:
+                return requests.post(
+                    f"{r.url}/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                    timeout=15,
+                )
+
+            assert chat(keys.admin).status_code == 200  # cached from here on
+            pg.stop()
+            assert chat(keys.admin).status_code == 200, "a cached key needs no store"
+            down = chat(keys.standard)
+            assert down.status_code == 503 and down.json()["error"]["code"] == "store_unavailable"
+            assert int(down.headers["Retry-After"]) >= 1
+            time.sleep(0.2)  # a flush or two fail meanwhile
+            pg.start()
+            assert wait_for(lambda: chat(keys.standard).status_code == 200, 10)
+
+            def metered() -> int:
+                rows = store._exec("SELECT COALESCE(SUM(requests), 0) FROM usage")
+                return int(rows[0][0])
+
+            assert wait_for(lambda: metered() == 3, 10), metered()
+        store.close()

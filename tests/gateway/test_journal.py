@@ -23,6 +23,10 @@ def _entry(tokens: int = 10) -> list[object]:
     return entry(60.0, "key_a", "org_a", "m", None, False, tokens, 1, 0.0, 2.5)
 
 
+def _write(store: Store) -> Any:
+    return lambda segment, rows: store.add_usage(rows, segment=segment)
+
+
 def _usage(store: Store) -> tuple[int, int]:
     rows = store._exec("SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(prompt_tokens), 0) FROM usage")
     return int(rows[0][0]), int(rows[0][1])
@@ -33,13 +37,14 @@ def test_a_segment_reaches_the_store_once(tmp_path: Path) -> None:
     journal = UsageJournal(tmp_path / "j", store.store_id(), "p1")
     for _ in range(3):
         journal.append(_entry())
-    journal.seal()
+    assert journal.seal()
     sealed = journal.sealed
     assert sealed is not None
-    name = sealed.name
+    calls, rows = read_segment(sealed.path)
+    assert calls == 3
     # the store took it, then the process died before deleting the file: applying it again adds nothing
-    assert store.add_usage(read_segment(sealed.path)[1], segment=name)
-    assert journal.apply(lambda seg, rows: store.add_usage(rows, segment=seg)) == 3
+    assert store.add_usage(rows, segment=sealed.name)
+    assert journal.apply(_write(store), rows) == 1
     assert _usage(store) == (3, 30)
     assert not list((tmp_path / "j").iterdir()), "an applied segment is deleted"
 
@@ -48,18 +53,20 @@ def test_a_store_that_is_down_keeps_the_segment(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "s.sqlite3"))
     journal = UsageJournal(tmp_path / "j", store.store_id(), "p1")
     journal.append(_entry())
-    journal.seal()
+    assert journal.seal()
+    assert journal.sealed is not None
+    first = read_segment(journal.sealed.path)[1]
 
     def down(segment: str, rows: list[Any]) -> bool:
         raise ConnectionError("store down")
 
     with pytest.raises(ConnectionError):
-        journal.apply(down)
+        journal.apply(down, first)
     journal.append(_entry())  # goes on in the current segment; one sealed segment waits
-    journal.seal()
-    assert journal.apply(lambda seg, rows: store.add_usage(rows, segment=seg)) == 1
-    journal.seal()
-    assert journal.apply(lambda seg, rows: store.add_usage(rows, segment=seg)) == 1
+    assert not journal.seal()
+    assert journal.apply(_write(store), first) == 1
+    assert journal.seal() and journal.sealed is not None
+    assert journal.apply(_write(store), read_segment(journal.sealed.path)[1]) == 1
     assert _usage(store) == (2, 20)
 
 
@@ -78,10 +85,10 @@ def test_orphans_of_this_store_are_applied_and_a_torn_line_skipped(tmp_path: Pat
     alive.append(_entry())  # not sealed: its file is locked by a live journal
 
     survivor = UsageJournal(folder, store.store_id(), "survivor")
-    assert survivor.apply(lambda seg, rows: store.add_usage(rows, segment=seg)) == 0, "their writers live"
+    assert survivor.apply(_write(store), []) == 0, "their writers live"
     dead.close()  # the kernel drops a killed process's locks
     foreign.close()
-    assert survivor.apply(lambda seg, rows: store.add_usage(rows, segment=seg)) == 2
+    assert survivor.apply(_write(store), []) == 1, "the dead one's segment (not another store's)"
     assert _usage(store) == (2, 20)
     left = sorted(p.name for p in folder.iterdir())
     assert len(left) == 2 and any("foreign" in n for n in left) and any("alive" in n for n in left), left

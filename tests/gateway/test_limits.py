@@ -241,3 +241,50 @@ def test_redis_down_answers_503_and_every_gauge_settles(
             with redis_process(port):
                 assert wait_for(lambda: _post(r, keys.admin, CHAT, path).status_code == 200, 10)
             assert_counters_released(r)
+
+
+def test_a_token_limit_429_describes_the_token_rate(
+    gw: Running, store: Store, upstream: FakeUpstream
+) -> None:
+    """A refusal by the token rate says so in its headers: no `X-RateLimit-Remaining: 999` of the request
+    rate that still had room."""
+    _, token = store.create_key(
+        PEPPER, "org_a", "tokens", "free", requests_per_minute=1000, tokens_per_minute=600
+    )
+    slow = {**CHAT, "stream": True, "max_tokens": 500}
+    slow["messages"] = [{"role": "user", "content": "[[chunks=10]] [[gap=0.1]]"}]
+    holder = threading.Thread(target=_post, args=(gw, token, slow))
+    holder.start()  # holds a reservation of ~500 tokens while it streams
+    assert wait_for(lambda: upstream.stats.active == 1, 5)
+    refused = _post(gw, token, {**CHAT, "max_tokens": 500})
+    holder.join(10)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "token_rate_limit_exceeded"
+    assert refused.headers["X-RateLimit-Limit"] == "600" and refused.headers["X-RateLimit-Remaining"] == "0"
+    assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_a_request_refused_for_concurrency_keeps_no_tokens(
+    catalog: Catalog, store: Store, keys: Keys, upstream: FakeUpstream
+) -> None:
+    _, token = store.create_key(
+        PEPPER, "org_a", "t", "free", requests_per_minute=1000, tokens_per_minute=1000
+    )
+    gateway = make_gateway(catalog, store, routes_for(upstream.base_url, concurrency_limit=1))
+    path = "/api/v1/public/deployments/dep_a/chat/completions"
+    slow = {
+        **CHAT,
+        "stream": True,
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "[[chunks=10]] [[gap=0.1]]"}],
+    }
+    with running(gateway) as r:
+        holder = threading.Thread(target=_post, args=(r, token, slow, path))
+        holder.start()
+        assert wait_for(lambda: upstream.stats.active == 1, 5)
+        for _ in range(5):  # each reserves ~150 tokens, then is refused by the concurrency limit
+            busy = _post(r, token, {**CHAT, "max_tokens": 150}, path)
+            assert busy.status_code == 429 and busy.json()["error"]["code"] == "concurrency_limit"
+        holder.join(10)
+        big = _post(r, token, {**CHAT, "max_tokens": 800}, path)
+        assert big.status_code == 200, "the refused requests' reservations were given back"
+    assert_counters_released(r)

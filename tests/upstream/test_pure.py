@@ -191,7 +191,7 @@ def test_chat_fields() -> None:
         ({"messages": msgs, "temperature": "hot"}, "temperature"),
         ({"messages": msgs, "tools": "x"}, "tools"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
-        ({"messages": [{"content": "x"}]}, "messages[0]"),
+        ({"messages": [{"content": "x"}]}, "messages[0].role"),
     ):
         with pytest.raises(GatewayError) as err:
             chat_fields(body, 512)
@@ -210,3 +210,25 @@ def test_usage_filter_drops_usage_only_events_and_keeps_the_rest() -> None:
     out = b"".join(f.feed(stream[i : i + 9]) for i in range(0, len(stream), 9)) + f.flush()
     assert b'"usage"' not in out and out.count(b"data:") == 3 and out.endswith(b"data: [DONE]\n\n")
     assert b'"finish_reason":"stop"' in out
+
+
+def test_a_refusal_names_the_field_without_library_text() -> None:
+    from infra.gateway.schemas import ChatRequest, WebhookRequest, parse
+
+    msgs = [{"role": "user", "content": "x"}]
+    with pytest.raises(GatewayError) as err:
+        parse(ChatRequest, {"messages": [{"role": "user", "content": 5}]})
+    assert err.value.param == "messages[0].content"
+    assert err.value.message == (
+        "messages[0].content: input should be a valid string; or input should be a valid list"
+    )
+    with pytest.raises(GatewayError) as err:
+        parse(ChatRequest, {"messages": msgs, "temperature": True})
+    assert (
+        err.value.message == "temperature: input should be a valid number"
+        and "pydantic" not in err.value.message
+    )
+    with pytest.raises(GatewayError) as err:
+        parse(WebhookRequest, {"url": "https://x.example/", "events": [[1]]}, "webhook")
+    assert err.value.param == "events[0]" and err.value.code == "invalid_webhook"
+    assert parse(WebhookRequest, {"url": "https://x.example/"}).events[0] == "deployment.active"
