@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from infra.catalog import ApiFormat, Catalog, load_catalog
 from infra.control.deployments import StackOps
 from infra.control.plane import ControlPlane
@@ -118,9 +120,47 @@ def build(
         )
         control.register(router)
         running.append(control)
-    router.add("GET", "/health", _health, auth=False)
+    router.add("GET", "/health", _health, auth=False, summary="Liveness (no key)")
+    _describe(router)
     return Gateway(router, data, running, control)
 
 
 async def _health(req: Any) -> None:
     await req.json({"status": "ok"})
+
+
+def _describe(router: Router) -> None:
+    """/openapi.json, /docs and / : the contract of every route this process serves (built once, when the
+    first asks: by then every plane has registered its routes)."""
+    from infra.gateway import openapi
+
+    built: dict[str, Any] = {}
+
+    def doc() -> dict[str, Any]:
+        if not built:
+            built["doc"] = openapi.document(router, _version())
+            built["json"] = orjson.dumps(built["doc"])
+            built["html"] = openapi.page(built["doc"]).encode()
+        return built
+
+    async def contract(req: Any) -> None:
+        await req.respond(200, doc()["json"])
+
+    async def docs(req: Any) -> None:
+        await req.respond(200, doc()["html"], b"text/html; charset=utf-8")
+
+    async def index(req: Any) -> None:
+        await req.json({"name": "agentcloud gateway", "docs": "/docs", "openapi": "/openapi.json"})
+
+    router.add("GET", "/openapi.json", contract, auth=False, summary="This document (OpenAPI 3.1)")
+    router.add("GET", "/docs", docs, auth=False, summary="This document, for people (HTML)")
+    router.add("GET", "/", index, auth=False, summary="Where the documentation is")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentcloud")
+    except PackageNotFoundError:
+        return "0"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.catalog import Catalog
-from infra.control.api import ManagementApi
+from infra.control.api import ManagementApi, RoutingBody
 from infra.control.autoscaler import Autoscaler
 from infra.control.deployments import Deployments, Publish, StackOps
 from infra.control.jobs import JobRunner
@@ -27,6 +27,14 @@ from infra.gateway.app import cancel
 from infra.gateway.config import GatewayConfig
 from infra.gateway.router import Router
 from infra.gateway.routing import RouteTable
+from infra.gateway.schemas import (
+    MODEL_UPLOAD_FORM,
+    UPLOAD_CHUNK,
+    GrantRequest,
+    UploadRequest,
+    WebhookRequest,
+)
+from infra.spec import DeploymentSpec, Scaling, Sla
 from infra.store import Store
 from infra.store.offload import StoreThread
 from infra.upstream.http_client import HttpPool
@@ -116,27 +124,29 @@ class ControlPlane:
 
     def register(self, router: Router) -> None:
         a, u = self.api, self.uploads
-        for method, path, handler in (
-            ("POST", f"{API}/deployments", a.create),
-            ("GET", f"{API}/deployments", a.list),
-            ("GET", f"{API}/deployments/{{deployment_id}}", a.get),
-            ("DELETE", f"{API}/deployments/{{deployment_id}}", a.delete),
-            ("PATCH", f"{API}/deployments/{{deployment_id}}/scaling", a.scaling),
-            ("POST", f"{API}/deployments/{{deployment_id}}/refresh", a.refresh),
-            ("PATCH", f"{API}/deployments/{{deployment_id}}/sla", a.set_sla),
-            ("GET", f"{API}/deployments/{{deployment_id}}/sla", a.get_sla),
-            ("PATCH", f"{API}/deployments/{{deployment_id}}/routing", a.set_routing),
-            ("POST", f"{API}/deployments/{{deployment_id}}/permissions", a.grant),
-            ("DELETE", f"{API}/deployments/{{deployment_id}}/permissions/{{api_key_id}}", a.revoke),
-            ("POST", f"{API}/deployments/{{deployment_id}}/webhooks", a.create_webhook),
-            ("POST", f"{API}/models/upload", u.multipart),
-            ("POST", f"{API}/models/uploads", u.create),
-            ("PATCH", f"{API}/models/uploads/{{upload_id}}", u.append),
-            ("GET", f"{API}/models/uploads/{{upload_id}}", u.status),
-            ("HEAD", f"{API}/models/uploads/{{upload_id}}", u.status),
-            ("DELETE", f"{API}/models/uploads/{{upload_id}}", u.cancel),
+        dep = f"{API}/deployments/{{deployment_id}}"
+        upload = f"{API}/models/uploads/{{upload_id}}"
+        for method, path, handler, body, ok, summary in (
+            ("POST", f"{API}/deployments", a.create, DeploymentSpec, 202, "Create a deployment (stack `up`)"),
+            ("GET", f"{API}/deployments", a.list, None, 200, "The deployments this key can see"),
+            ("GET", dep, a.get, None, 200, "A deployment, its lifecycle and any stack operation running"),
+            ("DELETE", dep, a.delete, None, 202, "Tear a deployment down (?keep_model_cache=false)"),
+            ("PATCH", f"{dep}/scaling", a.scaling, Scaling, 202, "Autoscaling bounds (stack `up`)"),
+            ("POST", f"{dep}/refresh", a.refresh, None, 202, "Compare the stack with the cloud"),
+            ("PATCH", f"{dep}/sla", a.set_sla, Sla, 200, "SLA targets"),
+            ("GET", f"{dep}/sla", a.get_sla, None, 200, "SLA targets, breaches and recoveries"),
+            ("PATCH", f"{dep}/routing", a.set_routing, RoutingBody, 200, "How requests spread over replicas"),
+            ("POST", f"{dep}/permissions", a.grant, GrantRequest, 201, "Grant a key of the org inference"),
+            ("DELETE", f"{dep}/permissions/{{api_key_id}}", a.revoke, None, 200, "Revoke a key's grant"),
+            ("POST", f"{dep}/webhooks", a.create_webhook, WebhookRequest, 201, "Register a signed webhook"),
+            ("POST", f"{API}/models/upload", u.multipart, MODEL_UPLOAD_FORM, 202, "Upload a GGUF at once"),
+            ("POST", f"{API}/models/uploads", u.create, UploadRequest, 201, "Start a resumable GGUF upload"),
+            ("PATCH", upload, u.append, UPLOAD_CHUNK, 204, "Send a chunk at Upload-Offset (202: the last)"),
+            ("GET", upload, u.status, None, 200, "An upload's status and offset"),
+            ("HEAD", upload, u.status, None, 200, "An upload's offset (Upload-Offset header)"),
+            ("DELETE", upload, u.cancel, None, 200, "Cancel an upload"),
         ):
-            router.add(method, path, handler)
+            router.add(method, path, handler, body=body, summary=summary, ok=ok)
 
     async def startup(self) -> None:
         self.pool = HttpPool(connect_timeout_s=self.config.connect_timeout_s)

@@ -8,15 +8,17 @@ killed leaves its segments behind; any process journaling into the same folder f
 them at its next flush (`flock` tells a live process's segment from a dead one's: the kernel drops the lock
 with the process).
 
-The cost on the hot path is one `write(2)` of about 150 bytes per request to the page cache (no fsync: a
-killed process loses nothing written; a machine that loses power loses at most what the kernel had not yet
-written back). Measured on the gateway benchmark: docs/gateway.md."""
+The cost on the hot path is a copy of about 150 bytes per request into a shared memory map of the segment
+file: no system call (a `write(2)` per request cost about 6% of the gateway's CPU under load). The bytes are
+in the page cache at once, so a killed process loses nothing; a machine that loses power loses at most what
+the kernel had not yet written back (no fsync). Measured on the gateway benchmark: docs/gateway.md."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import logging
+import mmap
 import os
 import time
 from collections.abc import Callable
@@ -33,19 +35,38 @@ log = logging.getLogger("agentcloud.gateway")
 PREFIX, SUFFIX = "usage-", ".jsonl"
 
 
+INITIAL_BYTES = 1 << 20  # a segment's first size; it doubles when full
+
+
 @dataclass
 class Segment:
-    """One journal file, locked by this process while it is open."""
+    """One journal file, locked by this process while it is open; written through a shared memory map (no
+    system call per entry)."""
 
     path: Path
     fd: int
+    mm: mmap.mmap | None = None
+    offset: int = 0
     lines: int = 0
 
     @property
     def name(self) -> str:
         return self.path.name
 
+    def write(self, data: bytes) -> None:
+        assert self.mm is not None
+        end = self.offset + len(data)
+        if end > len(self.mm):  # full: grow the file and the map (rare: a segment lives about a second)
+            size = max(2 * len(self.mm), end)
+            os.ftruncate(self.fd, size)
+            self.mm.resize(size)
+        self.mm[self.offset : end] = data
+        self.offset = end
+
     def close(self) -> None:
+        if self.mm is not None:
+            with contextlib.suppress(ValueError, BufferError):
+                self.mm.close()
         with contextlib.suppress(OSError):
             os.close(self.fd)
 
@@ -63,18 +84,20 @@ class UsageJournal:
     # -- the hot path (event loop) ---------------------------------------------------------------------
     def append(self, entry: list[object]) -> None:
         segment = self.current or self._open()
-        os.write(segment.fd, orjson.dumps(entry) + b"\n")
+        segment.write(orjson.dumps(entry) + b"\n")  # a copy into the page cache: it survives a kill
         segment.lines += 1
 
     def _open(self) -> Segment:
         self._seq += 1
         path = self.folder / f"{PREFIX}{self.process}-{self._seq:08d}{SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, INITIAL_BYTES)  # the unwritten rest reads as NUL bytes, which readers skip
+        segment = Segment(path, fd, mmap.mmap(fd, INITIAL_BYTES))
         header = {"store": self.store_id, "process": self.process, "created": time.time()}
-        os.write(fd, orjson.dumps(header) + b"\n")
-        self.current = Segment(path, fd)
-        return self.current
+        segment.write(orjson.dumps(header) + b"\n")
+        self.current = segment
+        return segment
 
     def seal(self) -> bool:
         """Hand the current segment to the next flush (True), unless the last one is not in the store yet:
@@ -168,7 +191,7 @@ def entry(
 def _store_of(path: Path) -> str | None:
     with path.open("rb") as f:
         try:
-            header = orjson.loads(f.readline())
+            header = orjson.loads(f.readline().rstrip(b"\0"))
         except orjson.JSONDecodeError:
             return None
     return header.get("store") if isinstance(header, dict) else None
@@ -199,12 +222,11 @@ def read_segment(path: Path) -> tuple[int, list[UsageRow]]:
     """(calls, per-minute rollups) of one segment; a torn last line (killed mid-write) is skipped."""
     totals: Rollups = {}
     calls = 0
-    with path.open("rb") as f:
-        f.readline()  # the header
-        for line in f:
-            try:
-                add(totals, orjson.loads(line))
-            except (orjson.JSONDecodeError, ValueError, TypeError):
-                continue
-            calls += 1
+    lines = path.read_bytes().rstrip(b"\0").split(b"\n")
+    for line in lines[1:]:  # after the header
+        try:
+            add(totals, orjson.loads(line))
+        except (orjson.JSONDecodeError, ValueError, TypeError):
+            continue  # an empty tail, or a line torn by a kill in the middle of its copy
+        calls += 1
     return calls, rows_of(totals)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError
@@ -15,12 +16,17 @@ Handler = Callable[[Request], Awaitable[None]]
 @dataclass(frozen=True)
 class Route:
     """A handler and what the middleware does before it: ``auth`` (a key is required), ``metered`` (the
-    request counts against the key's requests/min), ``anthropic`` (errors in Anthropic's shape)."""
+    request counts against the key's requests/min), ``anthropic`` (errors in Anthropic's shape). ``body`` is
+    the model its handler validates the request body against (or, for other media, a `schemas.Media`) and
+    ``summary`` one line about it, ``ok`` its success status: they describe the API (openapi.py)."""
 
     handler: Handler
     auth: bool = True
     metered: bool = False
     anthropic: bool = False
+    body: Any = None
+    summary: str = ""
+    ok: int = 200  # the status of success
 
 
 class Router:
@@ -42,8 +48,11 @@ class Router:
         auth: bool = True,
         metered: bool = False,
         anthropic: bool = False,
+        body: Any = None,
+        summary: str = "",
+        ok: int = 200,
     ) -> None:
-        route = Route(handler, auth, metered, anthropic)
+        route = Route(handler, auth, metered, anthropic, body, summary, ok)
         self.templates.append((method, path, route))
         if anthropic:
             self.anthropic_paths.add(path)

@@ -10,6 +10,7 @@ in the handlers, after this step."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -150,6 +151,61 @@ class UploadRequest(Body):
     deployment_id: NonEmpty
     size: Positive
     sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+
+
+@dataclass(frozen=True)
+class Media:
+    """A request body that is not JSON: its media type and, for a form, its fields (name -> "string" or
+    "binary") and which are required."""
+
+    content_type: str
+    fields: dict[str, str] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+
+
+TRANSCRIPTION_FORM = Media(
+    "multipart/form-data",
+    {
+        "file": "binary",
+        "model": "string",
+        "language": "string",
+        "prompt": "string",
+        "response_format": "string",
+        "temperature": "string",
+    },
+    ("file",),
+)
+MODEL_UPLOAD_FORM = Media(  # the deployment comes before the file: it is authorized before the bytes
+    "multipart/form-data",
+    {"deployment_id": "string", "name": "string", "sha256": "string", "file": "binary"},
+    ("deployment_id", "name", "file"),
+)
+UPLOAD_CHUNK = Media("application/offset+octet-stream")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer (OpenAI's shape)."""
+
+    error: ErrorDetail
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorResponse(BaseModel):
+    """Every error answer on /v1/messages (Anthropic's shape)."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
 
 
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\])$")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
@@ -22,10 +23,17 @@ from infra.gateway.inference import (
 )
 from infra.gateway.multipart import MultipartReader
 from infra.gateway.routing import Deployment
-from infra.gateway.schemas import EmbeddingsRequest, RerankRequest, SpeechRequest, parse
+from infra.gateway.schemas import (
+    TRANSCRIPTION_FORM,
+    EmbeddingsRequest,
+    RerankRequest,
+    SpeechRequest,
+    parse,
+)
 from infra.upstream.proxy import RequestBuilder, openai_headers
 from infra.upstream.target import Target
 
+_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$")
 DEFAULT_MODELS = {
     Task.EMBED: "bge-m3",
     Task.RERANK: "bge-reranker-v2-m3",
@@ -196,9 +204,17 @@ async def transcriptions(ctx: Serving, req: Request) -> None:
     form.finish()
     if not form.files or not audio_buffer:
         raise bad_request("file: required, the audio to transcribe", param="file")
+    unknown = sorted(set(form.fields) - set(TRANSCRIPTION_FORM.fields))
+    if unknown:
+        raise bad_request(
+            f"unsupported form field: {unknown[0]!r}", param=unknown[0], code="unsupported_parameter"
+        )
     model = _model(ctx, form.fields.get("model"), Task.TRANSCRIBE)
     fields = {k: v for k, v in form.fields.items() if k != "model"}
-    filename, ctype, audio = form.filename, form.file_type, bytes(audio_buffer)
+    # the file part's name and type are passed on only when they are plain (no control characters)
+    filename = form.filename if form.filename and form.filename.isprintable() else "audio"
+    ctype = form.file_type if form.file_type and _MEDIA_TYPE.match(form.file_type) else None
+    audio = bytes(audio_buffer)
 
     def build(t: Target) -> tuple[str, bytes, dict[str, str]]:
         body, content_type = encode_multipart(

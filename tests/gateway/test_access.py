@@ -39,7 +39,8 @@ KEYS = [
     "admin_b",
 ]
 BAD_KEYS = ["revoked", "expired", "malformed", "unknown", "missing"]
-UNAUTHENTICATED = {("GET", "/health"), ("GET", "/metrics")}  # /metrics has its own token (test_tenancy)
+# /metrics has its own token (test_tenancy); the contract and its page are public (test_contract)
+UNAUTHENTICATED = {("GET", p) for p in ("/health", "/metrics", "/openapi.json", "/docs", "/")}
 
 
 @dataclass(frozen=True)

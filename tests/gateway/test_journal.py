@@ -78,7 +78,7 @@ def test_orphans_of_this_store_are_applied_and_a_torn_line_skipped(tmp_path: Pat
     dead.append(_entry())
     dead.append(_entry())
     assert dead.current is not None
-    os.write(dead.current.fd, b'[60.0, "key_a", "org_a"')  # killed in the middle of a write
+    dead.current.write(b'[60.0, "key_a", "org_a"')  # killed in the middle of a copy
     foreign = UsageJournal(folder, other.store_id(), "foreign")
     foreign.append(_entry())
     alive = UsageJournal(folder, store.store_id(), "alive")
@@ -151,3 +151,17 @@ def test_kill_9_under_load_loses_no_completed_request(tmp_path: Path, upstream: 
         assert wait_for(lambda: not list(journal.glob("usage-*.jsonl")), 10), "the journal was not applied"
     requests_metered = _usage(store)[0]
     assert len(completed) <= requests_metered <= len(attempted), (len(completed), requests_metered)
+
+
+def test_a_segment_grows_past_its_first_size(tmp_path: Path) -> None:
+    from infra.gateway.journal import INITIAL_BYTES
+
+    store = Store(str(tmp_path / "s.sqlite3"))
+    journal = UsageJournal(tmp_path / "j", store.store_id(), "p1")
+    n = INITIAL_BYTES // 40  # about 60 bytes an entry: the segment doubles at least once
+    for _ in range(n):
+        journal.append(_entry())
+    assert journal.current is not None and journal.current.mm is not None
+    assert len(journal.current.mm) > INITIAL_BYTES
+    calls, rows = read_segment(journal.current.path)
+    assert calls == n and sum(r.requests for r in rows) == n
