@@ -138,3 +138,22 @@ def test_cli_secrets_push_without_pulumi_or_hosts(
         pytest.skip("the pulumi CLI is installed here; this checks the message shown without it")
     assert main(["secrets", "push", "gguf-8b"]) == 2
     assert "pulumi CLI is not on PATH" in capsys.readouterr().err
+
+
+def test_a_secrets_file_is_never_wider_than_0600(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temporary file is 0600 from the moment it exists (it was created 0644 by SFTP, then chmod-ed)."""
+    import paramiko
+
+    seen: list[int] = []
+    opened = paramiko.SFTPClient.open
+
+    def watching(self: paramiko.SFTPClient, filename: str, *args: object, **kwargs: object) -> object:
+        handle = opened(self, filename, *args, **kwargs)  # type: ignore[arg-type]
+        seen.append(stat.S_IMODE(os.stat(filename).st_mode))  # the sshd is local: its files are ours to see
+        return handle
+
+    monkeypatch.setattr(paramiko.SFTPClient, "open", watching)
+    push_env([_target(sshd)], {"HF_TOKEN": "hf_abc"}, str(tmp_path / "engine.env"), sshd.client_key)
+    assert seen and all(mode & 0o077 == 0 for mode in seen), [oct(m) for m in seen]

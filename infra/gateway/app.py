@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -119,6 +120,11 @@ class DataPlane:
         await asyncio.to_thread(self.sync.load_now)
         await self.accountant.start()
         await self.upstreams.start()
+        # What start-up made (catalog, routes, imports) lives as long as the process: moved out of the
+        # collector's reach, so collections under load scan only what requests allocate (measured: p99 at
+        # c=64 35 -> 17 ms, CPU per request -10%; docs/gateway.md).
+        gc.collect()
+        gc.freeze()
         self.background += [
             asyncio.create_task(self._flush_forever()),
             asyncio.create_task(self.sync.run()),
