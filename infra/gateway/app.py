@@ -177,7 +177,7 @@ class Gateway:
         inner = mw.Accounting(inner, data.accountant)
         inner = mw.AdmissionControl(inner, data.admission)
         inner = mw.Authentication(inner, data.authenticate)
-        self.app = mw.Errors(mw.Routing(inner, router), router)
+        self.app = mw.Errors(mw.Routing(inner, router), router, data.metrics)
 
     # Shortcuts for operators and tests.
     @property

@@ -39,6 +39,7 @@ class Request:
     extra_headers: Headers = field(default_factory=list)  # added to every response (rate-limit headers)
     request_id: str = field(default_factory=lambda: f"{_PROCESS}-{next(_COUNTER):x}")
     started: bool = False  # response start sent: from here on, errors go into the body
+    status: int = 0  # the response's status, once started
     finished: bool = False
     disconnected: bool = False
     raw: bytes = b""
@@ -138,6 +139,7 @@ class Request:
         ]
 
     async def start(self, status: int, content_type: bytes, extra: Headers | None = None) -> None:
+        self.status = status
         await self.send(
             {
                 "type": "http.response.start",

@@ -11,8 +11,11 @@ from typing import Any
 # 0.5 ms .. ~8.5 min, x1.25 per bucket: percentiles within ~12%.
 LATENCY_BUCKETS_S = tuple(0.0005 * 1.25**i for i in range(64))
 RATE_BUCKETS = tuple(0.5 * 1.25**i for i in range(48))  # tokens/s: 0.5 .. ~20k
+# What Prometheus sees: the same buckets for every series of a histogram (so `sum by (le)` works).
+EXPORT_LATENCY_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 MAX_SERIES = 10_000
 CLIENT_CLOSED = 499
+UNMATCHED = "unmatched"  # the route label of requests no route matched (404, 405)
 
 
 class Histogram:
@@ -58,6 +61,9 @@ class Series:
     latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
     ttft: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
     tokens_per_s: Histogram = field(default_factory=lambda: Histogram(RATE_BUCKETS))
+    # the exported forms, with fixed buckets (the fine ones above give percentiles within ~12%)
+    latency_export: Histogram = field(default_factory=lambda: Histogram(EXPORT_LATENCY_S))
+    ttft_export: Histogram = field(default_factory=lambda: Histogram(EXPORT_LATENCY_S))
 
     def snapshot(self) -> dict[str, object]:
         def ms(h: Histogram, q: float) -> float | None:
@@ -99,6 +105,7 @@ class Metrics:
         self.deployments: dict[str, Series] = {}
         # (org, model) -> the org's own series: what an org's admin may see (never exported to Prometheus)
         self.org_models: dict[tuple[str, str], Series] = {}
+        self.responses: dict[tuple[str, str, int], int] = {}  # (method, route, status) -> answers
 
     def _series(self, table: dict[Any, Series], name: Any) -> Series | None:
         s = table.get(name)
@@ -115,6 +122,14 @@ class Metrics:
         if deployment_id:
             found.append(self._series(self.deployments, deployment_id))
         return [s for s in found if s is not None]
+
+    def responded(self, method: str, route: str, status: int) -> None:
+        key = (method, route, status)
+        n = self.responses.get(key)
+        if n is not None:
+            self.responses[key] = n + 1
+        elif len(self.responses) < MAX_SERIES:
+            self.responses[key] = 1
 
     def started(self, series: list[Series]) -> None:
         for s in series:
@@ -140,13 +155,21 @@ class Metrics:
             s.completion_tokens += completion_tokens
             s.cost_usd += cost_usd
             s.latency.observe(latency_s)
+            s.latency_export.observe(latency_s)
             if ttft_s is not None:
                 s.ttft.observe(ttft_s)
+                s.ttft_export.observe(ttft_s)
             if completion_tokens > 1 and gen_s > 0:
                 s.tokens_per_s.observe(completion_tokens / gen_s)
 
     def prometheus(self) -> str:
-        lines: list[str] = []
+        lines: list[str] = [
+            "# HELP agentcloud_http_requests_total answers by method, route (as registered) and status",
+            "# TYPE agentcloud_http_requests_total counter",
+        ]
+        for (method, route, status), n in sorted(self.responses.items()):
+            labels = f'method="{method}",route="{_esc(route)}",status="{status}"'
+            lines.append(f"agentcloud_http_requests_total{{{labels}}} {n}")
         for label, table in (("model", self.models), ("deployment", self.deployments)):
             prefix = f"agentcloud_{label}"
             for metric, kind, help_ in (
@@ -165,21 +188,19 @@ class Metrics:
                 }.get(metric, metric.removesuffix("_total"))
                 for name, s in table.items():
                     lines.append(f'{prefix}_{metric}{{{label}="{_esc(name)}"}} {getattr(s, attr)}')
-            for metric, attr in (("latency_seconds", "latency"), ("ttft_seconds", "ttft")):
+            for metric, attr in (("latency_seconds", "latency_export"), ("ttft_seconds", "ttft_export")):
                 lines += [
-                    f"# HELP {prefix}_{metric} {attr} per {label}",
+                    f"# HELP {prefix}_{metric} {metric.removesuffix('_seconds')} per {label}",
                     f"# TYPE {prefix}_{metric} histogram",
                 ]
                 for name, s in table.items():
                     h: Histogram = getattr(s, attr)
                     cumulative = 0
-                    for bound, n in zip(h.bounds, h.counts, strict=False):
+                    for bound, n in zip(h.bounds, h.counts, strict=False):  # every bucket, every series
                         cumulative += n
-                        if n:
-                            lines.append(
-                                f'{prefix}_{metric}_bucket{{{label}="{_esc(name)}",le="{bound:.6g}"}} '
-                                f"{cumulative}"
-                            )
+                        lines.append(
+                            f'{prefix}_{metric}_bucket{{{label}="{_esc(name)}",le="{bound:g}"}} {cumulative}'
+                        )
                     lines.append(f'{prefix}_{metric}_bucket{{{label}="{_esc(name)}",le="+Inf"}} {h.count}')
                     lines.append(f'{prefix}_{metric}_sum{{{label}="{_esc(name)}"}} {h.total:.6f}')
                     lines.append(f'{prefix}_{metric}_count{{{label}="{_esc(name)}"}} {h.count}')

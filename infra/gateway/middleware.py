@@ -18,6 +18,7 @@ from infra.gateway.accounting import Accountant, Admission
 from infra.gateway.asgi import Request, bearer_token, parse_headers
 from infra.gateway.cache import MISSING, TtlCache
 from infra.gateway.errors import HTTP_ERRORS, GatewayError, unauthorized
+from infra.gateway.metrics import CLIENT_CLOSED, UNMATCHED, Metrics
 from infra.gateway.router import Router
 from infra.store import Store, StoreUnavailable
 from infra.store.keys import KeyRecord
@@ -36,10 +37,11 @@ def request_of(scope: dict[str, Any]) -> Request:
 
 class Errors:
     """Creates the request; turns errors into the client's error shape (OpenAI's, or Anthropic's on
-    /v1/messages) unless the response has started; a client that went away is not an error."""
+    /v1/messages) unless the response has started; a client that went away is not an error. Counts every
+    answer by route and status (401, 403 and 429 included)."""
 
-    def __init__(self, app: App, router: Router) -> None:
-        self.app, self.router = app, router
+    def __init__(self, app: App, router: Router, metrics: Metrics) -> None:
+        self.app, self.router, self.metrics = app, router, metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope["path"]
@@ -71,6 +73,9 @@ class Errors:
                 await req.error(GatewayError(500, "internal error", "server_error", code="internal_error"))
         finally:
             req.stop_watching()
+            route = scope.get("agentcloud.route")
+            status = req.status or (CLIENT_CLOSED if req.disconnected else 0)
+            self.metrics.responded(scope["method"], route.template if route else UNMATCHED, status)
 
 
 class Routing:

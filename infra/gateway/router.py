@@ -27,6 +27,7 @@ class Route:
     body: Any = None
     summary: str = ""
     ok: int = 200  # the status of success
+    template: str = ""  # the path as registered (the `route` label of metrics)
 
 
 class Router:
@@ -52,7 +53,7 @@ class Router:
         summary: str = "",
         ok: int = 200,
     ) -> None:
-        route = Route(handler, auth, metered, anthropic, body, summary, ok)
+        route = Route(handler, auth, metered, anthropic, body, summary, ok, path)
         self.templates.append((method, path, route))
         if anthropic:
             self.anthropic_paths.add(path)
