@@ -140,9 +140,7 @@ class ManagementApi:
 
     async def delete(self, req: Request) -> None:
         record = await self._managed(req)
-        query = req.scope.get("query_string", b"").decode("latin-1")
-        params = dict(pair.split("=", 1) for pair in query.split("&") if "=" in pair)
-        keep = params.get("keep_model_cache", "true") != "false"
+        keep = req.query().get("keep_model_cache", "true") != "false"
         await self._accepted(req, self.deployments.delete(record, keep))
 
     async def scaling(self, req: Request) -> None:

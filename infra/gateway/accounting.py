@@ -137,7 +137,7 @@ class Admission:
                     code="concurrency_limit",
                     headers={"Retry-After": "1"},
                 )
-        series = self.metrics.series_for(model_id, dep.id if dep else None, key.org_id)
+        series = self.metrics.series_for(model_id, dep.id if dep else None)
         call = Call(key, model_id, dep, estimate, series, lease=lease)
         self.metrics.started(series)
         req.calls.append(call)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,11 @@ class Request:
     @property
     def method(self) -> str:
         return str(self.scope["method"])
+
+    def query(self) -> dict[str, str]:
+        """The query string's parameters (the last value of a repeated one)."""
+        raw = self.scope.get("query_string", b"").decode("latin-1")
+        return dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
 
     def header(self, name: bytes) -> str | None:
         value = self.headers.get(name)

@@ -15,6 +15,7 @@ the kernel had not yet written back (no fsync). Measured on the gateway benchmar
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import logging
@@ -29,6 +30,7 @@ from typing import Any
 import orjson
 
 from infra.store import UsageRow
+from infra.store.store import LATENCY_BOUNDS_MS
 
 log = logging.getLogger("agentcloud.gateway")
 
@@ -197,25 +199,34 @@ def _store_of(path: Path) -> str | None:
     return header.get("store") if isinstance(header, dict) else None
 
 
-Rollups = dict[tuple[float, str, str, str, str | None], list[float]]
+Rollups = dict[tuple[float, str, str, str, str | None], list[Any]]
 
 
 def add(totals: Rollups, item: list[Any]) -> None:
-    """Add one journal entry to per-minute rollups."""
+    """Add one journal entry to per-minute rollups (with a latency histogram, for percentiles later)."""
     minute, key_id, org_id, model_id, dep, error, prompt, completion, cost, latency = item
     acc = totals.get((minute, key_id, org_id, model_id, dep))
     if acc is None:
-        acc = totals[(minute, key_id, org_id, model_id, dep)] = [0, 0, 0, 0, 0.0, 0.0]
+        acc = totals[(minute, key_id, org_id, model_id, dep)] = [0, 0, 0, 0, 0.0, 0.0, {}]
     acc[0] += 1
     acc[1] += error
     acc[2] += prompt
     acc[3] += completion
     acc[4] += cost
     acc[5] += latency
+    hist = acc[6]
+    bucket = bisect.bisect_left(LATENCY_BOUNDS_MS, latency)
+    hist[bucket] = hist.get(bucket, 0) + 1
 
 
 def rows_of(totals: Rollups) -> list[UsageRow]:
-    return [UsageRow(*k, int(v[0]), int(v[1]), int(v[2]), int(v[3]), v[4], v[5]) for k, v in totals.items()]
+    out = []
+    for k, v in totals.items():
+        counts = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+        for bucket, n in v[6].items():
+            counts[bucket] = n
+        out.append(UsageRow(*k, int(v[0]), int(v[1]), int(v[2]), int(v[3]), v[4], v[5], tuple(counts)))
+    return out
 
 
 def read_segment(path: Path) -> tuple[int, list[UsageRow]]:

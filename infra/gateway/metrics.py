@@ -103,8 +103,6 @@ class Metrics:
     def __init__(self) -> None:
         self.models: dict[str, Series] = {}
         self.deployments: dict[str, Series] = {}
-        # (org, model) -> the org's own series: what an org's admin may see (never exported to Prometheus)
-        self.org_models: dict[tuple[str, str], Series] = {}
         self.responses: dict[tuple[str, str, int], int] = {}  # (method, route, status) -> answers
 
     def _series(self, table: dict[Any, Series], name: Any) -> Series | None:
@@ -115,10 +113,10 @@ class Metrics:
             s = table[name] = Series()
         return s
 
-    def series_for(self, model_id: str, deployment_id: str | None, org_id: str | None = None) -> list[Series]:
-        """The series a request counts in: its org's (first), its model's, its deployment's (last)."""
-        found = [self._series(self.org_models, (org_id, model_id))] if org_id else []
-        found.append(self._series(self.models, model_id))
+    def series_for(self, model_id: str, deployment_id: str | None) -> list[Series]:
+        """The series a request counts in: its model's, its deployment's (last). An org's own usage is read
+        from the store (`GET .../inference/metrics`), never from these process-wide series."""
+        found = [self._series(self.models, model_id)]
         if deployment_id:
             found.append(self._series(self.deployments, deployment_id))
         return [s for s in found if s is not None]

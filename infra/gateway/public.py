@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from infra import usage
 from infra.catalog import Catalog, Model
 from infra.gateway import authz
 from infra.gateway.asgi import Request
-from infra.gateway.errors import unauthorized
+from infra.gateway.errors import bad_request, unauthorized
 from infra.gateway.limits import ConcurrencyLimiter
 from infra.gateway.metrics import Metrics
 from infra.gateway.routing import RouteTable
@@ -92,10 +94,22 @@ async def deployment_models(ctx: Observing, req: Request) -> None:
 
 
 async def inference_metrics(ctx: Observing, req: Request) -> None:
+    """The caller org's usage over a window (``?window=1h|24h|7d|30d``, 24h by default), from the store alone:
+    per model, per key and per deployment, with latency percentiles."""
     key = req.caller
-    usage = await ctx.db(ctx.store.usage_totals, key.org_id)
-    latency = {model: s.snapshot() for (org, model), s in ctx.metrics.org_models.items() if org == key.org_id}
-    await req.json({"object": "inference.metrics", "org_id": key.org_id, "usage": usage, "models": latency})
+    query = dict(
+        p.split("=", 1) for p in req.scope.get("query_string", b"").decode("latin-1").split("&") if "=" in p
+    )
+    window = query.get("window", usage.DEFAULT_WINDOW)
+    if window not in usage.WINDOWS:
+        raise bad_request(f"window: one of {', '.join(usage.WINDOWS)}", param="window")
+    now = time.time()
+    since = now - usage.WINDOWS[window]
+    rows = await ctx.db(ctx.store.usage_since, key.org_id, since // 60 * 60)
+    out = usage.report(rows)
+    await req.json(
+        {"object": "inference.metrics", "org_id": key.org_id, "window": window, "since": since, **out}
+    )
 
 
 async def deployment_metrics(ctx: Observing, req: Request) -> None:

@@ -189,12 +189,19 @@ class Coordination(Database):
         return [json.loads(r[0]) for r in reversed(rows)]
 
     def report_load(self, process: str, in_flight: dict[str, int], now: float) -> None:
-        """One data-plane process's in-flight requests per deployment, as of now."""
-        self._exec("DELETE FROM plane_load WHERE process = ?", (process,))
-        self._many(
-            "INSERT INTO plane_load (process, deployment_id, in_flight, at) VALUES (?, ?, ?, ?)",
-            [(process, dep, n, now) for dep, n in in_flight.items()],
-        )
+        """One data-plane process's in-flight requests per deployment, as of now (replaced in one transaction:
+        the autoscaler never reads this process's load as zero in between)."""
+
+        def replace(execute: Any) -> bool:
+            execute("DELETE FROM plane_load WHERE process = ?", (process,))
+            for dep, n in in_flight.items():
+                execute(
+                    "INSERT INTO plane_load (process, deployment_id, in_flight, at) VALUES (?, ?, ?, ?)",
+                    (process, dep, n, now),
+                )
+            return True
+
+        self._atomic(replace)
 
     def in_flight(self, fresh_after: float) -> dict[str, int]:
         """In-flight requests per deployment, summed over data planes that reported after ``fresh_after``."""

@@ -51,7 +51,7 @@ SCHEMA = [
         minute DOUBLE PRECISION NOT NULL, key_id TEXT NOT NULL, org_id TEXT NOT NULL, model_id TEXT NOT NULL,
         deployment_id TEXT, requests BIGINT NOT NULL, errors BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL,
         completion_tokens BIGINT NOT NULL, cost_usd DOUBLE PRECISION NOT NULL,
-        latency_ms_sum DOUBLE PRECISION NOT NULL)""",
+        latency_ms_sum DOUBLE PRECISION NOT NULL, latency_hist TEXT)""",
     "CREATE INDEX IF NOT EXISTS usage_org_minute ON usage (org_id, minute)",
     # Usage-journal segments already in `usage` (a segment is applied once, in the same transaction).
     """CREATE TABLE IF NOT EXISTS usage_segments (
@@ -107,6 +107,10 @@ def _unavailable(exc: Exception) -> bool:
     return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
 
 
+# Columns added after a table was first released: (table, column, type), added to older stores at start.
+COLUMNS_ADDED = [("usage", "latency_hist", "TEXT")]
+
+
 TABLES = (
     "plane_load",
     "sla_events",
@@ -149,6 +153,11 @@ class Database:
             self._conn.execute("PRAGMA foreign_keys=ON")
         for statement in SCHEMA:
             self._exec(statement)
+        for table, column, kind in COLUMNS_ADDED:  # stores made by an earlier version
+            try:
+                self._exec(f"SELECT {column} FROM {table} LIMIT 0")
+            except Exception:
+                self._exec(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def _sql(self, sql: str) -> str:

@@ -34,6 +34,12 @@ class UsageRow:
     completion_tokens: int
     cost_usd: float
     latency_ms_sum: float
+    latency_hist: tuple[int, ...] = ()  # counts per LATENCY_BOUNDS_MS bucket (and one above the last)
+
+
+# The stored latency histogram's buckets: 1 ms .. ~10 min, x1.25 each (percentiles over any window, from the
+# store alone, within ~12%).
+LATENCY_BOUNDS_MS = tuple(1.0 * 1.25**i for i in range(61))
 
 
 class Store(Coordination):
@@ -144,9 +150,10 @@ class Store(Coordination):
 
     def add_member(self, org_id: str, key_id: str, permissions: Iterable[str]) -> None:
         perms = ",".join(sorted(set(permissions)))
-        self._exec("DELETE FROM org_members WHERE org_id = ? AND key_id = ?", (org_id, key_id))
         self._exec(
-            "INSERT INTO org_members (org_id, key_id, permissions) VALUES (?, ?, ?)", (org_id, key_id, perms)
+            "INSERT INTO org_members (org_id, key_id, permissions) VALUES (?, ?, ?) "
+            "ON CONFLICT (org_id, key_id) DO UPDATE SET permissions = excluded.permissions",
+            (org_id, key_id, perms),
         )
         self.bump("keys")
 
@@ -173,14 +180,16 @@ class Store(Coordination):
 
     # -- deployments (owned by the control plane; `routes add` registers hand-run ones) ----------------------
     def save_deployment(self, record: DeploymentRecord) -> None:
-        """Insert or replace a deployment, and bump the "routes" revision data planes watch."""
+        """Insert or replace a deployment in one statement (a reader never sees it missing), and bump the
+        "routes" revision data planes watch."""
         meta, routes = record.encode()
         now = time.time()
-        self._exec("DELETE FROM deployments WHERE id = ?", (record.id,))
         self._exec(
             "INSERT INTO deployments (id, org_id, name, model_id, status, spec, routes, created_at, "
-            "updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "org_id = excluded.org_id, name = excluded.name, model_id = excluded.model_id, "
+            "status = excluded.status, spec = excluded.spec, routes = excluded.routes, "
+            "updated_at = excluded.updated_at",
             (
                 record.id,
                 record.org_id,
@@ -329,7 +338,8 @@ class Store(Coordination):
     # -- usage -----------------------------------------------------------------------------------------
     _USAGE_INSERT = (
         "INSERT INTO usage (minute, key_id, org_id, model_id, deployment_id, requests, errors, "
-        "prompt_tokens, completion_tokens, cost_usd, latency_ms_sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "prompt_tokens, completion_tokens, cost_usd, latency_ms_sum, latency_hist) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
 
     def add_usage(self, rows: Sequence[UsageRow], segment: str | None = None) -> bool:
@@ -355,6 +365,32 @@ class Store(Coordination):
             (keymod.new_id("store"),),
         )
         return str(self._exec("SELECT value FROM meta WHERE name = 'store_id'")[0][0])
+
+    def usage_since(self, org_id: str, since: float) -> list[UsageRow]:
+        """An org's usage rows from ``since`` (seconds since the epoch) on."""
+        rows = self._exec(
+            "SELECT minute, key_id, org_id, model_id, deployment_id, requests, errors, prompt_tokens, "
+            "completion_tokens, cost_usd, latency_ms_sum, latency_hist FROM usage "
+            "WHERE org_id = ? AND minute >= ?",
+            (org_id, since),
+        )
+        return [
+            UsageRow(
+                float(r[0]),
+                str(r[1]),
+                str(r[2]),
+                str(r[3]),
+                r[4],
+                int(r[5]),
+                int(r[6]),
+                int(r[7]),
+                int(r[8]),
+                float(r[9]),
+                float(r[10]),
+                tuple(json.loads(r[11])) if r[11] else (),
+            )
+            for r in rows
+        ]
 
     def usage_totals(self, org_id: str, since: float = 0.0) -> dict[str, dict[str, float]]:
         rows = self._exec(
@@ -388,4 +424,5 @@ def _usage_params(r: UsageRow) -> tuple[Any, ...]:
         r.completion_tokens,
         r.cost_usd,
         r.latency_ms_sum,
+        json.dumps(list(r.latency_hist)) if r.latency_hist else None,
     )

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import requests
 
-from tests.gateway.harness import CHAT_MODEL, Keys, Running
+from infra.store import Store, UsageRow
+from tests.gateway.harness import CHAT_MODEL, Keys, Running, wait_for
 
 CHAT: dict[str, Any] = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -72,3 +74,35 @@ def test_histograms_have_the_same_buckets_in_every_series(gw: Running, keys: Key
         bounds = list(buckets.values())
         assert all(b == bounds[0] for b in bounds) and bounds[0][-1] == "+Inf", buckets
         assert len(bounds[0]) > 10
+
+
+def test_usage_over_a_window_comes_from_the_store(gw: Running, keys: Keys, store: Store) -> None:
+    """Per model, per key and per deployment, with latency percentiles, for 1h / 24h / 7d / 30d: from the
+    store alone (what another replica, or this one after a restart, answers the same)."""
+    h = {"Authorization": f"Bearer {keys.admin}"}
+    for path in ("/v1/chat/completions",) * 3 + ("/api/v1/public/deployments/dep_a/chat/completions",) * 2:
+        assert requests.post(gw.url + path, json=CHAT, headers=h, timeout=10).status_code == 200
+    two_hours_ago = time.time() // 60 * 60 - 7200
+    store.add_usage(
+        [UsageRow(two_hours_ago, keys.ids["admin"], "org_a", CHAT_MODEL, None, 7, 1, 70, 7, 0.5, 700.0)]
+    )
+    url = f"{gw.url}/api/v1/public/inference/metrics"
+
+    def window(w: str) -> dict[str, Any]:
+        resp = requests.get(url, params={"window": w}, headers=h, timeout=10)
+        assert resp.status_code == 200, resp.text
+        return dict(resp.json())
+
+    assert wait_for(lambda: window("1h")["models"].get(CHAT_MODEL, {}).get("requests") == 5, 5)
+    hour = window("1h")
+    model = hour["models"][CHAT_MODEL]
+    assert model["errors"] == 0 and model["latency_ms"]["p50"] is not None
+    assert model["latency_ms"]["p50"] <= model["latency_ms"]["p99"]
+    assert hour["keys"][keys.ids["admin"]]["requests"] == 5
+    assert hour["deployments"]["dep_a"]["requests"] == 2
+    day = window("24h")
+    assert day["models"][CHAT_MODEL]["requests"] == 12 and day["models"][CHAT_MODEL]["errors"] == 1
+    bad = requests.get(url, params={"window": "2y"}, headers=h, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "window"
+    other = requests.get(url, headers={"Authorization": f"Bearer {keys.other_org}"}, timeout=10).json()
+    assert other["models"] == {} and other["keys"] == {}, "another org sees none of it"

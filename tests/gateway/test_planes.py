@@ -144,9 +144,14 @@ def test_two_data_planes_learn_routes_and_operations_are_serialized(cluster: dic
     # While it runs, every control plane shows the job (it lives in the store).
     job = _call(urls["control2"], "GET", f"/{dep_id}", keys.admin).json()["job"]
     assert job is not None and job["operation"] == "scale"
-    assert wait_for(
-        lambda: _call(urls["control2"], "GET", f"/{dep_id}", keys.admin).json()["job"] is None, 30
-    )
+    seen: list[Any] = []
+
+    def job_done() -> bool:
+        seen.append(_call(urls["control2"], "GET", f"/{dep_id}", keys.admin).json())
+        return "job" in seen[-1] and seen[-1]["job"] is None
+
+    assert wait_for(job_done, 30), seen[-3:]
+    assert all("job" in d for d in seen), [d for d in seen if "job" not in d]  # never an error meanwhile
     operations = _operations(cluster["ops_log"])
     assert len(operations) == 2, operations  # the create's up and one scale's up
     for (_, end, _), (start, _, _) in itertools.pairwise(operations):
