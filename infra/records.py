@@ -122,6 +122,53 @@ class Lifecycle:
         return self.history[-1].reason if self.history else ""
 
 
+MAX_RATE_CHANGES = 1000
+
+
+@dataclass(frozen=True)
+class Meter:
+    """What a deployment's capacity has cost: a piecewise-constant rate ($/h of the replicas running, zero at
+    zero) as a bounded list of (since, rate) changes; older changes are folded into ``folded_usd`` (spent
+    before ``changes[0]``)."""
+
+    changes: tuple[tuple[float, float], ...] = ()
+    folded_usd: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.changes[-1][1] if self.changes else 0.0
+
+    def at(self, now: float, rate: float) -> Meter:
+        """The meter after the rate became ``rate`` at ``now`` (unchanged if it already was)."""
+        if self.changes and abs(self.changes[-1][1] - rate) < 1e-9:
+            return self
+        changes, folded = (*self.changes, (now, rate)), self.folded_usd
+        while len(changes) > MAX_RATE_CHANGES:
+            (t0, r0), (t1, _) = changes[0], changes[1]
+            folded += r0 * (t1 - t0) / 3600
+            changes = changes[1:]
+        return Meter(changes, folded)
+
+    def cost(self, start: float, end: float) -> float:
+        """US dollars spent between ``start`` and ``end`` (the folded history counts when ``start`` precedes
+        it)."""
+        total = self.folded_usd if self.changes and start <= self.changes[0][0] else 0.0
+        for i, (t, rate) in enumerate(self.changes):
+            t_next = self.changes[i + 1][0] if i + 1 < len(self.changes) else end
+            lo, hi = max(t, start), min(t_next, end)
+            if hi > lo:
+                total += rate * (hi - lo) / 3600
+        return total
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"changes": [list(c) for c in self.changes], "folded_usd": self.folded_usd}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Meter:
+        changes = tuple((float(t), float(r)) for t, r in data.get("changes", ()))
+        return Meter(changes, float(data.get("folded_usd", 0.0)))
+
+
 @dataclass(frozen=True)
 class DeploymentRecord:
     """One deployment as the store keeps it; the one owner of each field is written beside it.
@@ -130,7 +177,8 @@ class DeploymentRecord:
     - ``spec``: the deployment object of its stack file (git or the API owns it; the control plane writes it).
     - ``lifecycle``: the control plane (jobs, autoscaler); None for routes registered by hand.
     - ``routes``: what the data plane serves it by (endpoints, hosts, concurrency limit), from the stack's
-      outputs."""
+      outputs.
+    - ``meter``: what its capacity has cost (the control plane, each time the replicas running change)."""
 
     id: str
     org_id: str
@@ -141,6 +189,14 @@ class DeploymentRecord:
     stack: str | None = None
     lifecycle: Lifecycle | None = None
     routes: dict[str, Any] = field(default_factory=dict)
+    meter: Meter = field(default_factory=Meter)
+
+    @property
+    def running(self) -> int:
+        """Replicas running (serving or not yet healthy): the droplets being billed."""
+        if self.status in (Status.INACTIVE,):
+            return 0
+        return len(self.routes.get("endpoints") or [])
 
     @property
     def served_model(self) -> str:
@@ -159,6 +215,8 @@ class DeploymentRecord:
             meta["stack"] = self.stack
         if self.lifecycle is not None:
             meta["lifecycle"] = self.lifecycle.as_dict()
+        if self.meter.changes:
+            meta["meter"] = self.meter.as_dict()
         return meta, self.routes
 
     @staticmethod
@@ -183,4 +241,5 @@ class DeploymentRecord:
             stack=meta.get("stack"),
             lifecycle=Lifecycle.from_dict(lifecycle) if lifecycle else None,
             routes=dict(routes or {}),
+            meter=Meter.from_dict(meta["meter"]) if meta.get("meter") else Meter(),
         )

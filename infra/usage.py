@@ -71,3 +71,31 @@ def report(rows: list[UsageRow]) -> dict[str, dict[str, dict[str, Any]]]:
         "keys": summarize(rows, lambda r: r.key_id),
         "deployments": summarize(rows, lambda r: r.deployment_id),
     }
+
+
+def capacity_cost(capacity_usd: float, rows: list[UsageRow]) -> dict[str, Any]:
+    """A deployment's capacity cost over a window, per 1M tokens it served, and attributed to the keys and
+    orgs that used it in proportion to their tokens (prompt and completion)."""
+    tokens_by_key: dict[str, int] = {}
+    org_of: dict[str, str] = {}
+    for r in rows:
+        tokens_by_key[r.key_id] = tokens_by_key.get(r.key_id, 0) + r.prompt_tokens + r.completion_tokens
+        org_of[r.key_id] = r.org_id
+    total = sum(tokens_by_key.values())
+    by_key = {
+        key: {"tokens": n, "share": round(n / total, 4), "cost_usd": round(capacity_usd * n / total, 6)}
+        for key, n in sorted(tokens_by_key.items())
+        if total
+    }
+    by_org: dict[str, dict[str, Any]] = {}
+    for key, entry in by_key.items():
+        org = by_org.setdefault(org_of[key], {"tokens": 0, "cost_usd": 0.0})
+        org["tokens"] += entry["tokens"]
+        org["cost_usd"] = round(org["cost_usd"] + entry["cost_usd"], 6)
+    return {
+        "cost_usd": round(capacity_usd, 6),
+        "tokens": total,
+        "usd_per_mtok": round(capacity_usd / total * 1e6, 4) if total else None,
+        "by_key": by_key,
+        "by_org": by_org,
+    }

@@ -91,6 +91,20 @@ def run(args: argparse.Namespace) -> int:
     if action == "get":
         print(json.dumps(client.call("GET", f"/{args.id}"), indent=2))
         return 0
+    if action == "cost":
+        c = client.call("GET", f"/{args.id}/cost", params={"window": args.window})
+        per_mtok = f"${c['usd_per_mtok']:.2f} per 1M tokens" if c["usd_per_mtok"] is not None else "no tokens"
+        print(
+            f"{c['deployment_id']}: ${c['cost_usd']:.2f} over {c['window']} "
+            f"({c['tokens']:,} tokens, {per_mtok}); ${c['to_date_usd']:.2f} to date; "
+            f"now ${c['rate_usd_per_hour']:.2f}/h"
+        )
+        if c["by_key"]:
+            print(f"{'key':<20} {'tokens':>12} {'share':>7} {'cost':>10}")
+            for key, k in c["by_key"].items():
+                cost = f"${k['cost_usd']:.2f}"
+                print(f"{key:<20} {k['tokens']:>12,} {k['share']:>7.1%} {cost:>10}")
+        return 0
     if action == "create":
         dep = client.call("POST", json=_stack_deployment(args.stack))
         print(f"created {dep['id']} ({dep['name']})")
@@ -140,6 +154,9 @@ def add_parser(sub: Any) -> None:
     ds.add_parser("list")
     for name in ("get", "refresh"):
         ds.add_parser(name).add_argument("id")
+    co = ds.add_parser("cost", help="capacity cost over a window, per 1M tokens, and by key")
+    co.add_argument("id")
+    co.add_argument("--window", default="24h", choices=["1h", "24h", "7d", "30d"])
     c = ds.add_parser("create", help="create from a stack file (its agent-cloud:deployment object)")
     c.add_argument("stack")
     s = ds.add_parser("scale")

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
 from pydantic import BaseModel
 
+from infra import usage
 from infra.catalog import Catalog, Routing
 from infra.control.deployments import Deployments
 from infra.control.errors import NotManaged, StackBusy, UnsafeURL
@@ -163,6 +165,29 @@ class ManagementApi:
         body = await self._body_as(req, RoutingBody, "routing")
         record = await self.deployments.set_routing(record, body.routing)
         await req.json(await self.deployments.public(record))
+
+    async def cost(self, req: Request) -> None:
+        """What the deployment's capacity cost over a window (?window=1h|24h|7d|30d), per 1M tokens, and by
+        the keys and orgs that used it; and to date."""
+        record = await self._readable(req)
+        window = req.query().get("window", usage.DEFAULT_WINDOW)
+        if window not in usage.WINDOWS:
+            raise bad_request(f"window: one of {', '.join(usage.WINDOWS)}", param="window")
+        now = time.time()
+        since = now - usage.WINDOWS[window]
+        rows = await self.db(self.store.usage_since, None, since // 60 * 60, record.id)
+        report = usage.capacity_cost(record.meter.cost(since, now), rows)
+        await req.json(
+            {
+                "object": "deployment.cost",
+                "deployment_id": record.id,
+                "window": window,
+                "since": since,
+                "rate_usd_per_hour": round(record.meter.rate, 4),
+                "to_date_usd": round(record.meter.cost(0.0, now), 4),
+                **report,
+            }
+        )
 
     async def get_sla(self, req: Request) -> None:
         await req.json(await self.sla.report(await self._readable(req)))

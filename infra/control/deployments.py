@@ -20,9 +20,10 @@ from infra.control.jobs import Job, JobRunner
 from infra.control.outputs import routes_from_outputs
 from infra.control.sla import SlaWatch
 from infra.control.webhooks import WebhookSender
+from infra.errors import InfraError
 from infra.lifecycle.operations import api_stack_name, validate_deployment, write_stack_file
 from infra.records import DeploymentRecord, Lifecycle, Reason, Status
-from infra.spec import DeploymentSpec, Scaling, Sla
+from infra.spec import DeploymentSpec, Scaling, Sla, gpu_type_of
 from infra.store import Store
 from infra.store.offload import StoreThread
 
@@ -74,9 +75,22 @@ class Deployments:
         return await self.db(self.store.deployments)
 
     async def save(self, record: DeploymentRecord) -> DeploymentRecord:
+        record = dataclasses.replace(record, meter=record.meter.at(time.time(), self.hourly_rate(record)))
         await self.db(self.store.save_deployment, record)
         await self.publish(record)
         return record
+
+    def hourly_rate(self, record: DeploymentRecord) -> float:
+        """What the replicas running cost an hour at the catalog's price (GPU droplets; zero at zero, and for
+        a deployment registered by hand: its capacity is not ours to price)."""
+        if not record.stack or not record.spec or not record.running:
+            return 0.0
+        try:
+            spec = validate_deployment(record.spec, self.catalog)
+            gpu = self.catalog.gpu_types[str(gpu_type_of(spec, self.catalog))]
+        except (InfraError, KeyError):
+            return 0.0
+        return float(gpu.hourly_usd) * record.running
 
     @staticmethod
     def stack_of(record: DeploymentRecord) -> str:
@@ -117,6 +131,10 @@ class Deployments:
             "endpoints": list(record.routes.get("endpoints") or []),
             "lifecycle": record.lifecycle.as_dict() if record.lifecycle else None,
             "job": running.as_dict() if running else None,
+            "cost": {
+                "rate_usd_per_hour": round(record.meter.rate, 4),
+                "to_date_usd": round(record.meter.cost(0.0, time.time()), 4),
+            },
         }
 
     # -- jobs -----------------------------------------------------------------------------------------------

@@ -135,6 +135,7 @@ class ControlPlane:
             ("POST", f"{dep}/refresh", a.refresh, None, 202, "Compare the stack with the cloud"),
             ("PATCH", f"{dep}/sla", a.set_sla, Sla, 200, "SLA targets"),
             ("GET", f"{dep}/sla", a.get_sla, None, 200, "SLA targets, breaches and recoveries"),
+            ("GET", f"{dep}/cost", a.cost, None, 200, "Capacity cost over a window, per 1M tokens, by key"),
             ("PATCH", f"{dep}/routing", a.set_routing, RoutingBody, 200, "How requests spread over replicas"),
             ("POST", f"{dep}/permissions", a.grant, GrantRequest, 201, "Grant a key of the org inference"),
             ("DELETE", f"{dep}/permissions/{{api_key_id}}", a.revoke, None, 200, "Revoke a key's grant"),

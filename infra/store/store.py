@@ -366,13 +366,17 @@ class Store(Coordination):
         )
         return str(self._exec("SELECT value FROM meta WHERE name = 'store_id'")[0][0])
 
-    def usage_since(self, org_id: str, since: float) -> list[UsageRow]:
-        """An org's usage rows from ``since`` (seconds since the epoch) on."""
+    def usage_since(
+        self, org_id: str | None, since: float, deployment_id: str | None = None
+    ) -> list[UsageRow]:
+        """Usage rows from ``since`` (seconds since the epoch) on: an org's, or a deployment's (every org's
+        keys that called it)."""
+        column, value = ("deployment_id", deployment_id) if deployment_id else ("org_id", org_id)
         rows = self._exec(
             "SELECT minute, key_id, org_id, model_id, deployment_id, requests, errors, prompt_tokens, "
-            "completion_tokens, cost_usd, latency_ms_sum, latency_hist FROM usage "
-            "WHERE org_id = ? AND minute >= ?",
-            (org_id, since),
+            f"completion_tokens, cost_usd, latency_ms_sum, latency_hist FROM usage "
+            f"WHERE {column} = ? AND minute >= ?",
+            (value, since),
         )
         return [
             UsageRow(

@@ -206,6 +206,7 @@ ROWS = [
         f"{API}/deployments/dep_b",
     ),
     Row("GET", f"{API}/deployments/{{deployment_id}}/sla", READ_M, _dep_m("/sla")),
+    Row("GET", f"{API}/deployments/{{deployment_id}}/cost", READ_M, _dep_m("/cost")),
     Row(
         "PATCH",
         f"{API}/deployments/{{deployment_id}}/scaling",

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
+from infra.catalog import Catalog
 from infra.store import Store, UsageRow
 from tests.gateway.harness import CHAT_MODEL, Keys, Running, wait_for
 
@@ -106,3 +109,38 @@ def test_usage_over_a_window_comes_from_the_store(gw: Running, keys: Keys, store
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "window"
     other = requests.get(url, headers={"Authorization": f"Bearer {keys.other_org}"}, timeout=10).json()
     assert other["models"] == {} and other["keys"] == {}, "another org sees none of it"
+
+
+def test_capacity_cost_per_deployment_per_mtok_and_per_key(catalog: Catalog, tmp_path: Path) -> None:
+    """A deployment made through the API costs its GPU droplets' price while replicas run, nothing at zero;
+    over a window, per 1M tokens, and attributed to the keys (and orgs) that used it by their tokens."""
+    from tests.gateway.harness import API, world_of
+
+    with world_of(catalog, tmp_path) as w:
+        dep = w.admin("GET", f"{API}/deployments/{w.dep_m}").json()
+        rate = dep["cost"]["rate_usd_per_hour"]
+        assert rate == pytest.approx(catalog.gpu_types["h100"].hourly_usd), dep["cost"]
+        chat = f"{API}/deployments/{w.dep_m}/chat/completions"
+        for key, n in ((w.keys.admin, 3), (w.keys.member, 1)):  # org_a's admin, and a member from org_b
+            for _ in range(n):
+                assert w.call("POST", chat, key, json=CHAT).status_code == 200
+        time.sleep(1.2)
+        w.r.run(w.r.gateway.data.accountant.flush())
+        cost = w.admin("GET", f"{API}/deployments/{w.dep_m}/cost", params={"window": "1h"}).json()
+        assert cost["tokens"] > 0 and cost["cost_usd"] > 0 and cost["usd_per_mtok"] > 0
+        assert cost["usd_per_mtok"] == pytest.approx(cost["cost_usd"] / cost["tokens"] * 1e6, rel=1e-3)
+        shares = {k: v["share"] for k, v in cost["by_key"].items()}
+        assert shares[w.keys.ids["admin"]] == pytest.approx(0.75, abs=0.01), shares
+        assert set(cost["by_org"]) == {"org_a", "org_b"}
+        assert sum(o["cost_usd"] for o in cost["by_org"].values()) == pytest.approx(
+            cost["cost_usd"], rel=1e-3
+        )
+        assert w.admin("DELETE", f"{API}/deployments/{w.dep_m}").status_code == 202
+        w.settled()
+        gone = w.admin("GET", f"{API}/deployments/{w.dep_m}").json()["cost"]
+        assert gone["rate_usd_per_hour"] == 0.0 and gone["to_date_usd"] > 0
+        later = w.admin("GET", f"{API}/deployments/{w.dep_m}/cost").json()["to_date_usd"]
+        time.sleep(0.3)
+        assert w.admin("GET", f"{API}/deployments/{w.dep_m}/cost").json()["to_date_usd"] == later, (
+            "nothing at zero"
+        )

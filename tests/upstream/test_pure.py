@@ -232,3 +232,19 @@ def test_a_refusal_names_the_field_without_library_text() -> None:
         parse(WebhookRequest, {"url": "https://x.example/", "events": [[1]]}, "webhook")
     assert err.value.param == "events[0]" and err.value.code == "invalid_webhook"
     assert parse(WebhookRequest, {"url": "https://x.example/"}).events[0] == "deployment.active"
+
+
+def test_a_meter_integrates_the_rate_of_the_replicas_running() -> None:
+    from infra.records import MAX_RATE_CHANGES, Meter
+
+    m = Meter().at(0.0, 4.0).at(3600.0, 8.0).at(7200.0, 0.0)  # 1 h at $4/h, 1 h at $8/h, then zero
+    assert m.at(7300.0, 0.0) is m, "an unchanged rate records nothing"
+    assert m.cost(0.0, 10_000.0) == pytest.approx(12.0)
+    assert m.cost(1800.0, 5400.0) == pytest.approx(2.0 + 4.0)
+    assert m.cost(7200.0, 10_000.0) == 0.0 and m.rate == 0.0
+    long = Meter()
+    for i in range(MAX_RATE_CHANGES + 10):  # $1/h and $0/h in turn, an hour each
+        long = long.at(i * 3600.0, float(i % 2 == 0))
+    assert len(long.changes) == MAX_RATE_CHANGES
+    assert long.cost(0.0, (MAX_RATE_CHANGES + 10) * 3600.0) == pytest.approx((MAX_RATE_CHANGES + 10) / 2)
+    assert Meter.from_dict(long.as_dict()) == long
