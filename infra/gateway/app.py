@@ -113,6 +113,7 @@ class DataPlane:
             self.db,
             self.concurrency,
             self.config.metrics_token,
+            self.upstreams.balancer,
         )
         data_routes.register(router, serving, observing)
 

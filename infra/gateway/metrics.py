@@ -166,7 +166,7 @@ class Metrics:
             "# TYPE agentcloud_http_requests_total counter",
         ]
         for (method, route, status), n in sorted(self.responses.items()):
-            labels = f'method="{method}",route="{_esc(route)}",status="{status}"'
+            labels = f'method="{method}",route="{esc(route)}",status="{status}"'
             lines.append(f"agentcloud_http_requests_total{{{labels}}} {n}")
         for label, table in (("model", self.models), ("deployment", self.deployments)):
             prefix = f"agentcloud_{label}"
@@ -185,7 +185,7 @@ class Metrics:
                     "active_requests": "active",
                 }.get(metric, metric.removesuffix("_total"))
                 for name, s in table.items():
-                    lines.append(f'{prefix}_{metric}{{{label}="{_esc(name)}"}} {getattr(s, attr)}')
+                    lines.append(f'{prefix}_{metric}{{{label}="{esc(name)}"}} {getattr(s, attr)}')
             for metric, attr in (("latency_seconds", "latency_export"), ("ttft_seconds", "ttft_export")):
                 lines += [
                     f"# HELP {prefix}_{metric} {metric.removesuffix('_seconds')} per {label}",
@@ -197,13 +197,13 @@ class Metrics:
                     for bound, n in zip(h.bounds, h.counts, strict=False):  # every bucket, every series
                         cumulative += n
                         lines.append(
-                            f'{prefix}_{metric}_bucket{{{label}="{_esc(name)}",le="{bound:g}"}} {cumulative}'
+                            f'{prefix}_{metric}_bucket{{{label}="{esc(name)}",le="{bound:g}"}} {cumulative}'
                         )
-                    lines.append(f'{prefix}_{metric}_bucket{{{label}="{_esc(name)}",le="+Inf"}} {h.count}')
-                    lines.append(f'{prefix}_{metric}_sum{{{label}="{_esc(name)}"}} {h.total:.6f}')
-                    lines.append(f'{prefix}_{metric}_count{{{label}="{_esc(name)}"}} {h.count}')
+                    lines.append(f'{prefix}_{metric}_bucket{{{label}="{esc(name)}",le="+Inf"}} {h.count}')
+                    lines.append(f'{prefix}_{metric}_sum{{{label}="{esc(name)}"}} {h.total:.6f}')
+                    lines.append(f'{prefix}_{metric}_count{{{label}="{esc(name)}"}} {h.count}')
         return "\n".join(lines) + "\n"
 
 
-def _esc(value: str) -> str:
+def esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

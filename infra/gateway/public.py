@@ -14,10 +14,11 @@ from infra.gateway import authz
 from infra.gateway.asgi import Request
 from infra.gateway.errors import bad_request, unauthorized
 from infra.gateway.limits import ConcurrencyLimiter
-from infra.gateway.metrics import Metrics
+from infra.gateway.metrics import Metrics, esc
 from infra.gateway.routing import RouteTable
 from infra.store import Store
 from infra.store.offload import StoreThread
+from infra.upstream.balance import Balancer
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Observing:
     db: StoreThread
     concurrency: ConcurrencyLimiter
     metrics_token: str | None
+    balancer: Balancer
 
 
 ObservingHandler = Callable[[Observing, Request], Awaitable[None]]
@@ -140,4 +142,44 @@ async def prometheus(ctx: Observing, req: Request) -> None:
         token = (req.header(b"authorization") or "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(token.encode(), ctx.metrics_token.encode()):
             raise unauthorized("metrics need the configured metrics token")
-    await req.respond(200, ctx.metrics.prometheus().encode(), b"text/plain; version=0.0.4")
+    backlog, oldest = await ctx.db(ctx.store.outbox_backlog)
+    text = ctx.metrics.prometheus() + _live(ctx, backlog, oldest)
+    await req.respond(200, text.encode(), b"text/plain; version=0.0.4")
+
+
+def _live(ctx: Observing, backlog: int, oldest: float | None) -> str:
+    """Gauges read at scrape time: each replica's load, queue and health (what the routing sees), each
+    upstream's circuit, and the webhook outbox."""
+    b = ctx.balancer
+    lines = [
+        "# HELP agentcloud_replica_in_flight requests this process has in flight at a deployment's replica",
+        "# TYPE agentcloud_replica_in_flight gauge",
+        "# HELP agentcloud_replica_queue requests waiting in the replica's engine (its /metrics)",
+        "# TYPE agentcloud_replica_queue gauge",
+        "# HELP agentcloud_replica_up 1 when the replica's last health probe answered",
+        "# TYPE agentcloud_replica_up gauge",
+    ]
+    for dep in ctx.routes.deployments.values():
+        for i, t in enumerate(dep.targets):
+            labels = f'deployment="{esc(dep.id)}",replica="{i}"'
+            lines.append(f"agentcloud_replica_in_flight{{{labels}}} {b.in_flight.get(t.base_url, 0)}")
+            lines.append(f"agentcloud_replica_queue{{{labels}}} {b.waiting.get(t.base_url, 0)}")
+            lines.append(f"agentcloud_replica_up{{{labels}}} {int(t.base_url not in b.unhealthy)}")
+    lines += [
+        "# HELP agentcloud_upstream_circuit_open 1 while an upstream's circuit breaker is open or half-open",
+        "# TYPE agentcloud_upstream_circuit_open gauge",
+    ]
+    for url, breaker in sorted(ctx.routes.breakers.by_url.items()):
+        lines.append(
+            f'agentcloud_upstream_circuit_open{{upstream="{esc(url)}"}} {int(breaker.state != "closed")}'
+        )
+    age = max(0.0, time.time() - oldest) if oldest is not None else 0.0
+    lines += [
+        "# HELP agentcloud_webhook_outbox_pending webhook deliveries waiting (retries included)",
+        "# TYPE agentcloud_webhook_outbox_pending gauge",
+        f"agentcloud_webhook_outbox_pending {backlog}",
+        "# HELP agentcloud_webhook_outbox_oldest_age_seconds how long the oldest waiting delivery has waited",
+        "# TYPE agentcloud_webhook_outbox_oldest_age_seconds gauge",
+        f"agentcloud_webhook_outbox_oldest_age_seconds {age:.1f}",
+    ]
+    return "\n".join(lines) + "\n"

@@ -366,6 +366,14 @@ class Store(Coordination):
         )
         return str(self._exec("SELECT value FROM meta WHERE name = 'store_id'")[0][0])
 
+    def outbox_backlog(self) -> tuple[int, float | None]:
+        """Webhook deliveries not yet made (and not given up on): how many, and when the oldest was queued."""
+        rows = self._exec(
+            "SELECT COUNT(*), MIN(created_at) FROM webhook_outbox WHERE delivered_at IS NULL AND NOT dead"
+        )
+        count, oldest = rows[0]
+        return int(count), float(oldest) if oldest is not None else None
+
     def usage_since(
         self, org_id: str | None, since: float, deployment_id: str | None = None
     ) -> list[UsageRow]:

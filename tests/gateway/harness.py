@@ -345,7 +345,16 @@ def world_of(catalog: Catalog, tmp: Path) -> Iterator[World]:
                 "dep_e", "org_a", "dep_e", "bge-m3", (target(up.base_url, "dep_e", deployment_id="dep_e"),)
             )
         )
-        gateway = make_gateway(catalog, store, routes, tmp, stack_ops=ops, stacks_dir=stacks)
+        gateway = make_gateway(  # webhooks to 127.0.0.1 only: nothing leaves the machine
+            catalog,
+            store,
+            routes,
+            tmp,
+            stack_ops=ops,
+            stacks_dir=stacks,
+            webhooks_allow_http=True,
+            webhooks_allow_loopback=True,
+        )
         with running(gateway) as r:
             tokens = {f.name: getattr(keys, f.name) for f in dataclasses.fields(keys) if f.name != "ids"}
             tokens["admin_b"] = admin_b

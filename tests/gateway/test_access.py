@@ -242,7 +242,7 @@ ROWS = [
         f"{API}/deployments/{{deployment_id}}/webhooks",
         _manage(201),
         _dep_m("/webhooks"),
-        lambda w: {"json": {"url": "https://93.184.216.34/hook"}},
+        lambda w: {"json": {"url": "http://127.0.0.1:9/hook"}},  # events sent there are refused locally
     ),
     # -- uploads (for dep_u, org_a's): the right to manage the deployment -------------------------------
     Row(

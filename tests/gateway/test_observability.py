@@ -144,3 +144,23 @@ def test_capacity_cost_per_deployment_per_mtok_and_per_key(catalog: Catalog, tmp
         assert w.admin("GET", f"{API}/deployments/{w.dep_m}/cost").json()["to_date_usd"] == later, (
             "nothing at zero"
         )
+
+
+def test_replicas_circuits_and_the_outbox_are_visible(gw: Running, keys: Keys, store: Store) -> None:
+    text = _metrics(gw)
+    assert _sample(text, "agentcloud_replica_in_flight", deployment="dep_a", replica="0") == 0
+    assert _sample(text, "agentcloud_replica_up", deployment="dep_a", replica="0") == 1
+    assert _sample(text, "agentcloud_webhook_outbox_pending") is None  # no labels: a bare sample
+    assert "agentcloud_webhook_outbox_pending 0" in text
+    store.create_webhook("whk_1", "org_a", "dep_a", "https://127.0.0.1/h", ["deployment.scaled"], "sealed")
+    store.enqueue([("out_1", "whk_1", "evt_1", "{}")], time.time() - 120)
+    text = _metrics(gw)
+    assert "agentcloud_webhook_outbox_pending 1" in text
+    age = float(
+        next(
+            line for line in text.splitlines() if line.startswith("agentcloud_webhook_outbox_oldest")
+        ).split()[1]
+    )
+    assert 110 <= age <= 200
+    breaker = gw.gateway.routes.breakers.by_url
+    assert all(f'agentcloud_upstream_circuit_open{{upstream="{url}"}} 0' in text for url in breaker)
