@@ -164,3 +164,34 @@ def test_replicas_circuits_and_the_outbox_are_visible(gw: Running, keys: Keys, s
     assert 110 <= age <= 200
     breaker = gw.gateway.routes.breakers.by_url
     assert all(f'agentcloud_upstream_circuit_open{{upstream="{url}"}} 0' in text for url in breaker)
+
+
+OBSERVABILITY = Path(__file__).resolve().parents[2] / "observability"
+
+
+def test_the_dashboard_and_alerts_use_only_metrics_the_gateway_exports(gw: Running, keys: Keys) -> None:
+    """Every metric the Grafana dashboard and the alert rules query is one /metrics really exports (after
+    traffic through a deployment), the rules are well formed, and the dashboard is what dashboard.py
+    writes."""
+    import json
+    import runpy
+
+    import yaml
+
+    h = {"Authorization": f"Bearer {keys.admin}"}
+    for path in ("/v1/chat/completions", "/api/v1/public/deployments/dep_a/chat/completions"):
+        assert requests.post(gw.url + path, json=CHAT, headers=h, timeout=10).status_code == 200
+    exported = set(re.findall(r"^(agentcloud_\w+?)(?:_bucket|_sum|_count)?[{ ]", _metrics(gw), re.M))
+    rules = yaml.safe_load((OBSERVABILITY / "alerts.yml").read_text())
+    exprs = []
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert {"alert", "expr", "for", "labels", "annotations"} <= set(rule), rule
+            assert re.fullmatch(r"\d+[smh]", rule["for"]) and rule["labels"]["severity"] in ("page", "ticket")
+            exprs.append(rule["expr"])
+    dashboard = json.loads((OBSERVABILITY / "grafana-dashboard.json").read_text())
+    generated = runpy.run_path(str(OBSERVABILITY / "dashboard.py"))["dashboard"]()
+    assert dashboard == json.loads(json.dumps(generated)), "run python observability/dashboard.py"
+    exprs += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {re.sub(r"_bucket$", "", m) for e in exprs for m in re.findall(r"agentcloud_\w+", e)}
+    assert used and used <= exported, used - exported
