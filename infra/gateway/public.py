@@ -143,8 +143,43 @@ async def prometheus(ctx: Observing, req: Request) -> None:
         if not hmac.compare_digest(token.encode(), ctx.metrics_token.encode()):
             raise unauthorized("metrics need the configured metrics token")
     backlog, oldest = await ctx.db(ctx.store.outbox_backlog)
-    text = ctx.metrics.prometheus() + _live(ctx, backlog, oldest)
+    text = ctx.metrics.prometheus() + _live(ctx, backlog, oldest) + await ctx.db(_from_store, ctx.store)
     await req.respond(200, text.encode(), b"text/plain; version=0.0.4")
+
+
+def _from_store(store: Store) -> str:
+    """What the control plane records, as every replica reads it from the store: capacity cost and SLA
+    breaches per deployment (the same figures whichever replica is scraped: take `max`, not `sum`)."""
+    now = time.time()
+    lines = [
+        "# HELP agentcloud_deployment_capacity_cost_usd_total what the deployment's GPU droplets have cost",
+        "# TYPE agentcloud_deployment_capacity_cost_usd_total counter",
+        "# HELP agentcloud_deployment_capacity_usd_per_hour what its replicas running cost an hour now",
+        "# TYPE agentcloud_deployment_capacity_usd_per_hour gauge",
+    ]
+    for record in store.deployments():
+        if record.meter.changes:
+            dep = f'deployment="{esc(record.id)}"'
+            lines.append(
+                f"agentcloud_deployment_capacity_cost_usd_total{{{dep}}} {record.meter.cost(0.0, now):.6f}"
+            )
+            lines.append(f"agentcloud_deployment_capacity_usd_per_hour{{{dep}}} {record.meter.rate:.4f}")
+    counts, breached = store.sla_state()
+    lines += [
+        "# HELP agentcloud_deployment_sla_breaches_total SLA breaches recorded",
+        "# TYPE agentcloud_deployment_sla_breaches_total counter",
+        *(
+            f'agentcloud_deployment_sla_breaches_total{{deployment="{esc(d)}"}} {n}'
+            for d, n in sorted(counts.items())
+        ),
+        "# HELP agentcloud_deployment_sla_breached 1 while a deployment's SLA metric is breached",
+        "# TYPE agentcloud_deployment_sla_breached gauge",
+        *(
+            f'agentcloud_deployment_sla_breached{{deployment="{esc(d)}",metric="{esc(m)}"}} 1'
+            for d, m in sorted(breached)
+        ),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _live(ctx: Observing, backlog: int, oldest: float | None) -> str:

@@ -180,6 +180,18 @@ class Coordination(Database):
             (deployment_id, float(event["at"]), json.dumps(event)),
         )
 
+    def sla_state(self) -> tuple[dict[str, int], set[tuple[str, str]]]:
+        """Breaches recorded per deployment, and the (deployment, metric) pairs breached now (their last event
+        is a breach)."""
+        counts: dict[str, int] = {}
+        last: dict[tuple[str, str], str] = {}
+        for dep, body in self._exec("SELECT deployment_id, body FROM sla_events ORDER BY at"):
+            event = json.loads(body)
+            if event.get("event") == "breach":
+                counts[dep] = counts.get(dep, 0) + 1
+            last[(dep, str(event.get("metric")))] = str(event.get("event"))
+        return counts, {k for k, v in last.items() if v == "breach"}
+
     def sla_events(self, deployment_id: str, limit: int = 500) -> list[dict[str, Any]]:
         """A deployment's SLA breaches and recoveries, oldest first (the last ``limit``)."""
         rows = self._exec(

@@ -135,6 +135,10 @@ def test_capacity_cost_per_deployment_per_mtok_and_per_key(catalog: Catalog, tmp
         assert sum(o["cost_usd"] for o in cost["by_org"].values()) == pytest.approx(
             cost["cost_usd"], rel=1e-3
         )
+        scraped = requests.get(f"{w.r.url}/metrics", timeout=10).text
+        assert _sample(scraped, "agentcloud_deployment_capacity_usd_per_hour", deployment=w.dep_m) == rate, [
+            line for line in scraped.splitlines() if "capacity" in line
+        ]
         assert w.admin("DELETE", f"{API}/deployments/{w.dep_m}").status_code == 202
         w.settled()
         gone = w.admin("GET", f"{API}/deployments/{w.dep_m}").json()["cost"]
@@ -181,7 +185,7 @@ def test_the_dashboard_and_alerts_use_only_metrics_the_gateway_exports(gw: Runni
     h = {"Authorization": f"Bearer {keys.admin}"}
     for path in ("/v1/chat/completions", "/api/v1/public/deployments/dep_a/chat/completions"):
         assert requests.post(gw.url + path, json=CHAT, headers=h, timeout=10).status_code == 200
-    exported = set(re.findall(r"^(agentcloud_\w+?)(?:_bucket|_sum|_count)?[{ ]", _metrics(gw), re.M))
+    exported = set(re.findall(r"^# TYPE (agentcloud_\w+) ", _metrics(gw), re.M))
     rules = yaml.safe_load((OBSERVABILITY / "alerts.yml").read_text())
     exprs = []
     for group in rules["groups"]:
@@ -195,3 +199,14 @@ def test_the_dashboard_and_alerts_use_only_metrics_the_gateway_exports(gw: Runni
     exprs += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     used = {re.sub(r"_bucket$", "", m) for e in exprs for m in re.findall(r"agentcloud_\w+", e)}
     assert used and used <= exported, used - exported
+
+
+def test_sla_breaches_are_exported_from_the_store(gw: Running, store: Store) -> None:
+    store.add_sla_event("dep_a", {"event": "breach", "metric": "ttft_p95_ms", "at": time.time()})
+    text = _metrics(gw)
+    assert _sample(text, "agentcloud_deployment_sla_breaches_total", deployment="dep_a") == 1
+    assert _sample(text, "agentcloud_deployment_sla_breached", deployment="dep_a", metric="ttft_p95_ms") == 1
+    store.add_sla_event("dep_a", {"event": "recovered", "metric": "ttft_p95_ms", "at": time.time()})
+    text = _metrics(gw)
+    assert _sample(text, "agentcloud_deployment_sla_breached", deployment="dep_a") is None
+    assert _sample(text, "agentcloud_deployment_sla_breaches_total", deployment="dep_a") == 1
