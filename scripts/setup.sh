@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(openssh-server redis-server postgresql cmake g++ make)
+DEBIAN_PACKAGES=(openssh-server redis-server postgresql prometheus cmake g++ make)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -66,6 +66,7 @@ class Deployments:
         self.stack_ops, self.stacks_dir, self.webhooks, self.sla = stack_ops, stacks_dir, webhooks, sla
         self.healthy, self.publish = healthy, publish
         self._edits: dict[str, asyncio.Lock] = {}  # one settings edit per deployment at a time
+        self.clock: Callable[[], float] = time.time  # the meter's (tests move it)
 
     # -- records --------------------------------------------------------------------------------------------
     async def get(self, dep_id: str) -> DeploymentRecord | None:
@@ -75,7 +76,7 @@ class Deployments:
         return await self.db(self.store.deployments)
 
     async def save(self, record: DeploymentRecord) -> DeploymentRecord:
-        record = dataclasses.replace(record, meter=record.meter.at(time.time(), self.hourly_rate(record)))
+        record = dataclasses.replace(record, meter=record.meter.at(self.clock(), self.hourly_rate(record)))
         await self.db(self.store.save_deployment, record)
         await self.publish(record)
         return record

@@ -88,3 +88,14 @@ def test_no_server_error_anywhere(contract: Any, world: World, mode: GenerationM
     served = [m for m, _, _ in world.r.gateway.router.templates if m != "HEAD"]  # HEAD: not generated
     assert operations == len(served), operations
     assert not failures, "\n".join(failures[:20])
+
+
+def test_the_document_is_valid_openapi_3_1(world: World) -> None:
+    from openapi_spec_validator import validate
+    from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+
+    doc = requests.get(f"{world.r.url}/openapi.json", timeout=10).json()
+    validate(doc)  # raises with the first problem
+    broken = {**doc, "paths": {"/x": {"get": {"responses": {"200": {}}}}}}  # a response needs a description
+    with pytest.raises(OpenAPIValidationError):
+        validate(broken)

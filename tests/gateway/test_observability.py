@@ -210,3 +210,35 @@ def test_sla_breaches_are_exported_from_the_store(gw: Running, store: Store) -> 
     text = _metrics(gw)
     assert _sample(text, "agentcloud_deployment_sla_breached", deployment="dep_a") is None
     assert _sample(text, "agentcloud_deployment_sla_breaches_total", deployment="dep_a") == 1
+
+
+def test_two_replicas_for_90_seconds_cost_what_the_catalog_says(
+    catalog: Catalog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bar of issue 13: a deployment that ran 2 replicas for 90 s, then 0, cost 2 x 90 s x $/h / 3600,
+    within a cent, through the API and the CLI (the meter's clock is moved, not waited for)."""
+    from infra.cli import main
+    from tests.gateway.harness import API, world_of
+    from tests.gateway.stand_in_ops import SPEC
+
+    with world_of(catalog, tmp_path) as w:
+        now = [time.time() - 3600]  # an hour ago: the API reads the meter up to the real now
+        w.r.gateway.control.deployments.clock = lambda: now[0]
+        made = w.admin("POST", f"{API}/deployments", json={**SPEC, "name": "two", "replicas": 2})
+        assert made.status_code == 202, made.text
+        dep_id = made.json()["id"]
+        assert wait_for(
+            lambda: w.admin("GET", f"{API}/deployments/{dep_id}").json()["status"] == "active", 15
+        )
+        now[0] += 90
+        assert w.admin("DELETE", f"{API}/deployments/{dep_id}").status_code == 202
+        assert wait_for(
+            lambda: w.admin("GET", f"{API}/deployments/{dep_id}").json()["status"] == "inactive", 15
+        )
+        expected = 2 * 90 * catalog.gpu_types["h100"].hourly_usd / 3600
+        cost = w.admin("GET", f"{API}/deployments/{dep_id}/cost", params={"window": "30d"}).json()
+        assert abs(cost["to_date_usd"] - expected) < 0.01, (cost, expected)
+        assert cost["rate_usd_per_hour"] == 0.0
+        assert main(["deployments", "--url", w.r.url, "--key", w.keys.admin, "cost", dep_id]) == 0
+        out = capsys.readouterr().out
+        assert f"${expected:.2f} to date" in out, out
