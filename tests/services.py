@@ -168,3 +168,30 @@ def postgres_cluster() -> Iterator[PgCluster]:
 def postgres_server() -> Iterator[str]:
     with postgres_cluster() as cluster:
         yield cluster.url
+
+
+@contextmanager
+def prometheus_server(config: str, work: str) -> Iterator[str]:
+    """A Prometheus server (the Debian package) with ``config`` as its prometheus.yml; yields its URL."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus not installed (scripts/setup.sh installs it)")
+    path = os.path.join(work, "prometheus.yml")
+    with open(path, "w") as f:
+        f.write(config)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={path}",
+            f"--storage.tsdb.path={os.path.join(work, 'tsdb')}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc, timeout_s=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(proc)

@@ -317,7 +317,7 @@ class World:
 
 
 @contextmanager
-def world_of(catalog: Catalog, tmp: Path) -> Iterator[World]:
+def world_of(catalog: Catalog, tmp: Path, **config: Any) -> Iterator[World]:
     """A gateway with both planes and every kind of object to act on (see World)."""
     from tests.gateway.fake_upstream import fake_upstream
     from tests.gateway.stand_in_ops import SPEC, FakeOps
@@ -354,6 +354,7 @@ def world_of(catalog: Catalog, tmp: Path) -> Iterator[World]:
             stacks_dir=stacks,
             webhooks_allow_http=True,
             webhooks_allow_loopback=True,
+            **config,
         )
         with running(gateway) as r:
             tokens = {f.name: getattr(keys, f.name) for f in dataclasses.fields(keys) if f.name != "ids"}
