@@ -122,6 +122,7 @@ def build(
         running.append(control)
     router.add("GET", "/health", _health, auth=False, summary="Liveness (no key)")
     _describe(router)
+    _console(router)
     return Gateway(router, data, running, control)
 
 
@@ -155,6 +156,25 @@ def _describe(router: Router) -> None:
     router.add("GET", "/openapi.json", contract, auth=False, summary="This document (OpenAPI 3.1)")
     router.add("GET", "/docs", docs, auth=False, summary="This document, for people (HTML)")
     router.add("GET", "/", index, auth=False, summary="Where the documentation is")
+
+
+CONSOLE = Path(__file__).resolve().parent / "gateway" / "console"
+CONSOLE_FILES = {
+    "/console": ("index.html", b"text/html; charset=utf-8"),
+    "/console/console.js": ("console.js", b"text/javascript; charset=utf-8"),
+    "/console/console.css": ("console.css", b"text/css; charset=utf-8"),
+}
+
+
+def _console(router: Router) -> None:
+    """The console: three static files (package data) that call the API with the key the admin enters."""
+    for path, (name, content_type) in CONSOLE_FILES.items():
+        body = (CONSOLE / name).read_bytes()
+
+        async def static(req: Any, body: bytes = body, content_type: bytes = content_type) -> None:
+            await req.respond(200, body, content_type, [(b"cache-control", b"no-cache")])
+
+        router.add("GET", path, static, auth=False, summary=f"The console ({name})")
 
 
 def _version() -> str:

@@ -99,3 +99,33 @@ def capacity_cost(capacity_usd: float, rows: list[UsageRow]) -> dict[str, Any]:
         "by_key": by_key,
         "by_org": by_org,
     }
+
+
+def timeline(rows: list[UsageRow], since: float, until: float, points: int = 60) -> dict[str, Any]:
+    """The window cut in ``points`` steps (whole minutes): requests, errors, tokens, cost and latency p50/p95
+    per step, for charts."""
+    step = max(60.0, -(-(until - since) // points // 60) * 60)
+    start = since // 60 * 60
+    buckets: list[list[UsageRow]] = [[] for _ in range(int(-(-(until - start) // step)))]
+    for r in rows:
+        i = int((r.minute - start) // step)
+        if 0 <= i < len(buckets):
+            buckets[i].append(r)
+    out = []
+    for i, bucket in enumerate(buckets):
+        hist = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+        for r in bucket:
+            for j, n in enumerate(r.latency_hist):
+                hist[j] += n
+        out.append(
+            {
+                "t": start + i * step,
+                "requests": sum(r.requests for r in bucket),
+                "errors": sum(r.errors for r in bucket),
+                "tokens": sum(r.prompt_tokens + r.completion_tokens for r in bucket),
+                "cost_usd": round(sum(r.cost_usd for r in bucket), 6),
+                "p50_ms": percentile(hist, 0.5),
+                "p95_ms": percentile(hist, 0.95),
+            }
+        )
+    return {"step_s": step, "points": out}

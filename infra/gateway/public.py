@@ -110,7 +110,14 @@ async def inference_metrics(ctx: Observing, req: Request) -> None:
     rows = await ctx.db(ctx.store.usage_since, key.org_id, since // 60 * 60)
     out = usage.report(rows)
     await req.json(
-        {"object": "inference.metrics", "org_id": key.org_id, "window": window, "since": since, **out}
+        {
+            "object": "inference.metrics",
+            "org_id": key.org_id,
+            "window": window,
+            "since": since,
+            **out,
+            "timeline": usage.timeline(rows, since, now),
+        }
     )
 
 

@@ -40,7 +40,10 @@ KEYS = [
 ]
 BAD_KEYS = ["revoked", "expired", "malformed", "unknown", "missing"]
 # /metrics has its own token (test_tenancy); the contract and its page are public (test_contract)
-UNAUTHENTICATED = {("GET", p) for p in ("/health", "/metrics", "/openapi.json", "/docs", "/")}
+UNAUTHENTICATED = {("GET", p) for p in ("/health", "/metrics", "/openapi.json", "/docs", "/")} | {
+    ("GET", p)
+    for p in ("/console", "/console/console.js", "/console/console.css")  # static files
+}
 
 
 @dataclass(frozen=True)
