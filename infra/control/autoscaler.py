@@ -85,6 +85,14 @@ class Autoscaler:
                 record.id, decision.replicas, f"autoscaler: {decision.reason}"
             ):
                 actions.append((record.id, decision.replicas, decision.reason))
+                await self.db(
+                    self.store.add_scaling_event,
+                    record.id,
+                    time.time(),
+                    replicas,
+                    decision.replicas,
+                    decision.reason,
+                )
         await self.sla.evaluate(now)
         return actions
 
@@ -110,6 +118,9 @@ class Autoscaler:
             replicas = max(1, int(scaling.get("min_replicas", 1)))
             if await self.deployments.scale_to(dep_id, replicas, "woken by a request"):
                 self.first_seen[dep_id] = self.clock()
+                await self.db(
+                    self.store.add_scaling_event, dep_id, time.time(), 0, replicas, "woken by a request"
+                )
                 await self.db(self.store.clear_wake, dep_id)
                 woken.append(dep_id)
         return woken

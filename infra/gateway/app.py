@@ -98,7 +98,7 @@ class DataPlane:
             config.samples_max,
         )
         self.sync = RouteSync(store, self.db, routes, self.key_cache, config.sync_interval_s)
-        self.waker = Waker(store, self.db, routes)
+        self.waker = Waker(store, self.db, routes, self.metrics)
         self.probe = ReplicaProbe(routes, self.upstreams, config.probe_interval_s)
         self.background: list[asyncio.Task[None]] = []
 

@@ -13,6 +13,7 @@ LATENCY_BUCKETS_S = tuple(0.0005 * 1.25**i for i in range(64))
 RATE_BUCKETS = tuple(0.5 * 1.25**i for i in range(48))  # tokens/s: 0.5 .. ~20k
 # What Prometheus sees: the same buckets for every series of a histogram (so `sum by (le)` works).
 EXPORT_LATENCY_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+WAKE_BUCKETS_S = (5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0)  # droplets boot in minutes
 MAX_SERIES = 10_000
 CLIENT_CLOSED = 499
 UNMATCHED = "unmatched"  # the route label of requests no route matched (404, 405)
@@ -104,6 +105,8 @@ class Metrics:
         self.models: dict[str, Series] = {}
         self.deployments: dict[str, Series] = {}
         self.responses: dict[tuple[str, str, int], int] = {}  # (method, route, status) -> answers
+        self.wakes: dict[str, Histogram] = {}  # deployment -> how long requests waited for it to wake
+        self.wake_timeouts: dict[str, int] = {}  # deployment -> requests whose hold ended first (503)
 
     def _series(self, table: dict[Any, Series], name: Any) -> Series | None:
         s = table.get(name)
@@ -128,6 +131,17 @@ class Metrics:
             self.responses[key] = n + 1
         elif len(self.responses) < MAX_SERIES:
             self.responses[key] = 1
+
+    def woke(self, deployment_id: str, waited_s: float, woken: bool) -> None:
+        """A request held while its deployment woke: how long it waited, and whether it was in time."""
+        if woken:
+            h = self.wakes.get(deployment_id)
+            if h is None and len(self.wakes) < MAX_SERIES:
+                h = self.wakes[deployment_id] = Histogram(WAKE_BUCKETS_S)
+            if h is not None:
+                h.observe(waited_s)
+        elif deployment_id in self.wake_timeouts or len(self.wake_timeouts) < MAX_SERIES:
+            self.wake_timeouts[deployment_id] = self.wake_timeouts.get(deployment_id, 0) + 1
 
     def started(self, series: list[Series]) -> None:
         for s in series:
@@ -168,6 +182,20 @@ class Metrics:
         for (method, route, status), n in sorted(self.responses.items()):
             labels = f'method="{method}",route="{esc(route)}",status="{status}"'
             lines.append(f"agentcloud_http_requests_total{{{labels}}} {n}")
+        lines += [
+            "# HELP agentcloud_deployment_wake_seconds how long requests waited for a deployment to wake",
+            "# TYPE agentcloud_deployment_wake_seconds histogram",
+        ]
+        for dep, h in self.wakes.items():
+            lines += _histogram("agentcloud_deployment_wake_seconds", f'deployment="{esc(dep)}"', h)
+        lines += [
+            "# HELP agentcloud_deployment_wake_timeouts_total requests whose wait for a wake ran out (503)",
+            "# TYPE agentcloud_deployment_wake_timeouts_total counter",
+            *(
+                f'agentcloud_deployment_wake_timeouts_total{{deployment="{esc(d)}"}} {n}'
+                for d, n in self.wake_timeouts.items()
+            ),
+        ]
         for label, table in (("model", self.models), ("deployment", self.deployments)):
             prefix = f"agentcloud_{label}"
             for metric, kind, help_ in (
@@ -192,17 +220,20 @@ class Metrics:
                     f"# TYPE {prefix}_{metric} histogram",
                 ]
                 for name, s in table.items():
-                    h: Histogram = getattr(s, attr)
-                    cumulative = 0
-                    for bound, n in zip(h.bounds, h.counts, strict=False):  # every bucket, every series
-                        cumulative += n
-                        lines.append(
-                            f'{prefix}_{metric}_bucket{{{label}="{esc(name)}",le="{bound:g}"}} {cumulative}'
-                        )
-                    lines.append(f'{prefix}_{metric}_bucket{{{label}="{esc(name)}",le="+Inf"}} {h.count}')
-                    lines.append(f'{prefix}_{metric}_sum{{{label}="{esc(name)}"}} {h.total:.6f}')
-                    lines.append(f'{prefix}_{metric}_count{{{label}="{esc(name)}"}} {h.count}')
+                    lines += _histogram(f"{prefix}_{metric}", f'{label}="{esc(name)}"', getattr(s, attr))
         return "\n".join(lines) + "\n"
+
+
+def _histogram(name: str, labels: str, h: Histogram) -> list[str]:
+    """A histogram's exposition: every bucket (the same in every series), +Inf, sum and count."""
+    lines, cumulative = [], 0
+    for bound, n in zip(h.bounds, h.counts, strict=False):
+        cumulative += n
+        lines.append(f'{name}_bucket{{{labels},le="{bound:g}"}} {cumulative}')
+    lines.append(f'{name}_bucket{{{labels},le="+Inf"}} {h.count}')
+    lines.append(f"{name}_sum{{{labels}}} {h.total:.6f}")
+    lines.append(f"{name}_count{{{labels}}} {h.count}")
+    return lines
 
 
 def esc(value: str) -> str:

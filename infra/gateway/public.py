@@ -171,6 +171,15 @@ def _from_store(store: Store) -> str:
                 f"agentcloud_deployment_capacity_cost_usd_total{{{dep}}} {record.meter.cost(0.0, now):.6f}"
             )
             lines.append(f"agentcloud_deployment_capacity_usd_per_hour{{{dep}}} {record.meter.rate:.4f}")
+    decisions = store.scaling_counts()
+    lines += [
+        "# HELP agentcloud_autoscaler_decisions_total the autoscaler's changes (up, down, zero) and wakes",
+        "# TYPE agentcloud_autoscaler_decisions_total counter",
+        *(
+            f'agentcloud_autoscaler_decisions_total{{deployment="{esc(d)}",direction="{k}"}} {n}'
+            for (d, k), n in sorted(decisions.items())
+        ),
+    ]
     counts, breached = store.sla_state()
     lines += [
         "# HELP agentcloud_deployment_sla_breaches_total SLA breaches recorded",

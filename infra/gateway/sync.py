@@ -9,6 +9,7 @@ import logging
 import time
 
 from infra.gateway.cache import TtlCache
+from infra.gateway.metrics import Metrics
 from infra.gateway.routing import Deployment, RouteTable, deployment_from_record
 from infra.records import DeploymentRecord, Status
 from infra.store import Store
@@ -65,17 +66,20 @@ class Waker:
     """A request for a deployment at zero asks the control plane to wake it (through the store) and waits, up
     to the hold, for it to serve; the control plane runs one wake however many requests ask."""
 
-    def __init__(self, store: Store, db: StoreThread, routes: RouteTable) -> None:
-        self.store, self.db, self.routes = store, db, routes
+    def __init__(self, store: Store, db: StoreThread, routes: RouteTable, metrics: Metrics) -> None:
+        self.store, self.db, self.routes, self.metrics = store, db, routes, metrics
 
     async def wake(self, dep: Deployment, hold_s: float) -> Deployment | None:
         await self.db(self.store.request_wake, dep.id, time.time())
-        deadline = time.monotonic() + hold_s
+        started = time.monotonic()
+        deadline = started + hold_s
         while time.monotonic() < deadline:
             current = self.routes.deployments.get(dep.id)
             if current is not None and current.status is Status.ACTIVE and current.targets:
+                self.metrics.woke(dep.id, time.monotonic() - started, True)
                 return current
             await asyncio.sleep(0.1)
+        self.metrics.woke(dep.id, time.monotonic() - started, False)
         return None
 
 

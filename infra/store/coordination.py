@@ -180,6 +180,25 @@ class Coordination(Database):
             (deployment_id, float(event["at"]), json.dumps(event)),
         )
 
+    def add_scaling_event(self, deployment_id: str, at: float, before: int, after: int, reason: str) -> None:
+        self._exec(
+            "INSERT INTO scaling_events (deployment_id, at, replicas_from, replicas_to, reason) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (deployment_id, at, before, after, reason[:300]),
+        )
+
+    def scaling_counts(self) -> dict[tuple[str, str], int]:
+        """(deployment, direction: up, down, zero or wake) -> decisions taken."""
+        counts: dict[tuple[str, str], int] = {}
+        for dep, before, after in self._exec(
+            "SELECT deployment_id, replicas_from, replicas_to FROM scaling_events"
+        ):
+            direction = (
+                "wake" if before == 0 else "zero" if after == 0 else "up" if after > before else "down"
+            )
+            counts[(dep, direction)] = counts.get((dep, direction), 0) + 1
+        return counts
+
     def sla_state(self) -> tuple[dict[str, int], set[tuple[str, str]]]:
         """Breaches recorded per deployment, and the (deployment, metric) pairs breached now (their last event
         is a breach)."""

@@ -90,6 +90,10 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sla_events (
         deployment_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, body TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS sla_events_at ON sla_events (deployment_id, at)",
+    # The autoscaler's decisions (and wakes), for metrics and history.
+    """CREATE TABLE IF NOT EXISTS scaling_events (
+        deployment_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, replicas_from INTEGER NOT NULL,
+        replicas_to INTEGER NOT NULL, reason TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS plane_load (
         process TEXT NOT NULL, deployment_id TEXT NOT NULL, in_flight INTEGER NOT NULL,
         at DOUBLE PRECISION NOT NULL, PRIMARY KEY (process, deployment_id))""",
@@ -112,6 +116,7 @@ COLUMNS_ADDED = [("usage", "latency_hist", "TEXT")]
 
 
 TABLES = (
+    "scaling_events",
     "plane_load",
     "sla_events",
     "deployment_activity",

@@ -278,6 +278,10 @@ def test_scale_to_zero_then_wake_on_request(api: Api) -> None:
     assert [r.status_code for r in replies] == [200, 200, 200], [r.text for r in replies]
     assert sum(1 for c in api.ops.calls if c[0] == "up") == ups_before + 1, "one wake for three requests"
     assert api.call("GET", f"/{dep_id}").json()["status"] == "active"
+    # what the metrics say: three requests waited for the wake, the autoscaler decided once each way
+    assert api.r.gateway.metrics.wakes[dep_id].count == 3
+    store = api.r.gateway.store
+    assert store.scaling_counts() == {(dep_id, "zero"): 1, (dep_id, "wake"): 1}
 
 
 def test_wake_past_the_bound_is_503_never_404(api: Api) -> None:
@@ -291,6 +295,7 @@ def test_wake_past_the_bound_is_503_never_404(api: Api) -> None:
     started = time.monotonic()
     slow = _chat(api, dep_id, "0.5")
     assert slow.status_code == 503 and slow.headers["Retry-After"] == "30" and time.monotonic() - started < 5
+    assert api.r.gateway.metrics.wake_timeouts[dep_id] == 1  # over its budget: counted for the alert
     api.ops.gate.set()
     api.wait_status(dep_id, "active")
     assert _chat(api, dep_id).status_code == 200

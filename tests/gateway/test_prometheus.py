@@ -39,8 +39,14 @@ def _expressions() -> list[str]:
 
 
 def _load(w: World, free: str, stop: threading.Event) -> None:
-    """Traffic while Prometheus scrapes: public and deployment chats, and a plan's 429s."""
+    """Traffic while Prometheus scrapes: public and deployment chats, and a plan's 429s; and, injected (a real
+    wake or autoscaler decision takes a stack operation: their own tests are in test_deployments_api), wakes
+    and scaling decisions."""
+    metrics, store = w.r.gateway.metrics, w.r.gateway.store
     while not stop.is_set():
+        metrics.woke(w.dep_m, 40.0, True)
+        metrics.woke(w.dep_m, 30.0, False)
+        store.add_scaling_event(w.dep_m, time.time(), 1, 2, "scale up: queue")
         w.call("POST", "/v1/chat/completions", w.keys.admin, json=CHAT)
         w.call("POST", f"{API}/deployments/{w.dep_m}/chat/completions", w.keys.admin, json=CHAT)
         w.call("POST", "/v1/chat/completions", free, json=CHAT)
