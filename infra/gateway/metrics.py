@@ -59,6 +59,7 @@ class Series:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     active: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)  # answers by status
     latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
     ttft: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
     tokens_per_s: Histogram = field(default_factory=lambda: Histogram(RATE_BUCKETS))
@@ -161,6 +162,7 @@ class Metrics:
         for s in series:
             s.active -= 1
             s.requests += 1
+            s.statuses[status] = s.statuses.get(status, 0) + 1
             if status >= 400 and status != CLIENT_CLOSED:  # a client that went away is not an error
                 s.errors += 1
             s.prompt_tokens += prompt_tokens
@@ -214,6 +216,13 @@ class Metrics:
                 }.get(metric, metric.removesuffix("_total"))
                 for name, s in table.items():
                     lines.append(f'{prefix}_{metric}{{{label}="{esc(name)}"}} {getattr(s, attr)}')
+            lines += [
+                f"# HELP {prefix}_responses_total answers per {label} by status (499: the client left)",
+                f"# TYPE {prefix}_responses_total counter",
+            ]
+            for name, s in table.items():
+                for status, n in sorted(s.statuses.items()):
+                    lines.append(f'{prefix}_responses_total{{{label}="{esc(name)}",status="{status}"}} {n}')
             for metric, attr in (("latency_seconds", "latency_export"), ("ttft_seconds", "ttft_export")):
                 lines += [
                     f"# HELP {prefix}_{metric} {metric.removesuffix('_seconds')} per {label}",

@@ -97,7 +97,8 @@ async def deployment_models(ctx: Observing, req: Request) -> None:
 
 async def inference_metrics(ctx: Observing, req: Request) -> None:
     """The caller org's usage over a window (``?window=1h|24h|7d|30d``, 24h by default), from the store alone:
-    per model, per key and per deployment, with latency percentiles."""
+    per model, per key and per deployment, with latency percentiles; what its dedicated capacity cost over the
+    window; and a timeline for charts."""
     key = req.caller
     query = dict(
         p.split("=", 1) for p in req.scope.get("query_string", b"").decode("latin-1").split("&") if "=" in p
@@ -109,6 +110,20 @@ async def inference_metrics(ctx: Observing, req: Request) -> None:
     since = now - usage.WINDOWS[window]
     rows = await ctx.db(ctx.store.usage_since, key.org_id, since // 60 * 60)
     out = usage.report(rows)
+    capacity = {}
+    for record in await ctx.db(ctx.store.deployments):
+        if record.org_id != key.org_id or not record.meter.changes:
+            continue
+        served = out["deployments"].get(record.id, {})
+        cost = record.meter.cost(since, now)
+        tokens = int(served.get("prompt_tokens", 0)) + int(served.get("completion_tokens", 0))
+        capacity[record.id] = {
+            "cost_usd": round(cost, 6),
+            "rate_usd_per_hour": round(record.meter.rate, 4),
+            "to_date_usd": round(record.meter.cost(0.0, now), 4),
+            "tokens": tokens,  # this org's keys' tokens (other orgs' grants: GET .../deployments/{id}/cost)
+            "usd_per_mtok": round(cost / tokens * 1e6, 4) if tokens else None,
+        }
     await req.json(
         {
             "object": "inference.metrics",
@@ -116,6 +131,7 @@ async def inference_metrics(ctx: Observing, req: Request) -> None:
             "window": window,
             "since": since,
             **out,
+            "capacity": capacity,
             "timeline": usage.timeline(rows, since, now),
         }
     )

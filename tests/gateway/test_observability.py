@@ -57,6 +57,8 @@ def test_every_answer_is_counted_by_route_and_status(gw: Running, keys: Keys) ->
     assert _sample(text, name, method="POST", route=route, status="403") == 1
     assert _sample(text, name, method="POST", route=route, status="429") == statuses.count(429)
     assert _sample(text, name, method="GET", route="unmatched", status="404") == 1
+    model = "agentcloud_model_responses_total"  # and per model (the calls that reached one)
+    assert _sample(text, model, model=CHAT_MODEL, status="200") == statuses.count(200) + 1
 
 
 def test_histograms_have_the_same_buckets_in_every_series(gw: Running, keys: Keys) -> None:
@@ -135,6 +137,9 @@ def test_capacity_cost_per_deployment_per_mtok_and_per_key(catalog: Catalog, tmp
         assert sum(o["cost_usd"] for o in cost["by_org"].values()) == pytest.approx(
             cost["cost_usd"], rel=1e-3
         )
+        usage = w.admin("GET", f"{API}/inference/metrics", params={"window": "1h"}).json()
+        mine = usage["capacity"][w.dep_m]  # the usage API has the org's capacity too
+        assert mine["rate_usd_per_hour"] == rate and mine["cost_usd"] > 0 and mine["usd_per_mtok"] > 0
         scraped = requests.get(f"{w.r.url}/metrics", timeout=10).text
         assert _sample(scraped, "agentcloud_deployment_capacity_usd_per_hour", deployment=w.dep_m) == rate, [
             line for line in scraped.splitlines() if "capacity" in line
