@@ -18,7 +18,7 @@ from pathlib import Path
 from infra.catalog import Catalog
 from infra.gateway.asgi import Request
 from infra.gateway.errors import GatewayError
-from infra.gateway.journal import Rollups, UsageJournal, rows_of
+from infra.gateway.journal import Rollups, UsageJournal, read_segment, rows_of
 from infra.gateway.journal import add as add_usage
 from infra.gateway.journal import entry as journal_entry
 from infra.gateway.limits import ConcurrencyLimiter, MemoryRateLimiter, RateLimiter, SharedStateError
@@ -170,6 +170,7 @@ class Accountant:
         self.last_request: dict[str, float] = {}
         self.reported_load = False
         self.journal_errors = 0
+        self.usage_overflow = False  # the current segment's rollups exceeded queue_max: read its file
 
     async def start(self) -> None:
         store_id = await self.db(self.store.store_id)
@@ -196,7 +197,10 @@ class Accountant:
             call.cost_usd,
             (time.perf_counter() - call.started_s) * 1000,
         )
-        add_usage(self.usage, item)  # what the store gets at the next flush
+        if len(self.usage) < self.queue_max:  # what the store gets at the next flush
+            add_usage(self.usage, item)
+        else:  # a long store outage: stop growing; the segment is read back from its file instead
+            self.usage_overflow = True
         try:
             self.journal.append(item)  # what survives if the process dies before that
         except OSError as exc:  # a full or broken disk must not fail the request: say so loudly
@@ -269,7 +273,12 @@ class Accountant:
             await self.db(self.store.touch, touched)
         if self.journal is not None:
             if self.journal.seal():  # the segment and its rollups move together, on the event loop
-                self.sealed_usage, self.usage = rows_of(self.usage), {}
+                sealed, overflow = self.journal.sealed, self.usage_overflow
+                current, self.usage, self.usage_overflow = self.usage, {}, False
+                if overflow and sealed is not None:
+                    self.sealed_usage = (await self.db(read_segment, sealed.path))[1]
+                else:
+                    self.sealed_usage = rows_of(current)
             await self.db(self.journal.apply, self._apply, self.sealed_usage)
             self.sealed_usage = []
 

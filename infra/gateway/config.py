@@ -47,7 +47,7 @@ class GatewayConfig:
     usage_flush_s: float = 1.0
     # the usage journal (see journal.py): local to this host, tagged with the store it belongs to
     journal_dir: str = field(default_factory=lambda: str(_data_dir() / "usage-journal"))
-    samples_max: int = 100_000  # deployment samples held in memory while the store is down
+    samples_max: int = 100_000  # deployment samples, and usage rollups of a segment, held in memory
     default_max_tokens: int = 512
     metrics_token: str | None = None
     anthropic_version: str = "2023-06-01"

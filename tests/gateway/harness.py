@@ -221,7 +221,8 @@ def make_gateway(
     )
     for dep in routes.deployments.values():
         store.save_deployment(record_of(dep))
-    cfg = GatewayConfig(database=":memory:", pepper=PEPPER, usage_flush_s=0.05, **config)
+    config.setdefault("usage_flush_s", 0.05)
+    cfg = GatewayConfig(database=":memory:", pepper=PEPPER, **config)
     return build(
         cfg,
         planes,

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import requests
 
+from infra.catalog import Catalog
 from infra.gateway.journal import UsageJournal, entry, read_segment
 from infra.store import Store
 from tests.gateway.fake_upstream import FakeUpstream
-from tests.gateway.harness import CHAT_MODEL, PEPPER, ROOT, gateway_process, wait_for
+from tests.gateway.harness import CHAT_MODEL, PEPPER, ROOT, Keys, gateway_process, wait_for
 
 
 def _entry(tokens: int = 10) -> list[object]:
@@ -165,3 +166,24 @@ def test_a_segment_grows_past_its_first_size(tmp_path: Path) -> None:
     assert len(journal.current.mm) > INITIAL_BYTES
     calls, rows = read_segment(journal.current.path)
     assert calls == n and sum(r.requests for r in rows) == n
+
+
+def test_a_long_store_outage_keeps_memory_bounded_and_loses_nothing(
+    catalog: Catalog, store: Store, keys: Keys, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Past `samples_max` distinct rollups in memory, the segment is read back from its file: memory stops
+    growing, and the store still gets every call."""
+    from tests.gateway.harness import make_gateway, routes_for, running
+
+    gateway = make_gateway(
+        catalog, store, routes_for(upstream.base_url), tmp_path, samples_max=1, usage_flush_s=3600
+    )
+    with running(gateway) as r:
+        accountant = r.gateway.data.accountant
+        h = {"Authorization": f"Bearer {keys.admin}"}
+        for model in (CHAT_MODEL, "gemma-3-27b-it", CHAT_MODEL, "gemma-3-27b-it", CHAT_MODEL):
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            assert requests.post(f"{r.url}/v1/chat/completions", json=body, headers=h, timeout=10).ok
+        assert accountant.usage_overflow and len(accountant.usage) == 1  # the second model did not fit
+        r.run(accountant.flush())
+        assert wait_for(lambda: _usage(store)[0] == 5, 5)
