@@ -182,7 +182,7 @@ def test_a_long_store_outage_keeps_memory_bounded_and_loses_nothing(
         accountant = r.gateway.data.accountant
         h = {"Authorization": f"Bearer {keys.admin}"}
         for model in (CHAT_MODEL, "gemma-3-27b-it", CHAT_MODEL, "gemma-3-27b-it", CHAT_MODEL):
-            body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
             assert requests.post(f"{r.url}/v1/chat/completions", json=body, headers=h, timeout=10).ok
         assert accountant.usage_overflow and len(accountant.usage) == 1  # the second model did not fit
         r.run(accountant.flush())
