@@ -230,6 +230,11 @@ class Accountant:
             )
             if dep is not None:  # the SLA and the autoscaler judge on the gateway's own measurements
                 self._observe(call, dep.id, elapsed)
+                replica = _replica_of(dep, call.target)
+                if replica is not None:
+                    self.metrics.replica_served(
+                        dep.id, replica, call.status, call.ttft_s, call.completion_tokens
+                    )
             await self._release(call)
 
     def _observe(self, call: Call, deployment_id: str, elapsed: float) -> None:
@@ -288,3 +293,13 @@ class Accountant:
     def close(self) -> None:
         if self.journal is not None:
             self.journal.close()
+
+
+def _replica_of(dep: Deployment, target: Target | None) -> int | None:
+    """The replica's index in the deployment's targets (its `replica` label), or None."""
+    if target is None:
+        return None
+    for i, t in enumerate(dep.targets):
+        if t.base_url == target.base_url:
+            return i
+    return None

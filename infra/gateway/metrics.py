@@ -106,6 +106,7 @@ class Metrics:
         self.models: dict[str, Series] = {}
         self.deployments: dict[str, Series] = {}
         self.responses: dict[tuple[str, str, int], int] = {}  # (method, route, status) -> answers
+        self.replicas: dict[tuple[str, int], Series] = {}  # (deployment, replica) -> what it served
         self.wakes: dict[str, Histogram] = {}  # deployment -> how long requests waited for it to wake
         self.wake_timeouts: dict[str, int] = {}  # deployment -> requests whose hold ended first (503)
 
@@ -176,6 +177,19 @@ class Metrics:
             if completion_tokens > 1 and gen_s > 0:
                 s.tokens_per_s.observe(completion_tokens / gen_s)
 
+    def replica_served(
+        self, deployment_id: str, replica: int, status: int, ttft_s: float | None, completion_tokens: int
+    ) -> None:
+        """What one replica of a deployment served (the call's own series count it for the deployment)."""
+        s = self._series(self.replicas, (deployment_id, replica))
+        if s is None:
+            return
+        s.requests += 1
+        s.statuses[status] = s.statuses.get(status, 0) + 1
+        s.completion_tokens += completion_tokens
+        if ttft_s is not None:
+            s.ttft_export.observe(ttft_s)
+
     def prometheus(self) -> str:
         lines: list[str] = [
             "# HELP agentcloud_http_requests_total answers by method, route (as registered) and status",
@@ -184,6 +198,25 @@ class Metrics:
         for (method, route, status), n in sorted(self.responses.items()):
             labels = f'method="{method}",route="{esc(route)}",status="{status}"'
             lines.append(f"agentcloud_http_requests_total{{{labels}}} {n}")
+        replicas = sorted(self.replicas.items())
+        for metric, attr, help_ in (
+            ("requests_total", "requests", "requests a deployment's replica answered"),
+            ("completion_tokens_total", "completion_tokens", "completion tokens a replica generated"),
+        ):
+            lines += [
+                f"# HELP agentcloud_replica_{metric} {help_}",
+                f"# TYPE agentcloud_replica_{metric} counter",
+            ]
+            for (dep, replica), s in replicas:
+                labels = f'deployment="{esc(dep)}",replica="{replica}"'
+                lines.append(f"agentcloud_replica_{metric}{{{labels}}} {getattr(s, attr)}")
+        lines += [
+            "# HELP agentcloud_replica_ttft_seconds time to first token per deployment replica",
+            "# TYPE agentcloud_replica_ttft_seconds histogram",
+        ]
+        for (dep, replica), s in replicas:
+            labels = f'deployment="{esc(dep)}",replica="{replica}"'
+            lines += _histogram("agentcloud_replica_ttft_seconds", labels, s.ttft_export)
         lines += [
             "# HELP agentcloud_deployment_wake_seconds how long requests waited for a deployment to wake",
             "# TYPE agentcloud_deployment_wake_seconds histogram",

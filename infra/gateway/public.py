@@ -174,19 +174,22 @@ def _from_store(store: Store) -> str:
     """What the control plane records, as every replica reads it from the store: capacity cost and SLA
     breaches per deployment (the same figures whichever replica is scraped: take `max`, not `sum`)."""
     now = time.time()
+    metered = [r for r in store.deployments() if r.meter.changes]
     lines = [
         "# HELP agentcloud_deployment_capacity_cost_usd_total what the deployment's GPU droplets have cost",
         "# TYPE agentcloud_deployment_capacity_cost_usd_total counter",
+        *(
+            f'agentcloud_deployment_capacity_cost_usd_total{{deployment="{esc(r.id)}"}} '
+            f"{r.meter.cost(0.0, now):.6f}"
+            for r in metered
+        ),
         "# HELP agentcloud_deployment_capacity_usd_per_hour what its replicas running cost an hour now",
         "# TYPE agentcloud_deployment_capacity_usd_per_hour gauge",
+        *(
+            f'agentcloud_deployment_capacity_usd_per_hour{{deployment="{esc(r.id)}"}} {r.meter.rate:.4f}'
+            for r in metered
+        ),
     ]
-    for record in store.deployments():
-        if record.meter.changes:
-            dep = f'deployment="{esc(record.id)}"'
-            lines.append(
-                f"agentcloud_deployment_capacity_cost_usd_total{{{dep}}} {record.meter.cost(0.0, now):.6f}"
-            )
-            lines.append(f"agentcloud_deployment_capacity_usd_per_hour{{{dep}}} {record.meter.rate:.4f}")
     decisions = store.scaling_counts()
     lines += [
         "# HELP agentcloud_autoscaler_decisions_total the autoscaler's changes (up, down, zero) and wakes",
@@ -218,20 +221,19 @@ def _live(ctx: Observing, backlog: int, oldest: float | None) -> str:
     """Gauges read at scrape time: each replica's load, queue and health (what the routing sees), each
     upstream's circuit, and the webhook outbox."""
     b = ctx.balancer
-    lines = [
-        "# HELP agentcloud_replica_in_flight requests this process has in flight at a deployment's replica",
-        "# TYPE agentcloud_replica_in_flight gauge",
-        "# HELP agentcloud_replica_queue requests waiting in the replica's engine (its /metrics)",
-        "# TYPE agentcloud_replica_queue gauge",
-        "# HELP agentcloud_replica_up 1 when the replica's last health probe answered",
-        "# TYPE agentcloud_replica_up gauge",
+    replicas = [
+        (dep.id, i, t.base_url) for dep in ctx.routes.deployments.values() for i, t in enumerate(dep.targets)
     ]
-    for dep in ctx.routes.deployments.values():
-        for i, t in enumerate(dep.targets):
-            labels = f'deployment="{esc(dep.id)}",replica="{i}"'
-            lines.append(f"agentcloud_replica_in_flight{{{labels}}} {b.in_flight.get(t.base_url, 0)}")
-            lines.append(f"agentcloud_replica_queue{{{labels}}} {b.waiting.get(t.base_url, 0)}")
-            lines.append(f"agentcloud_replica_up{{{labels}}} {int(t.base_url not in b.unhealthy)}")
+    lines: list[str] = []
+    for metric, help_, value in (
+        ("in_flight", "requests this process has in flight at a deployment's replica", b.in_flight.get),
+        ("queue", "requests waiting in the replica's engine (its /metrics)", b.waiting.get),
+        ("up", "1 when the replica's last health probe answered", None),
+    ):
+        lines += [f"# HELP agentcloud_replica_{metric} {help_}", f"# TYPE agentcloud_replica_{metric} gauge"]
+        for dep_id, i, url in replicas:
+            n = int(url not in b.unhealthy) if value is None else value(url, 0)
+            lines.append(f'agentcloud_replica_{metric}{{deployment="{esc(dep_id)}",replica="{i}"}} {n}')
     lines += [
         "# HELP agentcloud_upstream_circuit_open 1 while an upstream's circuit breaker is open or half-open",
         "# TYPE agentcloud_upstream_circuit_open gauge",

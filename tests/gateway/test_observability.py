@@ -247,3 +247,19 @@ def test_two_replicas_for_90_seconds_cost_what_the_catalog_says(
         assert main(["deployments", "--url", w.r.url, "--key", w.keys.admin, "cost", dep_id]) == 0
         out = capsys.readouterr().out
         assert f"${expected:.2f} to date" in out, out
+
+
+def test_each_metric_family_is_one_group_and_replicas_have_their_own_ttft(gw: Running, keys: Keys) -> None:
+    h = {"Authorization": f"Bearer {keys.admin}"}
+    chat = "/api/v1/public/deployments/dep_a/chat/completions"
+    assert requests.post(gw.url + chat, json=CHAT, headers=h, timeout=10).status_code == 200
+    text = _metrics(gw)
+    assert _sample(text, "agentcloud_replica_requests_total", deployment="dep_a", replica="0") == 1
+    assert _sample(text, "agentcloud_replica_ttft_seconds_count", deployment="dep_a", replica="0") == 1
+    seen: list[str] = []  # the families in the order their samples appear: each must be one contiguous run
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            family = re.sub(r"(_bucket|_sum|_count)$", "", line.split("{")[0].split(" ")[0])
+            if not seen or seen[-1] != family:
+                assert family not in seen, f"{family} is split in two groups"
+                seen.append(family)
