@@ -73,3 +73,80 @@ def test_console_script_is_installed() -> None:
     result = subprocess.run([exe, "plan", "--json", "embeddings"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["plans"][0]["model_id"] == "bge-m3"
+
+
+def test_version_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("agentcloud ")
+
+
+def test_mistakes_get_finished_messages_not_tracebacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12: creating an org twice, and the deployments CLI with no gateway to reach, each end in one line
+    that says what and how to fix it (exit 2), never a library's exception."""
+    from tests.sshd import free_port
+
+    db = str(tmp_path / "gw.sqlite3")
+    assert main(["gateway", "--database", db, "orgs", "create", "acme", "--id", "org_acme"]) == 0
+    capsys.readouterr()
+    assert main(["gateway", "--database", db, "orgs", "create", "acme", "--id", "org_acme"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: org 'org_acme' already exists; choose another --id") and "Integrity" not in err
+    )
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(SystemExit) as done:
+        main(["deployments", "--url", url, "--key", "ak_live_x", "list"])
+    message = str(done.value.code)
+    assert message.startswith(f"error: cannot reach the gateway at {url}") and "Traceback" not in message
+
+
+def test_deployments_list_is_a_table_with_a_header(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from infra.catalog import load_catalog
+    from tests.gateway.harness import world_of
+
+    with world_of(load_catalog(Path(__file__).resolve().parents[1] / "presets.yaml"), tmp_path) as w:
+        assert main(["deployments", "--url", w.r.url, "--key", w.keys.admin, "list"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split() == [
+            "ID",
+            "NAME",
+            "MODEL",
+            "GPU",
+            "REGION",
+            "REPLICAS",
+            "STATUS",
+            "$/H",
+            "COST",
+            "TO",
+            "DATE",
+        ]
+        row = next(line for line in lines if w.dep_m in line)
+        assert "api-8b" in row and "1/1" in row and "active" in row
+        assert lines[0].index("STATUS") == row.index("active"), "columns aligned"
+        assert main(["deployments", "--url", w.r.url, "--key", w.keys.admin, "list", "--json"]) == 0
+        assert any(d["id"] == w.dep_m for d in json.loads(capsys.readouterr().out))
+        # the README's own example with a mistake in it: one finished line, no library text
+        with pytest.raises(SystemExit) as done:
+            main(
+                [
+                    "deployments",
+                    "--url",
+                    w.r.url,
+                    "--key",
+                    w.keys.admin,
+                    "scale",
+                    w.dep_m,
+                    "--min",
+                    "0",
+                    "--max",
+                    "4",
+                ]
+            )
+        assert done.value.code == (
+            "error: 400: scaling: min_replicas 0 needs scale_to_zero: true; fix: set one of them"
+        )

@@ -29,14 +29,30 @@ class Client:
         self.url, self.key = url.rstrip("/"), key
 
     def call(self, method: str, path: str = "", **kw: Any) -> dict[str, Any]:
-        resp = requests.request(
-            method,
-            f"{self.url}{API}{path}",
-            headers={"Authorization": f"Bearer {self.key}"},
-            timeout=30,
-            **kw,
-        )
-        body = resp.json() if resp.content else {}
+        try:
+            resp = requests.request(
+                method,
+                f"{self.url}{API}{path}",
+                headers={"Authorization": f"Bearer {self.key}"},
+                timeout=30,
+                **kw,
+            )
+        except requests.ConnectionError:
+            raise SystemExit(
+                f"error: cannot reach the gateway at {self.url}; start it (`agentcloud gateway serve`) "
+                "or point AGENTCLOUD_URL (or --url) at it"
+            ) from None
+        except requests.Timeout:
+            raise SystemExit(
+                f"error: the gateway at {self.url} did not answer within 30 s; try again"
+            ) from None
+        try:
+            body = resp.json() if resp.content else {}
+        except ValueError:
+            raise SystemExit(
+                f"error: {self.url} answered {resp.status_code} with something that is not the "
+                "gateway's JSON; check AGENTCLOUD_URL"
+            ) from None
         if resp.status_code >= 400:
             message = (body.get("error") or {}).get("message", resp.text)
             raise SystemExit(f"error: {resp.status_code}: {message}")
@@ -81,12 +97,30 @@ def run(args: argparse.Namespace) -> int:
     action = args.deployments_command
     if action == "list":
         rows = client.call("GET")["data"]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        table = [("ID", "NAME", "MODEL", "GPU", "REGION", "REPLICAS", "STATUS", "$/H", "COST TO DATE")]
         for d in rows:
-            print(
-                f"{d['id']}  {d['name']:<20} {d['model_id']:<32} {d['gpu_type'] or '-':<9} "
-                f"{d['region'] or '-':<5} "
-                f"x{d['replicas']}  {d['status']}"
+            cost = d.get("cost") or {}
+            table.append(
+                (
+                    d["id"],
+                    d["name"],
+                    d["model_id"],
+                    d["gpu_type"] or "-",
+                    d["region"] or "-",
+                    f"{len(d.get('endpoints') or [])}/{d['replicas']}",
+                    d["status"],
+                    f"{cost.get('rate_usd_per_hour', 0):.2f}",
+                    f"{cost.get('to_date_usd', 0):.2f}",
+                )
             )
+        widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
+        for r in table:
+            print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+        if len(table) == 1:
+            print("(no deployments yet: agentcloud deployments create STACK)")
         return 0
     if action == "get":
         print(json.dumps(client.call("GET", f"/{args.id}"), indent=2))
@@ -151,7 +185,9 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--key", default=os.environ.get("AGENTCLOUD_API_KEY"))
     d.add_argument("--no-wait", action="store_true", help="return once the operation is accepted")
     ds = d.add_subparsers(dest="deployments_command", required=True)
-    ds.add_parser("list")
+    ds.add_parser("list", help="a table (REPLICAS: running/declared)").add_argument(
+        "--json", action="store_true", help="machine-readable output"
+    )
     for name in ("get", "refresh"):
         ds.add_parser(name).add_argument("id")
     co = ds.add_parser("cost", help="capacity cost over a window, per 1M tokens, and by key")

@@ -183,9 +183,19 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentcloud")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentcloud", description="Dedicated-GPU LLM deployments as code")
     parser.add_argument("--catalog", default=str(DEFAULT_CATALOG), help="presets.yaml to use")
+    parser.add_argument("--version", action="version", version=f"agentcloud {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plan", help="plan stacks offline: gpu, engine, fit, cost")
@@ -234,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 done; 1 a plan that does not fit, or an operation that ended badly; 2 bad input, or
+    something the command needs that is missing or unreachable (the message says which, and how to fix it)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -229,11 +229,13 @@ def refusal(exc: ValidationError, what: str = "request") -> GatewayError:
     errors = exc.errors(include_url=False)
     first = errors[0]
     param = _param(first["loc"])
+    if param == "body" and what != "request":  # a check of the whole object: name the object
+        param = what
     if first["type"] == "extra_forbidden":
         return GatewayError(400, f"unsupported parameter: {param}", param=param, code="unsupported_parameter")
     if first["type"] == "missing":
         return GatewayError(400, f"{param}: required", param=param, code=f"invalid_{what}")
-    same = [e["msg"] for e in errors if _param(e["loc"]) == param]
+    same = [e["msg"].removeprefix("Value error, ") for e in errors if _param(e["loc"]) in (param, "body")]
     reasons = "; or ".join(dict.fromkeys(m[0].lower() + m[1:] for m in same))
     return GatewayError(400, f"{param}: {reasons}", param=param, code=f"invalid_{what}")
 

@@ -100,6 +100,16 @@ SCHEMA = [
 ]
 
 
+def _duplicate(exc: Exception) -> bool:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc)
+    try:
+        import psycopg.errors
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.errors.UniqueViolation)
+
+
 def _unavailable(exc: Exception) -> bool:
     """A failure of the connection, not of the statement."""
     if isinstance(exc, sqlite3.OperationalError):
@@ -189,6 +199,8 @@ class Database:
         try:
             yield
         except Exception as exc:
+            if _duplicate(exc):  # a race past the caller's own check: still a finished message
+                raise StoreError("that record already exists (a duplicate id or name)") from None
             if not _unavailable(exc):
                 raise
             log.warning("store call failed: %s", exc)

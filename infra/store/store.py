@@ -48,6 +48,8 @@ class Store(Coordination):
     # -- orgs and keys ---------------------------------------------------------------------------------
     def create_org(self, name: str, org_id: str | None = None) -> str:
         org_id = org_id or keymod.new_id("org")
+        if self.org_exists(org_id):
+            raise StoreError(f"org {org_id!r} already exists; choose another --id (or omit it for a new one)")
         self._exec("INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)", (org_id, name, time.time()))
         return org_id
 
