@@ -150,3 +150,36 @@ def test_deployments_list_is_a_table_with_a_header(
         assert done.value.code == (
             "error: 400: scaling: min_replicas 0 needs scale_to_zero: true; fix: set one of them"
         )
+
+
+def test_gateway_routes_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = ["gateway", "--database", str(tmp_path / "gw.sqlite3")]
+    assert main([*db, "orgs", "create", "acme", "--id", "org_acme"]) == 0
+    add = [
+        "routes",
+        "add",
+        "--id",
+        "dep_x",
+        "--org",
+        "org_acme",
+        "--model",
+        "m1",
+        "--endpoint",
+        "http://10.0.0.5:8000/v1",
+    ]
+    assert main([*db, *add]) == 0
+    capsys.readouterr()
+    assert main([*db, "routes", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "ORG", "MODEL", "ENDPOINTS"] and lines[1].split()[:3] == [
+        "dep_x",
+        "org_acme",
+        "m1",
+    ]
+    assert main([*db, "routes", "add", "--id", "dep_y"]) == 2
+    assert capsys.readouterr().err.strip() == "error: routes add needs --org, --model, --endpoint"
+    assert main([*db, "routes", "remove", "--id", "dep_x"]) == 0
+    assert main([*db, "routes", "remove", "--id", "dep_x"]) == 2
+    assert "no deployment 'dep_x'" in capsys.readouterr().err
+    assert main([*db, "routes", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == []

@@ -117,6 +117,46 @@ def cmd_grant(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_routes(args: argparse.Namespace) -> int:
+    """`routes add|list|remove`: deployments registered by hand (engines the gateway does not manage)."""
+    store, _ = _store(args)
+    if args.action == "list":
+        rows = [r for r in store.deployments() if not r.stack]
+        if args.json:
+            print(json.dumps([{"id": r.id, "org": r.org_id, "model": r.model_id, **r.routes} for r in rows]))
+            return 0
+        table = [("ID", "ORG", "MODEL", "ENDPOINTS")]
+        table += [
+            (r.id, r.org_id, r.model_id, ", ".join(r.routes.get("endpoints") or []) or "-") for r in rows
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        for row in table:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        return 0
+    if not args.id:
+        raise StoreError(f"routes {args.action} needs --id (the deployment id, e.g. dep_prod)")
+    if args.action == "remove":
+        record = store.deployment(args.id)
+        if record is None:
+            raise StoreError(f"no deployment {args.id!r}; `agentcloud gateway routes list` shows them")
+        if record.stack:
+            raise StoreError(
+                f"{args.id} was made through the API (stack {record.stack}): tear it down with "
+                f"`agentcloud deployments teardown {args.id}`"
+            )
+        store.delete_deployment(args.id)
+        print(f"deployment {args.id} no longer routed")
+        return 0
+    missing = [
+        flag
+        for flag, value in (("--org", args.org), ("--model", args.model), ("--endpoint", args.endpoint))
+        if not value
+    ]
+    if missing:
+        raise StoreError(f"routes add needs {', '.join(missing)}")
+    return cmd_route_add(args)
+
+
 def cmd_route_add(args: argparse.Namespace) -> int:
     store, _ = _store(args)
     routes: dict[str, Any] = {"endpoints": args.endpoint, "concurrency_limit": args.concurrency_limit}
@@ -228,18 +268,17 @@ def add_parser(sub: Any) -> None:
     fs.add_argument("--api-key-env", help="environment variable holding the engine's API key on the gateway")
     fs.set_defaults(func=cmd_route_from_stack)
 
-    r = gs.add_parser("routes", help="register a dedicated deployment's endpoints with the gateway")
-    r.add_argument("action", choices=["add"])
-    r.add_argument("--id", required=True, help="deployment id, e.g. dep_prod")
-    r.add_argument("--org", required=True)
-    r.add_argument("--model", required=True)
+    r = gs.add_parser("routes", help="deployments whose engines you run yourself: add, list, remove")
+    r.add_argument("action", choices=["add", "list", "remove"])
+    r.add_argument("--id", help="deployment id, e.g. dep_prod")
+    r.add_argument("--org")
+    r.add_argument("--model")
     r.add_argument("--name")
-    r.add_argument(
-        "--endpoint", action="append", required=True, help="engine base URL, e.g. http://10.0.0.5:8000/v1"
-    )
+    r.add_argument("--endpoint", action="append", help="engine base URL, e.g. http://10.0.0.5:8000/v1")
     r.add_argument("--api-key-env", help="environment variable holding the engine's API key")
     r.add_argument("--concurrency-limit", type=int)
-    r.set_defaults(func=cmd_route_add)
+    r.add_argument("--json", action="store_true", help="list: machine-readable output")
+    r.set_defaults(func=cmd_routes)
 
 
 __all__ = ["StoreError", "add_parser", "routes_from_outputs"]

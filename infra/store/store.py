@@ -206,6 +206,13 @@ class Store(Coordination):
         )
         self.bump("routes")
 
+    def delete_deployment(self, dep_id: str) -> bool:
+        """Forget a deployment (one registered by hand: the API's own end inactive, with their history)."""
+        found = bool(self._exec("SELECT 1 FROM deployments WHERE id = ?", (dep_id,)))
+        self._exec("DELETE FROM deployments WHERE id = ?", (dep_id,))
+        self.bump("routes")
+        return found
+
     def deployments(self) -> list[DeploymentRecord]:
         rows = self._exec(
             "SELECT id, org_id, name, model_id, status, spec, routes FROM deployments ORDER BY created_at"
