@@ -183,3 +183,17 @@ def test_gateway_routes_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFi
     assert "no deployment 'dep_x'" in capsys.readouterr().err
     assert main([*db, "routes", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == []
+
+
+def test_catalog_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["catalog", "gpus", "--region", "tor1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["GPU", "SIZE", "GPUS"] and all("tor1" in line for line in lines[1:])
+    prices = [float(line.split()[4]) for line in lines[1:]]
+    assert prices == sorted(prices) and prices, "cheapest first"
+    assert main(["catalog", "models", "--task", "embed", "--json"]) == 0
+    models = json.loads(capsys.readouterr().out)
+    assert models and {m["TASK"] for m in models} == {"embed"}
+    for what in ("presets", "regions"):
+        assert main(["catalog", what]) == 0
+        assert len(capsys.readouterr().out.splitlines()) > 2

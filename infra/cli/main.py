@@ -174,8 +174,63 @@ def cmd_gitops(args: argparse.Namespace) -> int:
     return 1 if any(r["error"] for r in rows) else 0
 
 
+def _table(rows: list[tuple[str, ...]]) -> None:
+    """Aligned columns, the first row a header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
 def cmd_catalog(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
+    if args.action != "check":
+        rows: list[tuple[str, ...]]
+        if args.action == "models":
+            rows = [("MODEL", "TASK", "TIER", "PARAMS (B)", "CONTEXT", "DEPLOYABLE")]
+            rows += [
+                (
+                    name,
+                    m.task.value,
+                    m.tier,
+                    f"{m.params_b:g}",
+                    f"{m.context_window:,}",
+                    "yes" if m.deployable else "-",
+                )
+                for name, m in sorted(catalog.models.items())
+                if not args.task or m.task.value == args.task
+            ]
+        elif args.action == "gpus":
+            rows = [("GPU", "SIZE", "GPUS", "VRAM/GPU GiB", "$/H", "REGIONS")]
+            for name, g in sorted(catalog.gpu_types.items(), key=lambda kv: kv[1].hourly_usd):
+                regions = [r for r, reg in sorted(catalog.regions.items()) if name in reg.gpu_types]
+                if args.region and args.region not in regions:
+                    continue
+                rows.append(
+                    (
+                        name,
+                        g.size_slug,
+                        str(g.gpus),
+                        f"{g.vram_gib_per_gpu:g}",
+                        f"{g.hourly_usd:.2f}",
+                        ", ".join(regions) or "-",
+                    )
+                )
+        elif args.action == "presets":
+            rows = [("PRESET", "GPU", "PRECISION", "KV CACHE", "DESCRIPTION")]
+            rows += [
+                (name, p.gpu_type, p.precision.value, p.kv_cache_dtype, p.description)
+                for name, p in sorted(catalog.presets.items())
+            ]
+        else:  # regions
+            rows = [("REGION", "NAME", "GPU TYPES")]
+            rows += [
+                (slug, r.name, ", ".join(r.gpu_types) or "-") for slug, r in sorted(catalog.regions.items())
+            ]
+        if args.json:
+            print(json.dumps([dict(zip(rows[0], r, strict=True)) for r in rows[1:]], indent=2))
+        else:
+            _table(rows)
+        return 0
     print(
         f"{args.catalog}: ok ({len(catalog.gpu_types)} gpu types, {len(catalog.regions)} regions, "
         f"{len(catalog.presets)} presets, {len(catalog.models)} models, {len(catalog.plans)} plans)"
@@ -237,8 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--base", default="origin/main", help="git ref the change is compared with")
     g.set_defaults(func=cmd_gitops)
 
-    c = sub.add_parser("catalog", help="validate presets.yaml")
-    c.add_argument("action", choices=["check"])
+    c = sub.add_parser("catalog", help="validate presets.yaml, or list its models, gpus, presets or regions")
+    c.add_argument("action", choices=["check", "models", "gpus", "presets", "regions"])
+    c.add_argument("--task", help="models: only this task (generate, embed, rerank, transcribe, speech)")
+    c.add_argument("--region", help="gpus: only those offered in this region")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=cmd_catalog)
     return parser
 
