@@ -6,6 +6,7 @@ path, the line, the bad value, what is allowed (the known keys, for an unknown k
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
 from typing import Any, TypeVar
@@ -79,11 +80,13 @@ def problems_from(
         value = _input_repr(err.get("input"))
         if kind == "extra_forbidden":
             owner = _model_at(model, loc[:-1])
+            close: list[str] = []
             if owner is not None:
                 allowed = ", ".join(owner.model_fields)
+                close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1)
             message = "unknown key"
             value = None
-            fix = f"remove '{loc[-1]}' or correct its spelling"
+            fix = f"did you mean '{close[0]}'?" if close else f"remove '{loc[-1]}' or correct its spelling"
         elif kind == "value_error":
             # our validators write "what; fix: how"
             text = err["msg"].removeprefix("Value error, ")
@@ -97,7 +100,12 @@ def problems_from(
             ctx = err.get("ctx") or {}
             if "expected" in ctx:
                 allowed = str(ctx["expected"])
-            fix = "change the value to one of the allowed ones" if allowed else "correct the value's type"
+            if "pattern" in ctx:
+                fix = f"write it to match {ctx['pattern']}"
+            elif allowed:
+                fix = "change the value to one of the allowed ones"
+            else:
+                fix = f"change it: {message[0].lower() + message[1:]}"
         problems.append(doc.problem(path, message, value=value, allowed=allowed, fix=fix))
     return problems
 

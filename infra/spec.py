@@ -196,6 +196,30 @@ def check_against_catalog(
     return problems
 
 
+def check_names(raw: dict[str, Any], catalog: Catalog, doc: Document, base: KeyPath) -> list[Problem]:
+    """The catalog names of a deployment that did not validate (model, preset, region, gpu type), so that a
+    file with several mistakes reports them all at once."""
+    problems: list[Problem] = []
+    for key, what, options in (
+        ("model_id", "model", [m for m, model in catalog.models.items() if model.deployable]),
+        ("preset", "preset", list(catalog.presets)),
+        ("region", "region", list(catalog.regions)),
+        ("gpu_type", "gpu type", list(catalog.gpu_types)),
+    ):
+        value = raw.get(key)
+        if isinstance(value, str) and value not in options and not value.startswith("byom:"):
+            problems.append(
+                doc.problem(
+                    (*base, key),
+                    f"unknown {what}",
+                    value=value,
+                    allowed=", ".join(options),
+                    fix=_suggest(value, options) + " (or add it to presets.yaml)",
+                )
+            )
+    return problems
+
+
 def gpu_type_of(spec: DeploymentSpec, catalog: Catalog) -> str | None:
     if spec.gpu_type is not None:
         return spec.gpu_type
@@ -251,6 +275,8 @@ def parse_stack(doc: Document, catalog: Catalog) -> DeploymentSpec:
     problems += found
     if spec is not None:
         problems += check_against_catalog(spec, catalog, doc, base)
+    elif isinstance(config[DEPLOYMENT_KEY], dict):  # every problem in one run: the names too
+        problems += check_names(config[DEPLOYMENT_KEY], catalog, doc, base)
     if problems or spec is None:
         raise SpecError(problems)
     return spec

@@ -60,7 +60,9 @@ def test_unknown_key_lists_allowed_keys() -> None:
         _parse(data)
     text = str(err.value)
     assert "presets.yaml:" in text and "gpu_types.h100.vram_gb: unknown key" in text
-    assert "allowed: description, size_slug, vendor" in text and "fix: remove 'vram_gb'" in text
+    assert (
+        "allowed: description, size_slug, vendor" in text and "fix: did you mean 'vram_gib_per_gpu'?" in text
+    )
 
 
 def test_wrong_type_names_value() -> None:

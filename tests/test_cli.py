@@ -197,3 +197,18 @@ def test_catalog_tables(capsys: pytest.CaptureFixture[str]) -> None:
     for what in ("presets", "regions"):
         assert main(["catalog", what]) == 0
         assert len(capsys.readouterr().out.splitlines()) > 2
+
+
+def test_every_mistake_of_a_stack_file_in_one_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12: misspelt keys and an unknown preset in one file are all reported at once, each with a
+    'did you mean'."""
+    stack = tmp_path / "Pulumi.bad.yaml"
+    stack.write_text(
+        "config:\n  agent-cloud:deployment:\n    name: bad\n    modle_id: llama-3.1-8b-instruct\n"
+        "    replica: 2\n    preset: latncy\n    region: tor1\n"
+    )
+    assert main(["plan", str(stack)]) != 0
+    err = capsys.readouterr().err
+    assert "modle_id: unknown key" in err and "did you mean 'model_id'?" in err
+    assert "replica: unknown key" in err and "did you mean 'replicas'?" in err
+    assert "unknown preset (got 'latncy')" in err and "did you mean 'latency'?" in err

@@ -80,7 +80,7 @@ def test_unknown_key(tmp_path: Path, catalog: Catalog) -> None:
     text = _error(tmp_path, catalog, replica=2)
     assert f"{KEY}.replica: unknown key" in text
     assert "allowed: name, model_id, region, preset, gpu_type, replicas" in text
-    assert "fix: remove 'replica' or correct its spelling" in text
+    assert "fix: did you mean 'replicas'?" in text
 
 
 def test_unknown_nested_key(tmp_path: Path, catalog: Catalog) -> None:
