@@ -241,7 +241,11 @@ def alternatives(
                     regions=tuple(catalog.regions_offering(gname)),
                     contract_only=gpu.contract_only,
                 )
-    ranked = sorted(found.values(), key=lambda a: (a.hourly_usd, a.preset != spec.preset, -a.max_kv_tokens))
+    # offered in the user's region first, then the cheapest, then the asked preset, then the most KV room
+    ranked = sorted(
+        found.values(),
+        key=lambda a: (spec.region not in a.regions, a.hourly_usd, a.preset != spec.preset, -a.max_kv_tokens),
+    )
     per_gpu: dict[str, int] = {}
     diverse = []
     for alt in ranked:  # at most two per gpu type, so the list shows real choices

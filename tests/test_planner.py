@@ -161,3 +161,15 @@ def test_cost_counts_replicas_and_volumes(catalog: Catalog) -> None:
     assert one.hourly_usd == pytest.approx(3.39 + volume_hourly, abs=0.01)
     assert two.hourly_usd == pytest.approx(2 * (3.39 + volume_hourly), abs=0.01)
     assert zero.hourly_usd == pytest.approx(2 * volume_hourly, abs=0.01), "at zero only the kept volumes bill"
+
+
+def test_alternatives_offered_in_the_region_come_first_then_by_price(catalog: Catalog) -> None:
+    """Issue 12: what the user can deploy where they asked comes before cheaper sizes elsewhere."""
+    spec = DeploymentSpec(name="q72", model_id="qwen2.5-72b-instruct", gpu_type="l40s", region="tor1")
+    with pytest.raises(PlanError) as err:
+        plan(spec, catalog)
+    alternatives = cast(list[Alternative], err.value.alternatives)
+    here = ["tor1" in a.regions for a in alternatives]
+    assert here[0] and here == sorted(here, reverse=True), [(a.gpu_type, a.regions) for a in alternatives]
+    in_region = [a.hourly_usd for a in alternatives if "tor1" in a.regions]
+    assert in_region == sorted(in_region)
