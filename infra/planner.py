@@ -138,7 +138,7 @@ class ServingPlan:
             "max_model_len": self.max_model_len,
             "fit": self.fit.verdict,
             "weights_gib": self.fit.weights_gib,
-            "max_kv_tokens": self.fit.max_kv_tokens,
+            "max_kv_tokens": self.fit.max_kv_tokens if self.fit.verdict != "at upload" else None,
             "cache_disk_gib": self.cache_disk_gib,
             "hourly_usd": self.hourly_usd,
             "monthly_usd": self.monthly_usd,

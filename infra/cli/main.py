@@ -44,7 +44,9 @@ def _format(key: str, value: Any) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    cells = [[title for _, title in COLUMNS]] + [[_format(k, r.get(k, "")) for k, _ in COLUMNS] for r in rows]
+    cells = [[title for _, title in COLUMNS]] + [
+        [_format(k, r.get(k, "")) if r.get(k) is not None else "-" for k, _ in COLUMNS] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     for n, row in enumerate(cells):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -95,6 +97,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
             for r in rows:
                 for note in r["notes"]:
                     print(f"  note [{r['stack']}]: {note}")
+        if not args.stacks:  # stack files that declare no GPU deployment: said, not silently skipped
+            for other in sorted(set(STACKS_DIR.glob("Pulumi.*.y*ml")) - set(paths)):
+                print(
+                    f"  note: {other.name} declares no GPU deployment (the gateway's own stack?): "
+                    f"`pulumi preview -s {stack_name_of(other)}` shows it"
+                )
         for a in live:
             mark = "ok " if a["offered"] else "NO "
             print(f"  live [{a['stack']}] {mark}{a['size_slug']} in {a['region']}: {a['note']}")
