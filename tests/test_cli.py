@@ -212,3 +212,22 @@ def test_every_mistake_of_a_stack_file_in_one_run(tmp_path: Path, capsys: pytest
     assert "modle_id: unknown key" in err and "did you mean 'model_id'?" in err
     assert "replica: unknown key" in err and "did you mean 'replicas'?" in err
     assert "unknown preset (got 'latncy')" in err and "did you mean 'latency'?" in err
+
+
+def test_every_setting_the_code_reads_is_documented() -> None:
+    """docs/settings.md lists every AGENTCLOUD_* variable the code reads (and GatewayConfig's fields)."""
+    import re
+
+    from infra.gateway.config import GatewayConfig
+
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "settings.md").read_text()
+    code = "\n".join(p.read_text() for p in (root / "infra").rglob("*.py"))
+    read = set(re.findall(r"AGENTCLOUD_[A-Z_]+", code)) - {"AGENTCLOUD_"}
+    import inspect
+
+    source = inspect.getsource(GatewayConfig.from_env)  # the (name, type) pairs read as AGENTCLOUD_<NAME>
+    named = {f"AGENTCLOUD_{n.upper()}" for n in re.findall(r'\("([a-z_]+)", (?:str|int|float)\)', source)}
+    assert len(named) > 20
+    missing = sorted(v for v in read | named if f"`{v}`" not in page)
+    assert not missing, missing
