@@ -9,3 +9,14 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 PULUMI_PROJECT = "agent-cloud"
 """The Pulumi project name; stack config keys are namespaced with it."""
+
+
+def version() -> str:
+    """The installed package's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("agentcloud")
+    except PackageNotFoundError:
+        return "0 (not installed)"

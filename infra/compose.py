@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from infra import version
 from infra.catalog import ApiFormat, Catalog, load_catalog
 from infra.control.deployments import StackOps
 from infra.control.plane import ControlPlane
@@ -139,7 +140,7 @@ def _describe(router: Router) -> None:
 
     def doc() -> dict[str, Any]:
         if not built:
-            built["doc"] = openapi.document(router, _version())
+            built["doc"] = openapi.document(router, version())
             built["json"] = orjson.dumps(built["doc"])
             built["html"] = openapi.page(built["doc"]).encode()
         return built
@@ -175,12 +176,3 @@ def _console(router: Router) -> None:
             await req.respond(200, body, content_type, [(b"cache-control", b"no-cache")])
 
         router.add("GET", path, static, auth=False, summary=f"The console ({name})")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("agentcloud")
-    except PackageNotFoundError:
-        return "0"

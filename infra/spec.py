@@ -150,15 +150,7 @@ def check_against_catalog(
     problems: list[Problem] = []
 
     def unknown(key: str, what: str, value: str, options: list[str]) -> None:
-        problems.append(
-            doc.problem(
-                (*base, key),
-                f"unknown {what}",
-                value=value,
-                allowed=", ".join(options),
-                fix=_suggest(value, options) + " (or add it to presets.yaml)",
-            )
-        )
+        problems.append(_unknown_name(doc, base, key, what, value, options))
 
     deployable = [m for m, model in catalog.models.items() if model.deployable]
     if spec.model_id not in catalog.models and not spec.model_id.startswith("byom:"):
@@ -208,16 +200,21 @@ def check_names(raw: dict[str, Any], catalog: Catalog, doc: Document, base: KeyP
     ):
         value = raw.get(key)
         if isinstance(value, str) and value not in options and not value.startswith("byom:"):
-            problems.append(
-                doc.problem(
-                    (*base, key),
-                    f"unknown {what}",
-                    value=value,
-                    allowed=", ".join(options),
-                    fix=_suggest(value, options) + " (or add it to presets.yaml)",
-                )
-            )
+            problems.append(_unknown_name(doc, base, key, what, value, options))
     return problems
+
+
+def _unknown_name(
+    doc: Document, base: KeyPath, key: str, what: str, value: str, options: list[str]
+) -> Problem:
+    """A name the catalog does not have, with the closest one it does."""
+    return doc.problem(
+        (*base, key),
+        f"unknown {what}",
+        value=value,
+        allowed=", ".join(options),
+        fix=_suggest(value, options) + " (or add it to presets.yaml)",
+    )
 
 
 def gpu_type_of(spec: DeploymentSpec, catalog: Catalog) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from infra.cli.output import table as print_table
 from infra.document import load_document
 from infra.records import Status
 from infra.spec import DEPLOYMENT_KEY, resolve_stack
@@ -116,9 +117,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{cost.get('to_date_usd', 0):.2f}",
                 )
             )
-        widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
-        for r in table:
-            print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+        print_table(table)
         if len(table) == 1:
             print("(no deployments yet: agentcloud deployments create STACK)")
         return 0

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from infra.cli.output import table as print_table
 from infra.control.outputs import routes_from_outputs
 from infra.gateway.config import GatewayConfig
 from infra.records import DeploymentRecord, Status
@@ -129,9 +130,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
         table += [
             (r.id, r.org_id, r.model_id, ", ".join(r.routes.get("endpoints") or []) or "-") for r in rows
         ]
-        widths = [max(len(row[i]) for row in table) for i in range(4)]
-        for row in table:
-            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        print_table(table)
         return 0
     if not args.id:
         raise StoreError(f"routes {args.action} needs --id (the deployment id, e.g. dep_prod)")

@@ -10,9 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from infra import version
 from infra.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from infra.cli.deployments import add_parser as add_deployments
 from infra.cli.gateway import add_parser as add_gateway
+from infra.cli.output import table
 from infra.errors import InfraError, PlanError
 from infra.planner import ServingPlan, plan
 from infra.render import ENV_FILE, render
@@ -44,14 +46,11 @@ def _format(key: str, value: Any) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    cells = [[title for _, title in COLUMNS]] + [
-        [_format(k, r.get(k, "")) if r.get(k) is not None else "-" for k, _ in COLUMNS] for r in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    for n, row in enumerate(cells):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    table(
+        [[title for _, title in COLUMNS]]
+        + [[_format(k, r.get(k, "")) if r.get(k) is not None else "-" for k, _ in COLUMNS] for r in rows],
+        rule=True,
+    )
 
 
 def _plan_stacks(paths: Sequence[Path], catalog: Catalog) -> tuple[list[tuple[str, ServingPlan]], list[str]]:
@@ -177,16 +176,9 @@ def cmd_secrets_push(args: argparse.Namespace) -> int:
 def cmd_gitops(args: argparse.Namespace) -> int:
     from infra.gitops import report
 
-    rows, table = report(args.files, args.base, load_catalog(args.catalog))
-    print(table)
+    rows, text = report(args.files, args.base, load_catalog(args.catalog))
+    print(text)
     return 1 if any(r["error"] for r in rows) else 0
-
-
-def _table(rows: list[tuple[str, ...]]) -> None:
-    """Aligned columns, the first row a header."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
@@ -237,7 +229,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([dict(zip(rows[0], r, strict=True)) for r in rows[1:]], indent=2))
         else:
-            _table(rows)
+            table(rows)
         return 0
     print(
         f"{args.catalog}: ok ({len(catalog.gpu_types)} gpu types, {len(catalog.regions)} regions, "
@@ -246,19 +238,10 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("agentcloud")
-    except PackageNotFoundError:
-        return "(not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentcloud", description="Dedicated-GPU LLM deployments as code")
     parser.add_argument("--catalog", default=str(DEFAULT_CATALOG), help="presets.yaml to use")
-    parser.add_argument("--version", action="version", version=f"agentcloud {_version()}")
+    parser.add_argument("--version", action="version", version=f"agentcloud {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plan", help="plan stacks offline: gpu, engine, fit, cost")

@@ -165,15 +165,15 @@ async def prometheus(ctx: Observing, req: Request) -> None:
         token = (req.header(b"authorization") or "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(token.encode(), ctx.metrics_token.encode()):
             raise unauthorized("metrics need the configured metrics token")
-    backlog, oldest = await ctx.db(ctx.store.outbox_backlog)
-    text = ctx.metrics.prometheus() + _live(ctx, backlog, oldest) + await ctx.db(_from_store, ctx.store)
+    text = ctx.metrics.prometheus() + _live(ctx) + await ctx.db(_from_store, ctx.store)
     await req.respond(200, text.encode(), b"text/plain; version=0.0.4")
 
 
 def _from_store(store: Store) -> str:
-    """What the control plane records, as every replica reads it from the store: capacity cost and SLA
-    breaches per deployment (the same figures whichever replica is scraped: take `max`, not `sum`)."""
+    """What the store records, the same whichever replica is scraped (take `max`, not `sum`): capacity cost,
+    autoscaler decisions and SLA breaches per deployment, and the webhook outbox."""
     now = time.time()
+    backlog, oldest = store.outbox_backlog()
     metered = [r for r in store.deployments() if r.meter.changes]
     lines = [
         "# HELP agentcloud_deployment_capacity_cost_usd_total what the deployment's GPU droplets have cost",
@@ -214,12 +214,21 @@ def _from_store(store: Store) -> str:
             for d, m in sorted(breached)
         ),
     ]
+    age = max(0.0, now - oldest) if oldest is not None else 0.0
+    lines += [
+        "# HELP agentcloud_webhook_outbox_pending webhook deliveries waiting (retries included)",
+        "# TYPE agentcloud_webhook_outbox_pending gauge",
+        f"agentcloud_webhook_outbox_pending {backlog}",
+        "# HELP agentcloud_webhook_outbox_oldest_age_seconds how long the oldest waiting delivery has waited",
+        "# TYPE agentcloud_webhook_outbox_oldest_age_seconds gauge",
+        f"agentcloud_webhook_outbox_oldest_age_seconds {age:.1f}",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def _live(ctx: Observing, backlog: int, oldest: float | None) -> str:
-    """Gauges read at scrape time: each replica's load, queue and health (what the routing sees), each
-    upstream's circuit, and the webhook outbox."""
+def _live(ctx: Observing) -> str:
+    """Gauges read at scrape time: each replica's load, queue and health (what the routing sees), and each
+    upstream's circuit."""
     b = ctx.balancer
     replicas = [
         (dep.id, i, t.base_url) for dep in ctx.routes.deployments.values() for i, t in enumerate(dep.targets)
@@ -242,13 +251,4 @@ def _live(ctx: Observing, backlog: int, oldest: float | None) -> str:
         lines.append(
             f'agentcloud_upstream_circuit_open{{upstream="{esc(url)}"}} {int(breaker.state != "closed")}'
         )
-    age = max(0.0, time.time() - oldest) if oldest is not None else 0.0
-    lines += [
-        "# HELP agentcloud_webhook_outbox_pending webhook deliveries waiting (retries included)",
-        "# TYPE agentcloud_webhook_outbox_pending gauge",
-        f"agentcloud_webhook_outbox_pending {backlog}",
-        "# HELP agentcloud_webhook_outbox_oldest_age_seconds how long the oldest waiting delivery has waited",
-        "# TYPE agentcloud_webhook_outbox_oldest_age_seconds gauge",
-        f"agentcloud_webhook_outbox_oldest_age_seconds {age:.1f}",
-    ]
     return "\n".join(lines) + "\n"
