@@ -1,5 +1,5 @@
 """The Pulumi program: stack config -> plan -> components -> outputs. Run with `pulumi up -s <stack>`."""
 
-from infra.program import run
+from agentcloud.program import run
 
 run()

@@ -14,12 +14,12 @@ import time
 
 import yaml
 
-from infra.catalog import load_catalog
-from infra.document import parse_document
-from infra.errors import PlanError
-from infra.planner import plan
-from infra.render import render
-from infra.spec import parse_stack
+from agentcloud.catalog import load_catalog
+from agentcloud.document import parse_document
+from agentcloud.errors import PlanError
+from agentcloud.planner import plan
+from agentcloud.render import render
+from agentcloud.spec import parse_stack
 
 
 def generate(count: int) -> list[str]:

@@ -1,10 +1,5 @@
 """The agentcloud policy pack: `pulumi preview --policy-pack policy`. The checks live in
-infra/policy_checks.py."""
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+infra/agentcloud/policy_checks.py."""
 
 from pulumi_policy import (
     EnforcementLevel,
@@ -16,7 +11,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from infra import policy_checks as checks
+from agentcloud import policy_checks as checks
 
 
 def firewalls(args: ResourceValidationArgs, report: ReportViolation) -> None:

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.catalog import Catalog, load_catalog
+from agentcloud.catalog import Catalog, load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
+STACKS = ROOT / "stacks"  # this repository's own stack files
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.components.host_key import generate_host_key
+from agentcloud.components.host_key import generate_host_key
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
 

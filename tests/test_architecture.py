@@ -1,6 +1,7 @@
-"""The package's shape, checked on every run: no import cycle anywhere, and the data plane (infra.gateway,
-infra.upstream) reaches none of Pulumi, SSH, pydo, Jinja, the lifecycle, the control plane or the CLI, even
-through another module. Every import counts: module level, inside functions, and under TYPE_CHECKING."""
+"""The package's shape, checked on every run: no import cycle anywhere, and the data plane
+(agentcloud.gateway, agentcloud.upstream) reaches none of Pulumi, SSH, pydo, Jinja, the lifecycle, the control
+plane or the CLI, even through another module. Every import counts: module level, inside functions, and under
+TYPE_CHECKING."""
 
 from __future__ import annotations
 
@@ -8,26 +9,27 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "infra"
-DATA_PLANE = ("infra.gateway", "infra.upstream")
+SOURCE = ROOT / "infra"  # the folder that holds the agentcloud package
+PACKAGE = SOURCE / "agentcloud"
+DATA_PLANE = ("agentcloud.gateway", "agentcloud.upstream")
 FORBIDDEN = (
     "pulumi",
     "pulumi_digitalocean",
     "paramiko",
     "pydo",
     "jinja2",
-    "infra.lifecycle",
-    "infra.cli",
-    "infra.control",
-    "infra.compose",
-    "infra.remote",
-    "infra.render",
-    "infra.components",
+    "agentcloud.lifecycle",
+    "agentcloud.cli",
+    "agentcloud.control",
+    "agentcloud.compose",
+    "agentcloud.remote",
+    "agentcloud.render",
+    "agentcloud.components",
 )
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+    parts = path.relative_to(SOURCE).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -52,7 +54,7 @@ def imports_of(path: Path, name: str) -> set[str]:
 def graph() -> dict[str, set[str]]:
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     return {
-        name: {m for m in imports_of(path, name) if m in modules or not m.startswith("infra")}
+        name: {m for m in imports_of(path, name) if m in modules or not m.startswith("agentcloud")}
         for name, path in modules.items()
     }
 
@@ -124,5 +126,7 @@ def test_the_data_plane_imports_nothing_of_the_control_side() -> None:
 def test_the_checks_can_fail() -> None:
     """The checker itself: a cycle and a forbidden path are found when they exist."""
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
-    assert "pulumi" in reachable({"infra.gateway.x": {"infra.y"}, "infra.y": {"pulumi"}}, "infra.gateway.x")
+    assert "pulumi" in reachable(
+        {"agentcloud.gateway.x": {"agentcloud.y"}, "agentcloud.y": {"pulumi"}}, "agentcloud.gateway.x"
+    )
     assert imports_of(Path(__file__), "tests.test_architecture") >= {"ast", "pathlib", "pathlib.Path"}

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.catalog import Catalog, load_catalog, parse_catalog
-from infra.document import parse_document
-from infra.errors import CatalogError, ValidationError
+from agentcloud.catalog import Catalog, load_catalog, parse_catalog
+from agentcloud.document import parse_document
+from agentcloud.errors import CatalogError, ValidationError
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_GPU_TYPES = {"h100", "mi300x", "mi300x_8", "mi325x", "mi325x_8", "h100_8", "h200", "h200_8", "l40s"}
@@ -112,8 +112,8 @@ def test_provider_with_unknown_model() -> None:
 
 
 def test_provider_only_model_cannot_be_deployed(tmp_path: Path, catalog: Catalog) -> None:
-    from infra.errors import SpecError
-    from infra.spec import load_stack
+    from agentcloud.errors import SpecError
+    from agentcloud.spec import load_stack
     from tests.stackfiles import deployment, write_stack
 
     path = write_stack(tmp_path, deployment(model_id="claude-haiku-4-5"))

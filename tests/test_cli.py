@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.cli import main
-from infra.spec import stack_files
+from agentcloud.cli import main
+from agentcloud.spec import stack_files
 from tests.stackfiles import deployment, write_stack
 
 
@@ -43,7 +43,7 @@ def test_plan_spec_example_exits_non_zero_with_alternatives(
 
 def test_plan_reports_spec_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_stack(tmp_path, deployment(region="mars1"))
-    assert main(["plan", str(path), "--json"]) == 1
+    assert main(["plan", str(path), "--json"]) == 2  # bad input, not a plan that does not fit
     data = json.loads(capsys.readouterr().out)
     assert "unknown region" in data["errors"][0]
 
@@ -106,7 +106,7 @@ def test_mistakes_get_finished_messages_not_tracebacks(
 def test_deployments_list_is_a_table_with_a_header(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from infra.catalog import load_catalog
+    from agentcloud.catalog import load_catalog
     from tests.gateway.harness import world_of
 
     with world_of(load_catalog(Path(__file__).resolve().parents[1] / "presets.yaml"), tmp_path) as w:
@@ -218,11 +218,11 @@ def test_every_setting_the_code_reads_is_documented() -> None:
     """docs/settings.md lists every AGENTCLOUD_* variable the code reads (and GatewayConfig's fields)."""
     import re
 
-    from infra.gateway.config import GatewayConfig
+    from agentcloud.gateway.config import GatewayConfig
 
     root = Path(__file__).resolve().parents[1]
     page = (root / "docs" / "settings.md").read_text()
-    code = "\n".join(p.read_text() for p in (root / "infra").rglob("*.py"))
+    code = "\n".join(p.read_text() for p in (root / "infra" / "agentcloud").rglob("*.py"))
     read = set(re.findall(r"AGENTCLOUD_[A-Z_]+", code)) - {"AGENTCLOUD_"}
     import inspect
 

@@ -6,9 +6,10 @@ from typing import Any
 
 import pulumi
 
-from infra.catalog import Catalog
-from infra.planner import plan
-from infra.spec import DeploymentSpec, Network, Ssh
+from agentcloud.catalog import Catalog
+from agentcloud.planner import plan
+from agentcloud.spec import DeploymentSpec, Network, Ssh
+from tests.conftest import STACKS
 from tests.pulumi_mocks import RecordingMocks, pulumi_test
 
 DROPLET = "digitalocean:index/droplet:Droplet"
@@ -39,7 +40,7 @@ def settled(dep) -> pulumi.Output:  # type: ignore[no-untyped-def,type-arg]
 
 
 def _deploy(catalog: Catalog, spec: DeploymentSpec):  # type: ignore[no-untyped-def]
-    from infra.components.gpu_deployment import GpuDeployment, GpuDeploymentArgs
+    from agentcloud.components.gpu_deployment import GpuDeployment, GpuDeploymentArgs
 
     return GpuDeployment(spec.name, GpuDeploymentArgs(plan=plan(spec, catalog)))
 
@@ -107,7 +108,7 @@ def test_ssh_only_from_the_gateway_without_cidrs(mocks: RecordingMocks, catalog:
 
 @pulumi_test
 def test_cache_volumes_attached_and_protected(mocks: RecordingMocks, catalog: Catalog) -> Any:
-    from infra.spec import Scaling
+    from agentcloud.spec import Scaling
 
     spec = _spec(scaling=Scaling(min_replicas=0, max_replicas=3, scale_to_zero=True), replicas=2)
     dep = _deploy(catalog, spec)
@@ -131,7 +132,7 @@ def test_cache_volumes_attached_and_protected(mocks: RecordingMocks, catalog: Ca
 
 @pulumi_test
 def test_scale_to_zero_keeps_volumes(mocks: RecordingMocks, catalog: Catalog) -> Any:
-    from infra.spec import Scaling
+    from agentcloud.spec import Scaling
 
     dep = _deploy(
         catalog, _spec(replicas=0, scaling=Scaling(min_replicas=0, max_replicas=2, scale_to_zero=True))
@@ -176,10 +177,9 @@ def test_program_reads_stack_config(mocks: RecordingMocks):  # type: ignore[no-u
 
     import yaml
 
-    from infra.program import run
-    from infra.spec import STACKS_DIR
+    from agentcloud.program import run
 
-    deployment = yaml.safe_load((STACKS_DIR / "Pulumi.cost-70b.yaml").read_text())["config"][
+    deployment = yaml.safe_load((STACKS / "Pulumi.cost-70b.yaml").read_text())["config"][
         "agent-cloud:deployment"
     ]
     pulumi.runtime.set_mocks(mocks, project="agent-cloud", stack="cost-70b", preview=False)

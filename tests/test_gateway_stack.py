@@ -6,13 +6,13 @@ import pulumi
 import pytest
 import yaml
 
-from infra.gateway_stack import GatewaySpec, user_data
-from infra.spec import STACKS_DIR
+from agentcloud.gateway_stack import GatewaySpec, user_data
+from tests.conftest import STACKS
 from tests.pulumi_mocks import RecordingMocks, pulumi_test
 
 
 def _shipped() -> GatewaySpec:
-    raw = yaml.safe_load((STACKS_DIR / "Pulumi.gateway.yaml").read_text())["config"]["agent-cloud:gateway"]
+    raw = yaml.safe_load((STACKS / "Pulumi.gateway.yaml").read_text())["config"]["agent-cloud:gateway"]
     return GatewaySpec.model_validate(raw)
 
 
@@ -51,7 +51,7 @@ def settled(host) -> pulumi.Output:  # type: ignore[no-untyped-def,type-arg]
 
 @pulumi_test
 def test_single_replica_behind_tls_load_balancer(mocks: RecordingMocks):  # type: ignore[no-untyped-def]
-    from infra.components.gateway_host import GatewayHost, GatewayHostArgs
+    from agentcloud.components.gateway_host import GatewayHost, GatewayHostArgs
 
     host = GatewayHost("gateway", GatewayHostArgs(spec=_shipped()))
 
@@ -77,7 +77,7 @@ def test_single_replica_behind_tls_load_balancer(mocks: RecordingMocks):  # type
 
 @pulumi_test
 def test_replicas_share_managed_postgres_and_valkey(mocks: RecordingMocks):  # type: ignore[no-untyped-def]
-    from infra.components.gateway_host import GatewayHost, GatewayHostArgs
+    from agentcloud.components.gateway_host import GatewayHost, GatewayHostArgs
 
     host = GatewayHost("gateway", GatewayHostArgs(spec=GatewaySpec(region="atl1", replicas=3)))
 

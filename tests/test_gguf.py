@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.gguf import FILE_TYPES, GGML_TYPES, GGUFError, read_gguf, read_gguf_path
-from tests.tiny_gguf import write_tiny_gguf
+from agentcloud.gguf import FILE_TYPES, GGML_TYPES, GGUFError, read_gguf, read_gguf_path
+from agentcloud.tiny_gguf import write_tiny_gguf
 
 
 def test_reads_a_real_gguf(tmp_path: Path) -> None:

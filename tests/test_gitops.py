@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.catalog import Catalog
-from infra.gitops import report
-from infra.policy_checks import catalog_prices, cost_violation, droplet_violations, firewall_violations
+from agentcloud.catalog import Catalog
+from agentcloud.gitops import report
+from agentcloud.policy_checks import catalog_prices, cost_violation, droplet_violations, firewall_violations
 from tests.stackfiles import deployment, write_stack
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from infra.autoscaler import DOWN_WINDOW_S, Memory, Observation, decide
-from infra.records import IllegalTransition, Lifecycle, Status
-from infra.sla import MIN_SAMPLES, Sample, SlaMonitor
-from infra.spec import Scaling, Sla
+from agentcloud.autoscaler import DOWN_WINDOW_S, Memory, Observation, decide
+from agentcloud.records import IllegalTransition, Lifecycle, Status
+from agentcloud.sla import MIN_SAMPLES, Sample, SlaMonitor
+from agentcloud.spec import Scaling, Sla
 
 S = Status
 

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from infra.catalog import Catalog
-from infra.cli import main
-from infra.errors import LiveCheckError
-from infra.live import check, fetch_sizes
-from infra.planner import plan
-from infra.spec import DeploymentSpec
+from agentcloud.catalog import Catalog
+from agentcloud.cli import main
+from agentcloud.errors import LiveCheckError
+from agentcloud.live import check, fetch_sizes
+from agentcloud.planner import plan
+from agentcloud.spec import DeploymentSpec
 from tests.fake_digitalocean import TOKEN, _Handler, fake_digitalocean
 
 

@@ -7,11 +7,11 @@ from typing import Any, cast
 
 import pytest
 
-from infra.catalog import Catalog, Precision
-from infra.errors import PlanError
-from infra.memory import GIB, OVERHEAD_GIB_PER_GPU
-from infra.planner import Alternative, ServingPlan, plan
-from infra.spec import DeploymentSpec, Scaling
+from agentcloud.catalog import Catalog, Precision
+from agentcloud.errors import PlanError
+from agentcloud.memory import GIB, OVERHEAD_GIB_PER_GPU
+from agentcloud.planner import Alternative, ServingPlan, plan
+from agentcloud.spec import DeploymentSpec, Scaling
 
 
 def _spec(catalog: Catalog, model: str, gpu: str, preset: str = "balanced", **kw: Any) -> DeploymentSpec:

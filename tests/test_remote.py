@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.components.host_key import generate_host_key
-from infra.remote import RemoteError, Target, connect, env_file, push_env, put
+from agentcloud.components.host_key import generate_host_key
+from agentcloud.remote import RemoteError, Target, connect, env_file, push_env, put
 from tests.sshd import SshServer, ssh_server
 
 
@@ -99,7 +99,7 @@ def test_unreachable_host() -> None:
 
 
 def test_cli_secrets_push(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra.cli import main
+    from agentcloud.cli import main
 
     dest = tmp_path / "engine.env"
     monkeypatch.setenv("AGENTCLOUD_ENGINE_API_KEY", "engine-key-1")
@@ -132,7 +132,7 @@ def test_cli_secrets_push_without_pulumi_or_hosts(
 ) -> None:
     import shutil
 
-    from infra.cli import main
+    from agentcloud.cli import main
 
     if shutil.which("pulumi"):
         pytest.skip("the pulumi CLI is installed here; this checks the message shown without it")

@@ -14,12 +14,14 @@ import pytest
 import yaml
 from jinja2 import meta, nodes
 
-from infra.catalog import Catalog
-from infra.errors import PlanError
-from infra.gateway_stack import GatewayView
-from infra.planner import ServingPlan, plan
-from infra.render import TEMPLATES_DIR, EngineView, HostKey, environment, render, vllm_config
-from infra.spec import STACKS_DIR, load_stack
+from agentcloud.catalog import Catalog
+from agentcloud.errors import PlanError
+from agentcloud.gateway_stack import GatewayView
+from agentcloud.planner import ServingPlan, plan
+from agentcloud.project import shipped_templates
+from agentcloud.render import EngineView, HostKey, environment, render, vllm_config
+from agentcloud.spec import load_stack
+from tests.conftest import STACKS
 from tests.test_planner import all_outcomes
 
 HERE = Path(__file__).resolve().parent
@@ -30,13 +32,13 @@ SECRET_MARKERS = ("HF_TOKEN=", "VLLM_API_KEY=", "LLAMA_API_KEY=", "hf_", "--api-
 
 
 def _templates() -> list[str]:
-    return sorted(str(p.relative_to(TEMPLATES_DIR)) for p in TEMPLATES_DIR.rglob("*.j2"))
+    return sorted(str(p.relative_to(shipped_templates())) for p in shipped_templates().rglob("*.j2"))
 
 
 @pytest.mark.parametrize("name", _templates())
 def test_template_parses_and_uses_only_the_view(name: str) -> None:
     env = environment()
-    source = (TEMPLATES_DIR / name).read_text()
+    source = (shipped_templates() / name).read_text()
     ast = env.parse(source)
     assert meta.find_undeclared_variables(ast) <= {"view"}
     view_class = GatewayView if "agentcloud-gateway" in name else EngineView
@@ -95,7 +97,7 @@ def test_render_matrix(catalog: Catalog) -> None:
 
 
 def test_host_key_only_when_given(catalog: Catalog) -> None:
-    p = plan(load_stack(STACKS_DIR / "Pulumi.prod-inference.yaml", catalog), catalog)
+    p = plan(load_stack(STACKS / "Pulumi.prod-inference.yaml", catalog), catalog)
     assert "ssh_keys" not in yaml.safe_load(render(p).user_data)
     key = HostKey(
         "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n", "ssh-ed25519 AAAA"
@@ -106,7 +108,7 @@ def test_host_key_only_when_given(catalog: Catalog) -> None:
 
 
 def test_containers_cannot_reach_the_metadata_service(catalog: Catalog) -> None:
-    p = plan(load_stack(STACKS_DIR / "Pulumi.cost-70b.yaml", catalog), catalog)
+    p = plan(load_stack(STACKS / "Pulumi.cost-70b.yaml", catalog), catalog)
     cloud = yaml.safe_load(render(p).user_data)
     dropin = next(
         f for f in cloud["write_files"] if f["path"].startswith("/etc/systemd/system/docker.service.d/")
@@ -116,7 +118,7 @@ def test_containers_cannot_reach_the_metadata_service(catalog: Catalog) -> None:
 
 @pytest.mark.parametrize("stack", GOLDEN_STACKS)
 def test_golden(stack: str, catalog: Catalog, tmp_path: Path) -> None:
-    p = plan(load_stack(STACKS_DIR / f"Pulumi.{stack}.yaml", catalog), catalog)
+    p = plan(load_stack(STACKS / f"Pulumi.{stack}.yaml", catalog), catalog)
     files = render(p).files
     folder = GOLDEN / stack
     if os.environ.get("UPDATE_GOLDEN"):

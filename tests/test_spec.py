@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from infra.catalog import Catalog
-from infra.errors import PlanError, SpecError
-from infra.planner import plan
-from infra.spec import load_stack, stack_files
+from agentcloud.catalog import Catalog
+from agentcloud.errors import PlanError, SpecError
+from agentcloud.planner import plan
+from agentcloud.spec import load_stack, stack_files
 from tests.stackfiles import deployment, write_stack
 
 KEY = "config.agent-cloud:deployment"

@@ -405,7 +405,7 @@ def main() -> int:
             [str(ROUTER_VENV / "bin" / "pip"), "install", "--quiet", f"sglang-router=={ROUTER_VERSION}"],
             check=True,
         )
-    from tests.tiny_gguf import write_tiny_gguf
+    from agentcloud.tiny_gguf import write_tiny_gguf
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = ROOT / "bench" / "results" / f"{stamp}-routing"

@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra.catalog import Catalog
-from infra.store import Store
+from agentcloud.catalog import Catalog
+from agentcloud.store import Store
 from tests.gateway.fake_upstream import FakeUpstream, fake_upstream
 from tests.gateway.harness import Keys, Running, make_gateway, routes_for, running, seed
 
@@ -38,7 +38,7 @@ def gw(catalog: Catalog, store: Store, keys: Keys, upstream: FakeUpstream) -> It
 
 def assert_counters_released(r: Running) -> None:
     """Every test ends with nothing in flight: concurrency leases and active gauges back at zero."""
-    from infra.gateway.limits import MemoryConcurrency
+    from agentcloud.gateway.limits import MemoryConcurrency
     from tests.gateway.harness import wait_for
 
     wait_for(

@@ -19,15 +19,15 @@ from typing import Any, TypeVar
 import requests
 import uvicorn
 
-from infra.catalog import ApiFormat, Catalog
-from infra.compose import build
-from infra.gateway.app import Gateway
-from infra.gateway.config import GatewayConfig
-from infra.gateway.routing import Deployment, RouteTable, SshHost
-from infra.gateway.server import limits_of, server_config
-from infra.records import DeploymentRecord
-from infra.store import Store
-from infra.upstream.target import Target
+from agentcloud.catalog import ApiFormat, Catalog
+from agentcloud.compose import build
+from agentcloud.gateway.app import Gateway
+from agentcloud.gateway.config import GatewayConfig
+from agentcloud.gateway.routing import Deployment, RouteTable, SshHost
+from agentcloud.gateway.server import limits_of, server_config
+from agentcloud.records import DeploymentRecord
+from agentcloud.store import Store
+from agentcloud.upstream.target import Target
 from tests.sshd import free_port
 
 PEPPER = b"test-pepper-0123456789abcdef"
@@ -256,7 +256,18 @@ def gateway_process(
     log_path = logs / f"{plane}-{port}.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infra.cli", "gateway", "serve", "--plane", plane, "--port", str(port), *args],
+        [
+            sys.executable,
+            "-m",
+            "agentcloud.cli",
+            "gateway",
+            "serve",
+            "--plane",
+            plane,
+            "--port",
+            str(port),
+            *args,
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from infra.catalog import Catalog
-from infra.control.uploads import OFFSET_CT
-from infra.store import Store
-from infra.store import keys as keymod
+from agentcloud.catalog import Catalog
+from agentcloud.control.uploads import OFFSET_CT
+from agentcloud.store import Store
+from agentcloud.store import keys as keymod
 from tests.gateway.harness import (
     CHAT_MODEL,
     Keys,

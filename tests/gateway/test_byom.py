@@ -19,17 +19,17 @@ import openai
 import pytest
 import requests
 
-from infra.catalog import ApiFormat, Catalog
-from infra.components.host_key import generate_host_key
-from infra.gateway.config import DeliveryConfig
-from infra.gateway.routing import Deployment, RouteTable, SshHost
-from infra.store import Store
-from infra.upstream.target import Target
+from agentcloud.catalog import ApiFormat, Catalog
+from agentcloud.components.host_key import generate_host_key
+from agentcloud.gateway.config import DeliveryConfig
+from agentcloud.gateway.routing import Deployment, RouteTable, SshHost
+from agentcloud.store import Store
+from agentcloud.tiny_gguf import write_tiny_gguf
+from agentcloud.upstream.target import Target
 from tests.gateway.conftest import assert_counters_released
 from tests.gateway.harness import Keys, Running, make_gateway, running
 from tests.gateway.test_llamacpp import ENGINE_KEY, LLAMA_SERVER
 from tests.sshd import SshServer, free_port, ssh_server
-from tests.tiny_gguf import write_tiny_gguf
 
 API = "/api/v1/public"
 RESTART = """#!/bin/sh

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from infra.catalog import Catalog
-from infra.store import UsageRow
-from infra.store.store import LATENCY_BOUNDS_MS
+from agentcloud.catalog import Catalog
+from agentcloud.store import UsageRow
+from agentcloud.store.store import LATENCY_BOUNDS_MS
 from tests.gateway.harness import API, CHAT_MODEL, wait_for, world_of
 
 CHAT: dict[str, Any] = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from infra.catalog import Catalog
+from agentcloud.catalog import Catalog
 from tests.gateway.harness import World, world_of
 
 schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")

@@ -16,10 +16,10 @@ import pytest
 import requests
 import yaml
 
-from infra.catalog import Catalog
-from infra.gateway.routing import RouteTable
-from infra.lifecycle.operations import PulumiStackOps
-from infra.store import Store
+from agentcloud.catalog import Catalog
+from agentcloud.gateway.routing import RouteTable
+from agentcloud.lifecycle.operations import PulumiStackOps, prepare_api_workspace
+from agentcloud.store import Store
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.harness import Keys, Running, make_gateway, running, wait_for
 from tests.gateway.stand_in_ops import SPEC, FakeOps
@@ -191,21 +191,21 @@ def test_who_may_do_what(api: Api) -> None:
     shutil.which("pulumi") is None, reason="the pulumi CLI is not on PATH (not installable here)"
 )
 def test_automation_api_selects_a_stack_on_a_file_backend(tmp_path: Path) -> None:
-    ops = PulumiStackOps(backend_url=f"file://{tmp_path}")
+    ops = PulumiStackOps(prepare_api_workspace(tmp_path / "ws"), backend_url=f"file://{tmp_path}")
     stack = ops._stack("automation-test")
     assert stack.name == "automation-test"
 
 
 def test_without_the_cli_operations_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra.automation import PulumiUnavailable
+    from agentcloud.automation import PulumiUnavailable
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(PulumiUnavailable, match="pulumi CLI is not on PATH"):
-        PulumiStackOps().up("x", print)
+        PulumiStackOps(Path(".")).up("x", print)
 
 
 def test_cli_lifecycle(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from infra.cli import main
+    from agentcloud.cli import main
 
     stack = tmp_path / "Pulumi.cli-8b.yaml"
     stack.write_text(yaml.safe_dump({"config": {"agent-cloud:deployment": {**SPEC, "name": "cli-8b"}}}))
@@ -217,6 +217,10 @@ def test_cli_lifecycle(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: P
     assert main([*base, "list"]) == 0 and dep_id in capsys.readouterr().out
     assert main([*base, "scale", dep_id, "--min", "1", "--max", "2"]) == 0
     assert "cli-8b: active" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:  # min 0 without scale-to-zero: one finished line
+        main([*base, "scale", dep_id, "--min", "0", "--max", "4"])
+    message = str(refused.value.code)
+    assert "min_replicas 0 needs scale_to_zero" in message and "pydantic" not in message, message
     assert main([*base, "sla", dep_id, "--ttft-ms", "250"]) == 0
     assert '"ttft_target_ms": 250' in capsys.readouterr().out
     assert main([*base, "refresh", dep_id]) == 0
@@ -369,7 +373,7 @@ def test_create_checks_its_preconditions_before_any_record_exists(
 
 
 def test_a_failed_create_says_why(api: Api, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from infra.cli import main
+    from agentcloud.cli import main
 
     def refuse(stack: str, progress: Any) -> dict[str, Any]:
         raise RuntimeError("size gpu-h100x1-80gb is not available in tor1")

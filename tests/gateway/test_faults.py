@@ -12,9 +12,9 @@ import openai
 import pytest
 import requests
 
-from infra.catalog import Catalog
-from infra.gateway.routing import RouteTable
-from infra.store import Store
+from agentcloud.catalog import Catalog
+from agentcloud.gateway.routing import RouteTable
+from agentcloud.store import Store
 from tests.gateway.conftest import assert_counters_released
 from tests.gateway.fake_upstream import FakeUpstream, fake_upstream
 from tests.gateway.harness import CHAT_MODEL, PEPPER, Keys, Running, make_gateway, running, target, wait_for
@@ -248,7 +248,7 @@ def test_the_store_down_answers_503_and_usage_waits_in_the_journal(
     """PostgreSQL stops: a key the gateway must look up gets 503 with Retry-After (not a 500), a cached key
     is still served, and usage waits in the journal; PostgreSQL back, the gateway reconnects and the usage
     lands."""
-    from infra.gateway.routing import RouteTable
+    from agentcloud.gateway.routing import RouteTable
     from tests.gateway.harness import seed, target
     from tests.services import postgres_cluster
 

@@ -14,7 +14,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infra.catalog import Catalog
+from agentcloud.catalog import Catalog
 from tests.gateway.harness import CHAT_MODEL, World, world_of
 
 json_values = st.recursive(

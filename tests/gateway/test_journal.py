@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import requests
 
-from infra.catalog import Catalog
-from infra.gateway.journal import UsageJournal, entry, read_segment
-from infra.store import Store
+from agentcloud.catalog import Catalog
+from agentcloud.gateway.journal import UsageJournal, entry, read_segment
+from agentcloud.store import Store
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.harness import CHAT_MODEL, PEPPER, ROOT, Keys, gateway_process, wait_for
 
@@ -155,7 +155,7 @@ def test_kill_9_under_load_loses_no_completed_request(tmp_path: Path, upstream: 
 
 
 def test_a_segment_grows_past_its_first_size(tmp_path: Path) -> None:
-    from infra.gateway.journal import INITIAL_BYTES
+    from agentcloud.gateway.journal import INITIAL_BYTES
 
     store = Store(str(tmp_path / "s.sqlite3"))
     journal = UsageJournal(tmp_path / "j", store.store_id(), "p1")

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import requests
 
-from infra.catalog import Catalog
-from infra.gateway.limits import MemoryConcurrency, MemoryRateLimiter, RedisConcurrency, RedisRateLimiter
-from infra.store import Store
+from agentcloud.catalog import Catalog
+from agentcloud.gateway.limits import MemoryConcurrency, MemoryRateLimiter, RedisConcurrency, RedisRateLimiter
+from agentcloud.store import Store
 from tests.gateway.conftest import assert_counters_released
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.harness import (

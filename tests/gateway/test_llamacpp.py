@@ -13,13 +13,13 @@ import openai
 import pytest
 import requests
 
-from infra.catalog import Catalog
-from infra.gateway.routing import RouteTable
-from infra.store import Store
+from agentcloud.catalog import Catalog
+from agentcloud.gateway.routing import RouteTable
+from agentcloud.store import Store
+from agentcloud.tiny_gguf import write_tiny_gguf
 from tests.gateway.conftest import assert_counters_released
 from tests.gateway.harness import Keys, Running, make_gateway, running, target, wait_for
 from tests.sshd import free_port
-from tests.tiny_gguf import write_tiny_gguf
 
 LLAMA_VERSION = os.environ.get("LLAMA_CPP_PYTHON_VERSION", "0.3.36")
 CACHE = Path(os.environ.get("AGENTCLOUD_CACHE", Path.home() / ".cache" / "agentcloud"))

@@ -58,8 +58,8 @@ def test_a_client_that_leaves_mid_stream_is_metered_for_what_it_got(
 def test_an_unknown_plan_is_refused_when_the_key_is_made_and_when_it_is_used(
     gw: Running, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from infra.cli import main
-    from infra.store import Store
+    from agentcloud.cli import main
+    from agentcloud.store import Store
     from tests.gateway.harness import PEPPER
 
     db = str(tmp_path / "gw.sqlite3")
@@ -118,7 +118,7 @@ def test_a_client_that_goes_away_is_not_an_error(gw: Running, keys: Keys) -> Non
 def test_a_model_without_its_provider_key_is_neither_listed_nor_routed(
     catalog: Any, store: Any, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from infra.gateway.routing import from_catalog
+    from agentcloud.gateway.routing import from_catalog
     from tests.gateway.harness import make_gateway, running
 
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import requests
 
-from infra.catalog import Catalog
-from infra.store import Store, UsageRow
+from agentcloud.catalog import Catalog
+from agentcloud.store import Store, UsageRow
 from tests.gateway.harness import CHAT_MODEL, Keys, Running, wait_for
 
 CHAT: dict[str, Any] = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -222,7 +222,7 @@ def test_two_replicas_for_90_seconds_cost_what_the_catalog_says(
 ) -> None:
     """The bar of issue 13: a deployment that ran 2 replicas for 90 s, then 0, cost 2 x 90 s x $/h / 3600,
     within a cent, through the API and the CLI (the meter's clock is moved, not waited for)."""
-    from infra.cli import main
+    from agentcloud.cli import main
     from tests.gateway.harness import API, world_of
     from tests.gateway.stand_in_ops import SPEC
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import requests
 
-from infra.catalog import Catalog
-from infra.cli import main
-from infra.gateway.routing import RouteTable
-from infra.store import Store
+from agentcloud.catalog import Catalog
+from agentcloud.cli import main
+from agentcloud.gateway.routing import RouteTable
+from agentcloud.store import Store
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.harness import PEPPER, Keys, gateway_process, make_gateway, running, seed, wait_for
 

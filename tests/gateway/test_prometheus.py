@@ -17,8 +17,8 @@ import pytest
 import requests
 import yaml
 
-from infra.catalog import Catalog
-from infra.gateway.routing import Deployment
+from agentcloud.catalog import Catalog
+from agentcloud.gateway.routing import Deployment
 from tests.gateway.harness import API, CHAT_MODEL, PEPPER, World, record_of, target, wait_for, world_of
 from tests.services import prometheus_server
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import requests
 
-from infra.catalog import Catalog, Routing
-from infra.gateway.app import Gateway
-from infra.gateway.routing import Deployment, RouteTable
-from infra.store import Store
+from agentcloud.catalog import Catalog, Routing
+from agentcloud.gateway.app import Gateway
+from agentcloud.gateway.routing import Deployment, RouteTable
+from agentcloud.store import Store
 from tests.gateway.fake_upstream import FakeUpstream, fake_upstream
 from tests.gateway.harness import CHAT_MODEL, Keys, Running, make_gateway, running, seed, target, wait_for
 
@@ -123,7 +123,7 @@ def test_a_routes_file_model_with_endpoints_spreads(
         f"models:\n  - model_id: my-replicated\n    routing: least_load\n    endpoints:{endpoints}\n"
     )
     gateway = make_gateway(catalog, store, RouteTable(), tmp_path)
-    from infra.gateway.routing import load_routes
+    from agentcloud.gateway.routing import load_routes
 
     load_routes(gateway.routes, routes)
     with running(gateway) as r:

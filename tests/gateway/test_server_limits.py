@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from infra.catalog import Catalog
-from infra.store import Store
+from agentcloud.catalog import Catalog
+from agentcloud.store import Store
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.harness import Keys, Running, make_gateway, routes_for, running
 

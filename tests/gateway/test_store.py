@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.records import DeploymentRecord, Status
-from infra.store import Store, StoreError, UsageRow
-from infra.store import keys as keymod
+from agentcloud.records import DeploymentRecord, Status
+from agentcloud.store import Store, StoreError, UsageRow
+from agentcloud.store import keys as keymod
 
 PEPPER = b"pepper"
 
@@ -95,9 +95,9 @@ def test_bad_input(store: Store) -> None:
 
 def test_routes_from_stack_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, catalog: object) -> None:
     """`agentcloud gateway routes-from-stack` turns a deployment stack's outputs into gateway routes."""
-    from infra import automation
-    from infra.cli import main
-    from infra.gateway.routing import deployment_from_record
+    from agentcloud import automation
+    from agentcloud.cli import main
+    from agentcloud.gateway.routing import deployment_from_record
 
     outputs = {
         "endpoints": [

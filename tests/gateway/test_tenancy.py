@@ -13,9 +13,9 @@ import pytest
 import requests
 import yaml
 
-from infra.catalog import Catalog
-from infra.lifecycle.operations import api_stack_name, prepare_api_workspace
-from infra.store import Store
+from agentcloud.catalog import Catalog
+from agentcloud.lifecycle.operations import api_stack_name, prepare_api_workspace
+from agentcloud.store import Store
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.harness import (
     CHAT_MODEL,
@@ -107,12 +107,18 @@ def test_a_deployment_registered_by_hand_has_no_stack_to_act_on(
     assert tenants.ops.calls == []  # no stack operation of any name ran
 
 
-def test_the_api_workspace_reads_its_own_stack_files(tmp_path: Path) -> None:
-    from infra import PROJECT_ROOT
+def test_the_api_workspace_reads_its_own_stack_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentcloud.project import find_project
 
-    project = yaml.safe_load((prepare_api_workspace(tmp_path / "ws") / "Pulumi.yaml").read_text())
-    assert project["stackConfigDir"] == "." and project["main"] == str(PROJECT_ROOT)
+    workspace = prepare_api_workspace(tmp_path / "ws")
+    project = yaml.safe_load((workspace / "Pulumi.yaml").read_text())
+    # Pulumi refuses an absolute `main`: the workspace carries its own program (the installed package's)
+    assert project["stackConfigDir"] == "." and "main" not in project
     assert project["name"] == "agent-cloud" and project["runtime"]["name"] == "python"
+    assert "from agentcloud.program import run" in (workspace / "__main__.py").read_text()
+    monkeypatch.chdir(workspace)  # Pulumi runs the program in the project folder: stack files are found there
+    found = find_project()
+    assert found is not None and found.stacks_dir == workspace.resolve()
     assert (
         api_stack_name("org_a", "prod") == "api.org_a.prod"
         and api_stack_name("o/../x", "p") == "api.o----x.p"
@@ -126,7 +132,7 @@ UPLOADS = "/api/v1/public/models/uploads"
 @pytest.fixture
 def byom_dep(tenants: Tenants, store: Store) -> str:
     """dep_u of org_a: a deployment with a droplet to deliver to (registered by hand)."""
-    from infra.gateway.routing import Deployment, SshHost
+    from agentcloud.gateway.routing import Deployment, SshHost
     from tests.gateway.harness import record_of
 
     dep = Deployment(
@@ -222,9 +228,9 @@ def test_grants_go_only_to_keys_of_the_deployments_org(tenants: Tenants) -> None
 def test_prometheus_metrics_are_never_anonymous(
     tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from infra.cli import main
-    from infra.compose import build
-    from infra.gateway.config import GatewayConfig
+    from agentcloud.cli import main
+    from agentcloud.compose import build
+    from agentcloud.gateway.config import GatewayConfig
 
     monkeypatch.delenv("AGENTCLOUD_METRICS_TOKEN", raising=False)
     monkeypatch.delenv("AGENTCLOUD_KEY_PEPPER", raising=False)

@@ -20,10 +20,10 @@ import pytest
 import requests
 from aiohttp import web
 
-from infra.catalog import Catalog
-from infra.control.errors import UnsafeURL
-from infra.control.webhooks import Policy, check_url, verify_delivery
-from infra.store import Store
+from agentcloud.catalog import Catalog
+from agentcloud.control.errors import UnsafeURL
+from agentcloud.control.webhooks import Policy, check_url, verify_delivery
+from agentcloud.store import Store
 from tests.gateway.harness import PEPPER, Keys, Running, make_gateway, routes_for, running, seed, wait_for
 from tests.sshd import free_port
 
@@ -249,7 +249,7 @@ def test_a_webhook_that_cannot_be_sent_fails_alone(
     tmp_path: Path, catalog: Catalog, store: Store, keys: Keys
 ) -> None:
     """A URL that slipped in before today's checks (stored as is) fails its own deliveries; the others go."""
-    from infra.control.webhooks import seal
+    from agentcloud.control.webhooks import seal
 
     receiver = Receiver(fail_rate=0.0)
     with receiver.serving(), running(_gateway(catalog, store, tmp_path)) as r:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from infra.catalog import ApiFormat, Routing
-from infra.upstream.balance import Balancer, affinity_key
-from infra.upstream.target import Target
+from agentcloud.catalog import ApiFormat, Routing
+from agentcloud.upstream.balance import Balancer, affinity_key
+from agentcloud.upstream.target import Target
 
 REPLICAS = [Target(f"r{i}", f"http://10.0.0.{i}:8000/v1", ApiFormat.OPENAI, "m", None) for i in range(3)]
 

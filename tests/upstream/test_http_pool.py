@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from infra.upstream.http_client import HttpPool
+from agentcloud.upstream.http_client import HttpPool
 
 
 async def _serve() -> tuple[asyncio.Server, list[int], int]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from infra.gateway.errors import GatewayError
-from infra.gateway.inference import chat_fields
-from infra.gateway.router import Router
-from infra.upstream import anthropic
-from infra.upstream.errors import TranslationError
-from infra.upstream.sse import UsageScanner, sse_events
-from infra.upstream.target import CircuitBreaker
+from agentcloud.gateway.errors import GatewayError
+from agentcloud.gateway.inference import chat_fields
+from agentcloud.gateway.router import Router
+from agentcloud.upstream import anthropic
+from agentcloud.upstream.errors import TranslationError
+from agentcloud.upstream.sse import UsageScanner, sse_events
+from agentcloud.upstream.target import CircuitBreaker
 
 
 # -- Anthropic <-> OpenAI ------------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def test_chat_fields() -> None:
 
 
 def test_usage_filter_drops_usage_only_events_and_keeps_the_rest() -> None:
-    from infra.upstream.sse import UsageFilter
+    from agentcloud.upstream.sse import UsageFilter
 
     stream = (
         b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
@@ -213,7 +213,7 @@ def test_usage_filter_drops_usage_only_events_and_keeps_the_rest() -> None:
 
 
 def test_a_refusal_names_the_field_without_library_text() -> None:
-    from infra.gateway.schemas import ChatRequest, WebhookRequest, parse
+    from agentcloud.gateway.schemas import ChatRequest, WebhookRequest, parse
 
     msgs = [{"role": "user", "content": "x"}]
     with pytest.raises(GatewayError) as err:
@@ -235,7 +235,7 @@ def test_a_refusal_names_the_field_without_library_text() -> None:
 
 
 def test_a_meter_integrates_the_rate_of_the_replicas_running() -> None:
-    from infra.records import MAX_RATE_CHANGES, Meter
+    from agentcloud.records import MAX_RATE_CHANGES, Meter
 
     m = Meter().at(0.0, 4.0).at(3600.0, 8.0).at(7200.0, 0.0)  # 1 h at $4/h, 1 h at $8/h, then zero
     assert m.at(7300.0, 0.0) is m, "an unchanged rate records nothing"

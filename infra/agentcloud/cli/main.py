@@ -1,0 +1,385 @@
+"""agentcloud: the command line. Thin: parse, call the modules, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agentcloud import version
+from agentcloud.catalog import Catalog, catalog_sources, load_catalog
+from agentcloud.cli.deployments import add_parser as add_deployments
+from agentcloud.cli.gateway import add_parser as add_gateway
+from agentcloud.cli.output import table
+from agentcloud.errors import InfraError, PlanError
+from agentcloud.planner import ServingPlan, plan
+from agentcloud.project import stacks_dir
+from agentcloud.render import ENV_FILE, render
+from agentcloud.spec import load_stack, resolve_stack, stack_files, stack_name_of
+from agentcloud.store import StoreError
+
+COLUMNS = (
+    ("stack", "stack"),
+    ("gpu_type", "gpu"),
+    ("size_slug", "slug"),
+    ("region", "region"),
+    ("replicas", "replicas"),
+    ("engine", "engine"),
+    ("quantization", "quant"),
+    ("tensor_parallel", "tp"),
+    ("fit", "fit"),
+    ("max_kv_tokens", "max KV tokens"),
+    ("hourly_usd", "$/h"),
+    ("monthly_usd", "$/month"),
+)
+
+
+def _format(key: str, value: Any) -> str:
+    if key == "max_kv_tokens":
+        return f"{value:,}"
+    if key in ("hourly_usd", "monthly_usd"):
+        return f"{value:,.2f}"
+    return str(value)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    table(
+        [[title for _, title in COLUMNS]]
+        + [[_format(k, r.get(k, "")) if r.get(k) is not None else "-" for k, _ in COLUMNS] for r in rows],
+        rule=True,
+    )
+
+
+def _plan_stacks(
+    paths: Sequence[Path], catalog: Catalog
+) -> tuple[list[tuple[str, ServingPlan]], list[str], bool]:
+    """Plans, failures, and whether any failure is bad input (exit 2) rather than a plan that does not fit."""
+    plans, failures, bad_input = [], [], False
+    for path in paths:
+        name = path.name
+        try:
+            name = stack_name_of(path)
+            plans.append((name, plan(load_stack(path, catalog), catalog)))
+        except PlanError as exc:
+            failures.append(f"{path}: cannot be served as declared: {exc}")
+        except InfraError as exc:
+            failures.append(str(exc))
+            bad_input = True
+    return plans, failures, bad_input
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    paths = [resolve_stack(s) for s in args.stacks] or stack_files()
+    if not paths:
+        print(
+            f"no deployment stack files in {stacks_dir()}; add one (see `agentcloud init`)", file=sys.stderr
+        )
+        return 2
+    plans, failures, bad_input = _plan_stacks(paths, catalog)
+    rows = [{"stack": name, **p.summary()} for name, p in plans]
+    live: list[dict[str, Any]] = []
+    if args.live and plans:
+        from agentcloud.live import check_all, fetch_sizes
+
+        token = os.environ.get("DIGITALOCEAN_TOKEN") or os.environ.get("DIGITALOCEAN_ACCESS_TOKEN")
+        if not token:
+            print("--live needs DIGITALOCEAN_TOKEN in the environment", file=sys.stderr)
+            return 2
+        sizes = fetch_sizes(token, endpoint=args.api_endpoint)
+        live = [a.as_dict() for a in check_all(plans, sizes)]
+    if args.json:
+        out: dict[str, Any] = {"plans": rows, "errors": failures}
+        if args.live:
+            out["live"] = live
+        print(json.dumps(out, indent=2))
+    else:
+        if rows:
+            print_table(rows)
+            for r in rows:
+                for note in r["notes"]:
+                    print(f"  note [{r['stack']}]: {note}")
+        if not args.stacks:  # stack files that declare no GPU deployment: said, not silently skipped
+            for other in sorted(set(stacks_dir().glob("Pulumi.*.y*ml")) - set(paths)):
+                print(
+                    f"  note: {other.name} declares no GPU deployment (the gateway's own stack?): "
+                    f"`pulumi preview -s {stack_name_of(other)}` shows it"
+                )
+        for a in live:
+            mark = "ok " if a["offered"] else "NO "
+            print(f"  live [{a['stack']}] {mark}{a['size_slug']} in {a['region']}: {a['note']}")
+        for failure in failures:
+            print(f"\nerror: {failure}", file=sys.stderr)
+    live_ok = all(a["offered"] for a in live)
+    return 2 if bad_input else 1 if failures or not live_ok else 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    path = resolve_stack(args.stack)
+    serving = plan(load_stack(path, catalog), catalog)
+    rendered = render(serving)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in sorted(rendered.files.items()):
+        (out / name).write_text(content, encoding="utf-8")
+        print(f"wrote {out / name}")
+    print("note: the SSH host key is generated by `pulumi up` and injected then; it is not in this user-data")
+    return 0
+
+
+def _secret_values(args: argparse.Namespace, engine: str) -> dict[str, str]:
+    """HF token and engine API key: environment first, else the stack's secret config."""
+    from agentcloud import automation
+
+    hf = os.environ.get("AGENTCLOUD_HF_TOKEN")
+    key = os.environ.get("AGENTCLOUD_ENGINE_API_KEY")
+    if key is None and not args.host:
+        hf = hf or automation.secret_config(args.stack, "agent-cloud:hfToken")
+        key = automation.secret_config(args.stack, "agent-cloud:engineApiKey")
+    if not key:
+        raise InfraError(
+            "no engine API key: run `pulumi config set --secret agent-cloud:engineApiKey <key>` "
+            "or set AGENTCLOUD_ENGINE_API_KEY"
+        )
+    values = {"VLLM_API_KEY" if engine == "vllm" else "LLAMA_API_KEY": key}
+    if hf:
+        values["HF_TOKEN"] = hf
+    return values
+
+
+def cmd_secrets_push(args: argparse.Namespace) -> int:
+    from agentcloud import automation
+    from agentcloud.remote import Target, push_env
+
+    catalog = load_catalog(args.catalog)
+    serving = plan(load_stack(resolve_stack(args.stack), catalog), catalog)
+    if args.host:
+        if not args.host_key:
+            raise InfraError("--host needs --host-key (the stack output host_public_key)")
+        hosts, host_key = list(args.host), args.host_key
+    else:
+        out = automation.outputs(args.stack)
+        hosts = [e["public_ip"] for e in out.get("endpoints", [])]
+        host_key = out.get("host_public_key", "")
+    if not hosts:
+        print(f"{args.stack}: no running droplets (scaled to zero?); nothing to do")
+        return 0
+    targets = [Target(host=h, port=args.port, username=args.user, host_public_key=host_key) for h in hosts]
+    values = _secret_values(args, serving.engine)
+    if serving.model.gated and "HF_TOKEN" not in values:
+        print(f"warning: {serving.model_id} is gated on Hugging Face and no HF token is set", file=sys.stderr)
+    for host in push_env(targets, values, args.remote_path, key_filename=args.identity):
+        print(
+            f"{args.stack}: secrets delivered to {host} ({', '.join(sorted(values))}); the engine starts now"
+        )
+    return 0
+
+
+def cmd_gitops(args: argparse.Namespace) -> int:
+    from agentcloud.gitops import report
+
+    rows, text = report(args.files, args.base, load_catalog(args.catalog))
+    print(text)
+    return 1 if any(r["error"] for r in rows) else 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    if args.action != "check":
+        rows: list[tuple[str, ...]]
+        if args.action == "models":
+            rows = [("MODEL", "TASK", "TIER", "PARAMS (B)", "CONTEXT", "DEPLOYABLE")]
+            rows += [
+                (
+                    name,
+                    m.task.value,
+                    m.tier,
+                    f"{m.params_b:g}",
+                    f"{m.context_window:,}",
+                    "yes" if m.deployable else "-",
+                )
+                for name, m in sorted(catalog.models.items())
+                if not args.task or m.task.value == args.task
+            ]
+        elif args.action == "gpus":
+            rows = [("GPU", "SIZE", "GPUS", "VRAM/GPU GiB", "$/H", "REGIONS")]
+            for name, g in sorted(catalog.gpu_types.items(), key=lambda kv: kv[1].hourly_usd):
+                regions = [r for r, reg in sorted(catalog.regions.items()) if name in reg.gpu_types]
+                if args.region and args.region not in regions:
+                    continue
+                rows.append(
+                    (
+                        name,
+                        g.size_slug,
+                        str(g.gpus),
+                        f"{g.vram_gib_per_gpu:g}",
+                        f"{g.hourly_usd:.2f}",
+                        ", ".join(regions) or "-",
+                    )
+                )
+        elif args.action == "presets":
+            rows = [("PRESET", "GPU", "PRECISION", "KV CACHE", "DESCRIPTION")]
+            rows += [
+                (name, p.gpu_type, p.precision.value, p.kv_cache_dtype, p.description)
+                for name, p in sorted(catalog.presets.items())
+            ]
+        else:  # regions
+            rows = [("REGION", "NAME", "GPU TYPES")]
+            rows += [
+                (slug, r.name, ", ".join(r.gpu_types) or "-") for slug, r in sorted(catalog.regions.items())
+            ]
+        if args.json:
+            print(json.dumps([dict(zip(rows[0], r, strict=True)) for r in rows[1:]], indent=2))
+        else:
+            table(rows)
+        return 0
+    print(
+        f"{' + '.join(map(str, catalog_sources(args.catalog)))}: ok ({len(catalog.gpu_types)} gpu types, "
+        f"{len(catalog.regions)} regions, "
+        f"{len(catalog.presets)} presets, {len(catalog.models)} models, {len(catalog.plans)} plans)"
+    )
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from agentcloud.init import init
+
+    directory = Path(args.directory)
+    written = init(directory)
+    for path in written:
+        print(f"  wrote {path}")
+    here = "" if directory.resolve() == Path.cwd().resolve() else f"cd {args.directory} && "
+    print(
+        f"\n{directory}: a new agentcloud repository with one example stack. Next:\n"
+        f"  {here}agentcloud plan          # plans stacks/Pulumi.example.yaml offline\n"
+        f"  git init && git add . && git commit -m 'agentcloud deployments'\n"
+        f"  then README.md: pulumi up on DigitalOcean, and the GitOps workflow's secrets"
+    )
+    return 0
+
+
+def cmd_local_tiny_model(args: argparse.Namespace) -> int:
+    try:
+        from agentcloud.tiny_gguf import write_tiny_gguf
+    except ImportError as exc:
+        raise InfraError(
+            f"`agentcloud local tiny-model` needs the packages of the 'local' extra ({exc.name} is missing): "
+            "pip install 'agentcloud[local]'"
+        ) from None
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise InfraError(f"{path}: already exists; choose another path or pass --force to replace it")
+    write_tiny_gguf(path, name=args.name)
+    print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, random weights: it answers with gibberish). "
+        f"Serve it: llama-server -m {path} --alias {args.name} --port 8000"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentcloud", description="Dedicated-GPU LLM deployments as code")
+    parser.add_argument(
+        "--catalog",
+        help="a whole catalog to use instead of the shipped one and the project's presets.yaml overlay",
+    )
+    parser.add_argument("--version", action="version", version=f"agentcloud {version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    i = sub.add_parser("init", help="start a new repository of deployments (GitOps-ready, plans offline)")
+    i.add_argument("directory", nargs="?", default=".", help="folder to create (default: here, if empty)")
+    i.set_defaults(func=cmd_init)
+
+    loc = sub.add_parser("local", help="try things on this machine with no cloud account")
+    loc_sub = loc.add_subparsers(dest="action", required=True)
+    tm = loc_sub.add_parser(
+        "tiny-model", help="write a tiny random-weight GGUF that llama.cpp serves (nothing downloaded)"
+    )
+    tm.add_argument("path", help="the .gguf file to write")
+    tm.add_argument("--name", default="tiny", help="the model name in its metadata (default: tiny)")
+    tm.add_argument("--force", action="store_true", help="replace an existing file")
+    tm.set_defaults(func=cmd_local_tiny_model)
+
+    p = sub.add_parser("plan", help="plan stacks offline: gpu, engine, fit, cost")
+    p.add_argument("stacks", nargs="*", help="stack names or files (default: every stack in stacks/)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--live", action="store_true", help="ask DigitalOcean whether each size is offered now")
+    p.add_argument(
+        "--api-endpoint",
+        default=os.environ.get("DIGITALOCEAN_API_ENDPOINT", "https://api.digitalocean.com"),
+        help=argparse.SUPPRESS,
+    )
+    p.set_defaults(func=cmd_plan)
+
+    r = sub.add_parser("render", help="write every rendered artefact of a stack for review")
+    r.add_argument("stack")
+    r.add_argument("-o", "--output", required=True, help="directory to write into")
+    r.set_defaults(func=cmd_render)
+
+    sec = sub.add_parser("secrets", help="deliver the engine's secrets to a deployment's droplets over SSH")
+    sec_sub = sec.add_subparsers(dest="action", required=True)
+    push = sec_sub.add_parser(
+        "push", help="write HF token and engine API key to every droplet (host key pinned)"
+    )
+    push.add_argument("stack")
+    push.add_argument("--identity", "-i", help="SSH private key file (default: agent and ~/.ssh keys)")
+    push.add_argument("--host", action="append", help="droplet address (default: the stack's outputs)")
+    push.add_argument("--host-key", help="pinned host public key (default: the stack's output)")
+    push.add_argument("--user", default="root", help="SSH user (default: root)")
+    push.add_argument("--port", type=int, default=22, help=argparse.SUPPRESS)
+    push.add_argument("--remote-path", default=ENV_FILE, help=argparse.SUPPRESS)
+    push.set_defaults(func=cmd_secrets_push)
+
+    add_gateway(sub)
+    add_deployments(sub)
+
+    g = sub.add_parser("gitops", help="for pull requests: the $/h change of changed stack files")
+    g.add_argument("action", choices=["report"])
+    g.add_argument("files", nargs="*")
+    g.add_argument("--base", default="origin/main", help="git ref the change is compared with")
+    g.set_defaults(func=cmd_gitops)
+
+    c = sub.add_parser("catalog", help="validate presets.yaml, or list its models, gpus, presets or regions")
+    c.add_argument("action", choices=["check", "models", "gpus", "presets", "regions"])
+    c.add_argument("--task", help="models: only this task (generate, embed, rerank, transcribe, speech)")
+    c.add_argument("--region", help="gpus: only those offered in this region")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=cmd_catalog)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 done; 1 a plan that does not fit, or an operation that ended badly; 2 bad input, or
+    something the command needs that is missing or unreachable (the message says which, and how to fix it);
+    3 a bug of agentcloud (one line asking for a report; AGENTCLOUD_DEBUG=1 shows the traceback); 130
+    interrupted."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PlanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (InfraError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("AGENTCLOUD_DEBUG"):
+            raise
+        print(
+            f"error: agentcloud {version()} failed unexpectedly ({type(exc).__name__}: {exc}). This is a "
+            "bug: please report it with the command you ran; AGENTCLOUD_DEBUG=1 shows where it happened",
+            file=sys.stderr,
+        )
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""Deployments as operations on typed records: create, scale, refresh, teardown, SLA, each a stack operation
+in a background job, with the lifecycle moved and saved through one path (`move`) and every state change sent
+as a signed webhook. Side effects go through ports handed in at composition: `StackOps` (Pulumi, or a
+stand-in), the stack files' folder, the engines' health check, and `publish` (tell an in-process data plane at
+once)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from agentcloud.catalog import Catalog, Routing
+from agentcloud.control.errors import NotManaged, StackBusy
+from agentcloud.control.jobs import Job, JobRunner
+from agentcloud.control.outputs import routes_from_outputs
+from agentcloud.control.sla import SlaWatch
+from agentcloud.control.webhooks import WebhookSender
+from agentcloud.errors import InfraError
+from agentcloud.lifecycle.operations import api_stack_name, validate_deployment, write_stack_file
+from agentcloud.records import DeploymentRecord, Lifecycle, Reason, Status
+from agentcloud.spec import DeploymentSpec, Scaling, Sla, gpu_type_of
+from agentcloud.store import Store
+from agentcloud.store.offload import StoreThread
+
+Progress = Callable[[str], None]
+Publish = Callable[[DeploymentRecord | None], Awaitable[None]]  # a saved record, or None: keys changed
+HealthCheck = Callable[[list[str]], Awaitable[bool]]
+
+
+class StackOps(Protocol):
+    """The port to a deployment's stack: `up`, `refresh` and `destroy` (the Automation API in production)."""
+
+    def up(self, stack: str, progress: Progress) -> dict[str, Any]: ...
+
+    def refresh(self, stack: str, progress: Progress) -> dict[str, Any]: ...
+
+    def destroy(self, stack: str, keep_model_cache: bool, progress: Progress) -> None: ...
+
+    def preflight(self) -> None:
+        """Raise, naming what is missing and how to fix it, when no operation could run (checked before a
+        deployment record exists)."""
+
+
+class Deployments:
+    """The control plane's deployments: the only writer of deployment records."""
+
+    def __init__(
+        self,
+        store: Store,
+        db: StoreThread,
+        catalog: Catalog,
+        jobs: JobRunner,
+        stack_ops: StackOps,
+        stacks_dir: Path,
+        webhooks: WebhookSender,
+        sla: SlaWatch,
+        healthy: HealthCheck,
+        publish: Publish,
+    ) -> None:
+        self.store, self.db, self.catalog, self.jobs = store, db, catalog, jobs
+        self.stack_ops, self.stacks_dir, self.webhooks, self.sla = stack_ops, stacks_dir, webhooks, sla
+        self.healthy, self.publish = healthy, publish
+        self._edits: dict[str, asyncio.Lock] = {}  # one settings edit per deployment at a time
+        self.clock: Callable[[], float] = time.time  # the meter's (tests move it)
+
+    # -- records --------------------------------------------------------------------------------------------
+    async def get(self, dep_id: str) -> DeploymentRecord | None:
+        return await self.db(self.store.deployment, dep_id)
+
+    async def all(self) -> list[DeploymentRecord]:
+        return await self.db(self.store.deployments)
+
+    async def save(self, record: DeploymentRecord) -> DeploymentRecord:
+        record = dataclasses.replace(record, meter=record.meter.at(self.clock(), self.hourly_rate(record)))
+        await self.db(self.store.save_deployment, record)
+        await self.publish(record)
+        return record
+
+    def hourly_rate(self, record: DeploymentRecord) -> float:
+        """What the replicas running cost an hour at the catalog's price (GPU droplets; zero at zero, and for
+        a deployment registered by hand: its capacity is not ours to price)."""
+        if not record.stack or not record.spec or not record.running:
+            return 0.0
+        try:
+            spec = validate_deployment(record.spec, self.catalog)
+            gpu = self.catalog.gpu_types[str(gpu_type_of(spec, self.catalog))]
+        except (InfraError, KeyError):
+            return 0.0
+        return float(gpu.hourly_usd) * record.running
+
+    @staticmethod
+    def stack_of(record: DeploymentRecord) -> str:
+        """The stack the control plane made for the deployment; a route registered by hand has none."""
+        if not record.stack or not record.spec:
+            raise NotManaged(record.id)
+        return record.stack
+
+    async def keys_changed(self) -> None:
+        await self.publish(None)
+
+    async def move(
+        self, dep_id: str, target: Status, reason: str, healthy: bool = False, **changes: Any
+    ) -> DeploymentRecord:
+        """Re-read the record, apply ``changes``, move its lifecycle (checked), save and publish."""
+        record = await self.get(dep_id)
+        assert record is not None, dep_id
+        record = dataclasses.replace(record, **changes).moved(target, time.time(), reason, healthy=healthy)
+        return await self.save(record)
+
+    async def public(self, record: DeploymentRecord) -> dict[str, Any]:
+        """The reference API's deployment object, with the stack operation in progress if any."""
+        spec = record.spec
+        running = await self.jobs.running(record.stack) if record.stack else None
+        return {
+            "id": record.id,
+            "object": "deployment",
+            "name": record.name,
+            "model_id": spec.get("model_id", record.model_id),
+            "gpu_type": spec.get("gpu_type") or record.routes.get("gpu_type"),
+            "region": spec.get("region"),
+            "replicas": spec.get("replicas", 1),
+            "preset": spec.get("preset", "balanced"),
+            "status": record.status.value,
+            "routing": record.routes.get("routing") or spec.get("routing") or Routing.PREFIX_AWARE.value,
+            "scaling": spec.get("scaling"),
+            "sla": spec.get("sla"),
+            "endpoints": list(record.routes.get("endpoints") or []),
+            "lifecycle": record.lifecycle.as_dict() if record.lifecycle else None,
+            "job": running.as_dict() if running else None,
+            "cost": {
+                "rate_usd_per_hour": round(record.meter.rate, 4),
+                "to_date_usd": round(record.meter.cost(0.0, time.time()), 4),
+            },
+        }
+
+    # -- jobs -----------------------------------------------------------------------------------------------
+    async def _start(
+        self, stack: str, operation: str, work: Callable[[Job], Awaitable[None]]
+    ) -> tuple[Job, asyncio.Event]:
+        """Reserve the stack (StackBusy when held anywhere) with a job that waits until the caller has done
+        its bookkeeping (stack file written, status recorded) and sets the returned event."""
+        go = asyncio.Event()
+
+        async def gated(job: Job) -> None:
+            await go.wait()
+            if job.status == "cancelled":
+                return
+            await work(job)
+
+        return await self.jobs.start(stack, operation, gated), go
+
+    async def _converge(self, dep_id: str, job: Job, operation: str, stack: str) -> None:
+        """`up`, register the engines, then active if healthy, else degraded (with the webhook either way)."""
+        try:
+            outputs = await asyncio.to_thread(self.stack_ops.up, stack, job.log.append)
+        except Exception as exc:
+            await self.move(dep_id, Status.DEGRADED, f"{operation} failed: {exc}"[:300])
+            await self.webhooks.emit(dep_id, "deployment.degraded", {"reason": f"{operation} failed"})
+            raise
+        record = await self.get(dep_id)
+        assert record is not None
+        routes = routes_from_outputs(outputs, None)
+        routes["api_key_env"] = record.routes.get("api_key_env")
+        routes["routing"] = record.spec.get("routing", Routing.PREFIX_AWARE.value)
+        if record.spec.get("sla", {}).get("concurrency_limit"):
+            routes["concurrency_limit"] = record.spec["sla"]["concurrency_limit"]
+        if not routes["endpoints"]:
+            scaling = record.spec.get("scaling") or {}
+            routes["wakeable"] = bool(scaling.get("scale_to_zero"))
+            await self.move(dep_id, Status.INACTIVE, Reason.SCALED_TO_ZERO, routes=routes)
+            return
+        record = await self.save(dataclasses.replace(record, routes=routes))
+        if await self.healthy(routes["endpoints"]):
+            await self.move(dep_id, Status.ACTIVE, f"{operation}: engine healthy", healthy=True)
+            event = "deployment.active" if operation == "create" else "deployment.scaled"
+            await self.webhooks.emit(dep_id, event, {"replicas": len(routes["endpoints"])})
+        else:
+            await self.move(dep_id, Status.DEGRADED, f"{operation}: engine not healthy in time")
+            await self.webhooks.emit(dep_id, "deployment.degraded", {"reason": "health check"})
+
+    # -- operations -----------------------------------------------------------------------------------------
+    async def create(self, org_id: str, spec: DeploymentSpec) -> DeploymentRecord:
+        dep_id = f"dep_{secrets.token_hex(6)}"
+        stack = api_stack_name(org_id, spec.name)
+        record = DeploymentRecord(
+            id=dep_id,
+            org_id=org_id,
+            name=spec.name,
+            model_id=spec.model_id,
+            status=Status.PROVISIONING,
+            spec=spec.model_dump(mode="json", exclude_defaults=True),
+            stack=stack,
+            lifecycle=Lifecycle.new(time.time()),
+        )
+        _, go = await self._start(stack, "create", lambda job: self._converge(dep_id, job, "create", stack))
+        try:
+            await self.save(record)
+            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, stack)
+        finally:
+            go.set()
+        return record
+
+    async def delete(self, record: DeploymentRecord, keep_model_cache: bool) -> DeploymentRecord:
+        dep_id, stack = record.id, self.stack_of(record)
+
+        async def work(job: Job) -> None:
+            try:
+                await asyncio.to_thread(self.stack_ops.destroy, stack, keep_model_cache, job.log.append)
+            except Exception:
+                await self.move(dep_id, Status.DEGRADED, "teardown failed")
+                raise
+            await self.move(dep_id, Status.INACTIVE, "destroyed; billing stopped", routes={})
+
+        job, go = await self._start(stack, "teardown", work)
+        try:
+            keep = str(keep_model_cache).lower()
+            return await self.move(dep_id, Status.TEARDOWN, f"DELETE (keep_model_cache={keep}, job {job.id})")
+        except BaseException:
+            job.status = "cancelled"
+            raise
+        finally:
+            go.set()
+
+    async def set_scaling(self, record: DeploymentRecord, scaling: Scaling) -> DeploymentRecord:
+        bounds = scaling.model_dump(mode="json")
+        replicas = min(max(int(record.spec.get("replicas", 1)), scaling.min_replicas), scaling.max_replicas)
+        new = {**record.spec, "scaling": bounds, "replicas": replicas}
+        return await self._apply(record, new, f"scaling set to {bounds}")
+
+    async def scale_to(self, dep_id: str, replicas: int, reason: str) -> bool:
+        """The autoscaler's and the wake's way in: change replicas; False when the stack is busy."""
+        record = await self.get(dep_id)
+        if record is None or not record.stack or not record.spec:
+            return False
+        try:
+            await self._apply(record, {**record.spec, "replicas": replicas}, reason)
+        except StackBusy:
+            return False
+        return True
+
+    async def _apply(self, record: DeploymentRecord, new: dict[str, Any], reason: str) -> DeploymentRecord:
+        """Write the new deployment object to its stack file and converge (`up`) in a job; status scaling."""
+        stack = self.stack_of(record)
+        spec = validate_deployment(new, self.catalog)
+        job, go = await self._start(
+            stack, "scale", lambda job: self._converge(record.id, job, "scale", stack)
+        )
+        try:
+            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, stack)
+            return await self.move(record.id, Status.SCALING, f"{reason} (job {job.id})", spec=new)
+        except BaseException:
+            job.status = "cancelled"
+            raise
+        finally:
+            go.set()
+
+    async def refresh(self, record: DeploymentRecord) -> DeploymentRecord:
+        """`pulumi refresh`: a droplet deleted outside Pulumi shows as drift, the deployment as degraded."""
+        dep_id, stack = record.id, self.stack_of(record)
+
+        async def work(job: Job) -> None:
+            outputs = await asyncio.to_thread(self.stack_ops.refresh, stack, job.log.append)
+            current = await self.get(dep_id)
+            assert current is not None
+            wanted = int(current.spec.get("replicas", 1))
+            found = len(routes_from_outputs(outputs, None)["endpoints"])
+            if found < wanted:
+                await self.move(dep_id, Status.DEGRADED, f"drift: {found} of {wanted} droplets exist")
+                await self.webhooks.emit(
+                    dep_id, "deployment.degraded", {"reason": "drift", "found": found, "wanted": wanted}
+                )
+            elif current.status is Status.DEGRADED and await self.healthy(
+                current.routes.get("endpoints") or []
+            ):
+                await self.move(dep_id, Status.ACTIVE, "refresh: no drift, engine healthy", healthy=True)
+
+        _, go = await self._start(stack, "refresh", work)
+        go.set()
+        return record
+
+    async def set_routing(self, record: DeploymentRecord, routing: Routing) -> DeploymentRecord:
+        """How requests spread over the replicas: a gateway setting, no stack operation needed."""
+
+        def change(current: DeploymentRecord) -> DeploymentRecord:
+            spec = {**current.spec, "routing": routing.value} if current.spec else {}
+            routes = {**current.routes, "routing": routing.value}
+            return dataclasses.replace(current, spec=spec, routes=routes)
+
+        return await self._edit(record.id, change)
+
+    async def set_sla(self, record: DeploymentRecord, sla: Sla) -> DeploymentRecord:
+        def change(current: DeploymentRecord) -> DeploymentRecord:
+            spec = {**current.spec, "sla": sla.model_dump(mode="json", exclude_none=True)}
+            routes = {**current.routes, "concurrency_limit": sla.concurrency_limit}
+            return dataclasses.replace(current, spec=spec, routes=routes)
+
+        saved = await self._edit(record.id, change)
+        self.sla.set(record.id, sla)
+        return saved
+
+    async def _edit(
+        self, dep_id: str, change: Callable[[DeploymentRecord], DeploymentRecord]
+    ) -> DeploymentRecord:
+        """A setting that needs no stack operation: re-read the record, change it, write its stack file (when
+        the control plane made one) and save, one edit of a deployment at a time in this process (each file
+        write is atomic, so edits from two processes never mix; the last one wins)."""
+        async with self._edits.setdefault(dep_id, asyncio.Lock()):
+            current = await self.get(dep_id)
+            if current is None:
+                raise NotManaged(dep_id)
+            new = change(current)
+            if new.stack and new.spec:
+                spec = validate_deployment(new.spec, self.catalog)
+                await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, new.stack)
+            return await self.save(new)

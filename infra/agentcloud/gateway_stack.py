@@ -1,0 +1,130 @@
+"""The gateway's own stack: its config (``agent-cloud:gateway``) and the CPU droplet's cloud-init (pure).
+
+The gateway runs under systemd from a virtualenv; TLS is terminated by a DigitalOcean load balancer with a
+managed certificate (docs/gateway.md says why). Secrets (the key pepper, database and Redis URLs, provider API
+keys) reach the droplet over SSH into ENV_FILE, never through user-data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from agentcloud import PULUMI_PROJECT
+from agentcloud.render import HostKey, dump_yaml, environment
+from agentcloud.schema import Strict
+from agentcloud.spec import Ssh
+
+GATEWAY_KEY = f"{PULUMI_PROJECT}:gateway"
+ENV_FILE = "/etc/agentcloud/gateway.env"
+DATACENTERS = (
+    "nyc1",
+    "nyc2",
+    "nyc3",
+    "ams3",
+    "sfo2",
+    "sfo3",
+    "sgp1",
+    "lon1",
+    "fra1",
+    "tor1",
+    "blr1",
+    "syd1",
+    "atl1",
+    "ric1",
+)
+
+
+class SharedStore(Strict):
+    """Managed databases for gateway replicas: PostgreSQL (keys, grants, usage) and Valkey (limits)."""
+
+    postgres_size: str = "db-s-1vcpu-1gb"
+    redis_size: str = "db-s-1vcpu-1gb"
+
+
+class GatewaySpec(Strict):
+    """The gateway stack's config: size, region, replicas, domain, SSH."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")] = "gateway"
+    region: str
+    size: str = "s-2vcpu-4gb"
+    image: str = "ubuntu-24-04-x64"
+    replicas: Annotated[int, Field(ge=1, le=10)] = 1
+    domain: str | None = Field(
+        default=None, description="serve HTTPS on this name (a domain in DigitalOcean DNS)"
+    )
+    package: str = Field(default="agentcloud", description="pip requirement that installs this project")
+    port: Annotated[int, Field(ge=1024, le=65535)] = 8080
+    tag: str = "agentcloud-gateway"
+    vpc_uuid: str | None = None
+    ssh: Ssh = Ssh()
+    shared_store: SharedStore | None = Field(default=None, description="default: on when replicas > 1")
+
+    def model_post_init(self, _: Any) -> None:
+        if self.region not in DATACENTERS:
+            raise ValueError(f"unknown region {self.region!r}; fix: use one of {', '.join(DATACENTERS)}")
+
+    @property
+    def store(self) -> SharedStore | None:
+        if self.shared_store is not None:
+            return self.shared_store
+        return SharedStore() if self.replicas > 1 else None
+
+
+@dataclass(frozen=True)
+class GatewayView:
+    """What the gateway's templates see."""
+
+    name: str
+    port: int
+    env_file: str
+    venv: str
+    routes_file: str
+    data_dir: str
+
+
+def user_data(spec: GatewaySpec, host_key: HostKey | None = None) -> str:
+    view = GatewayView(
+        spec.name,
+        spec.port,
+        ENV_FILE,
+        "/opt/agentcloud/venv",
+        "/etc/agentcloud/routes.yaml",
+        "/var/lib/agentcloud",
+    )
+    env = environment()
+    files = {
+        "/etc/systemd/system/agentcloud-gateway.service": env.get_template(
+            "host/agentcloud-gateway.service.j2"
+        ).render(view=view),
+        "/etc/systemd/system/agentcloud-gateway.path": env.get_template(
+            "host/agentcloud-gateway.path.j2"
+        ).render(view=view),
+        "/etc/agentcloud/routes.yaml": (
+            "# dedicated deployments are registered in the gateway's store\nmodels: []\n"
+        ),
+    }
+    doc: dict[str, Any] = {
+        "package_update": True,
+        "packages": ["python3-venv", "python3-pip"],
+        "users": ["default", {"name": "agentcloud", "system": True, "shell": "/usr/sbin/nologin"}],
+        "write_files": [
+            {"path": p, "permissions": "0644", "owner": "root:root", "content": c} for p, c in files.items()
+        ],
+        "runcmd": [
+            ["install", "-d", "-m", "0750", "-o", "agentcloud", "/var/lib/agentcloud"],
+            ["python3", "-m", "venv", view.venv],
+            [f"{view.venv}/bin/pip", "install", "--quiet", spec.package],
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "enable", "--now", "agentcloud-gateway.path"],
+        ],
+    }
+    if host_key is not None:
+        doc.update(
+            ssh_deletekeys=True,
+            ssh_genkeytypes=[],
+            ssh_keys={"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public_openssh},
+        )
+    return "#cloud-config\n" + dump_yaml(doc)

@@ -1,5 +1,0 @@
-"""The `agentcloud` command: thin; it parses, calls the modules that do the work, and prints."""
-
-from infra.cli.main import main
-
-__all__ = ["main"]
