@@ -275,3 +275,43 @@ def test_wrong_host_key_fails_delivery(byom: Byom) -> None:
     status = _wait(byom, resp.json()["id"])
     assert status["status"] == "failed" and "not the one pinned" in str(status["reason"])
     assert not (byom.remote / "models" / "pinned.gguf").exists()
+
+
+def test_cli_upload_with_progress_and_resume(
+    byom: Byom, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`agentcloud deployments upload`: chunks with progress, then delivery followed to `ready`; an
+    interrupted upload resumes from the offset the gateway confirms."""
+    from agentcloud.cli import main
+
+    model = tmp_path / "finetune.gguf"
+    model.write_bytes(byom.gguf)
+    base = ["deployments", "--url", byom.gw.url, "--key", byom.keys.admin, "upload", "dep_byom", str(model)]
+    assert main([*base, "--name", "from-cli", "--chunk-mb", "0.02"]) == 0
+    out, err = capsys.readouterr()
+    assert "ready" in out and "served as byom:from-cli" in out, out
+    assert err.count("sending finetune.gguf:") >= 3 and "(100%" in err, err  # a line per tenth, not a tty
+    # interrupted after a third: the CLI resumes where the gateway says it stopped
+    created = requests.post(
+        f"{byom.gw.url}{API}/models/uploads",
+        headers=_auth(byom.keys.admin),
+        timeout=10,
+        json={"name": "resumed-cli", "deployment_id": "dep_byom", "size": len(byom.gguf)},
+    ).json()
+    third = len(byom.gguf) // 3
+    requests.patch(
+        f"{byom.gw.url}{created['upload_url']}",
+        data=byom.gguf[:third],
+        timeout=30,
+        headers={
+            **_auth(byom.keys.admin),
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+    ).raise_for_status()
+    assert main([*base, "--name", "resumed-cli", "--resume", created["id"]]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming {created['id']} at {third:,}" in out and "served as byom:resumed-cli" in out, out
+    # a file that is not there: one line, nothing sent
+    assert main([*base[:-1], str(tmp_path / "missing.gguf"), "--name", "x"]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from agentcloud.cli.output import status
 from agentcloud.cli.output import table as print_table
 from agentcloud.document import load_document
 from agentcloud.records import Status
@@ -26,16 +27,29 @@ API = "/api/v1/public/deployments"
 class Client:
     """The management API over HTTP, errors turned into one line for people."""
 
-    def __init__(self, url: str, key: str) -> None:
-        self.url, self.key = url.rstrip("/"), key
+    def __init__(self, url: str, key: str, api: str = API) -> None:
+        self.url, self.key, self.api = url.rstrip("/"), key, api
 
     def call(self, method: str, path: str = "", **kw: Any) -> dict[str, Any]:
+        resp = self.request(method, path, **kw)
+        try:
+            return dict(resp.json()) if resp.content else {}
+        except ValueError:
+            raise SystemExit(
+                f"error: {self.url} answered {resp.status_code} with something that is not the "
+                "gateway's JSON; check AGENTCLOUD_URL"
+            ) from None
+
+    def request(
+        self, method: str, path: str = "", headers: dict[str, str] | None = None, **kw: Any
+    ) -> requests.Response:
+        """The raw answer of a call that succeeded (2xx); anything else ends the command with one line."""
         try:
             resp = requests.request(
                 method,
-                f"{self.url}{API}{path}",
-                headers={"Authorization": f"Bearer {self.key}"},
-                timeout=30,
+                f"{self.url}{self.api}{path}",
+                headers={"Authorization": f"Bearer {self.key}", **(headers or {})},
+                timeout=kw.pop("timeout", 30),
                 **kw,
             )
         except requests.ConnectionError:
@@ -47,17 +61,13 @@ class Client:
             raise SystemExit(
                 f"error: the gateway at {self.url} did not answer within 30 s; try again"
             ) from None
-        try:
-            body = resp.json() if resp.content else {}
-        except ValueError:
-            raise SystemExit(
-                f"error: {self.url} answered {resp.status_code} with something that is not the "
-                "gateway's JSON; check AGENTCLOUD_URL"
-            ) from None
         if resp.status_code >= 400:
-            message = (body.get("error") or {}).get("message", resp.text)
+            try:
+                message = (resp.json().get("error") or {}).get("message", resp.text)
+            except (ValueError, AttributeError):
+                message = resp.text[:200] or resp.reason
             raise SystemExit(f"error: {resp.status_code}: {message}")
-        return dict(body)
+        return resp
 
 
 def follow(client: Client, dep_id: str, timeout_s: float = 3600, interval_s: float = 2.0) -> dict[str, Any]:
@@ -74,7 +84,7 @@ def follow(client: Client, dep_id: str, timeout_s: float = 3600, interval_s: flo
                 if seen_status == "degraded" and history[-1].get("reason")
                 else ""
             )
-            print(f"{time.strftime('%H:%M:%S')} {dep['name']}: {seen_status}{why}", flush=True)
+            print(f"{time.strftime('%H:%M:%S')} {dep['name']}: {status(seen_status)}{why}", flush=True)
         job = dep.get("job")
         lines = (job or {}).get("log_tail") or []
         for line in lines[seen_lines:]:
@@ -117,15 +127,22 @@ def run(args: argparse.Namespace) -> int:
                     f"{cost.get('to_date_usd', 0):.2f}",
                 )
             )
-        print_table(table)
+        print_table(table, colour_column=6)
         if len(table) == 1:
             print("(no deployments yet: agentcloud deployments create STACK)")
         return 0
     if action == "get":
         print(json.dumps(client.call("GET", f"/{args.id}"), indent=2))
         return 0
+    if action == "upload":
+        from agentcloud.cli.uploads import upload
+
+        return upload(args, client)
     if action == "cost":
         c = client.call("GET", f"/{args.id}/cost", params={"window": args.window})
+        if args.json:
+            print(json.dumps(c, indent=2))
+            return 0
         per_mtok = f"${c['usd_per_mtok']:.2f} per 1M tokens" if c["usd_per_mtok"] is not None else "no tokens"
         print(
             f"{c['deployment_id']}: ${c['cost_usd']:.2f} over {c['window']} "
@@ -192,6 +209,12 @@ def add_parser(sub: Any) -> None:
     co = ds.add_parser("cost", help="capacity cost over a window, per 1M tokens, and by key")
     co.add_argument("id")
     co.add_argument("--window", default="24h", choices=["1h", "24h", "7d", "30d"])
+    co.add_argument("--json", action="store_true", help="machine-readable output")
+    from agentcloud.cli.uploads import add_arguments as upload_arguments
+
+    upload_arguments(
+        ds.add_parser("upload", help="upload a GGUF to a byom: deployment (resumable, progress)")
+    )
     c = ds.add_parser("create", help="create from a stack file (its agent-cloud:deployment object)")
     c.add_argument("stack")
     s = ds.add_parser("scale")

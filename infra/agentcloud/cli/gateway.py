@@ -70,7 +70,7 @@ def cmd_key_create(args: argparse.Namespace) -> int:
     plans = load_catalog(config.catalog).plans
     if args.plan not in plans:
         print(
-            f"error: --plan {args.plan}: not a plan of {config.catalog}; use one of: {', '.join(plans)}",
+            f"error: --plan {args.plan}: no such plan in the catalog; use one of: {', '.join(plans)}",
             file=sys.stderr,
         )
         return 2
@@ -97,9 +97,33 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
 
 def cmd_key_list(args: argparse.Namespace) -> int:
     store, _ = _store(args)
-    for k in store.list_keys(args.org):
-        state = "revoked" if k.revoked_at else "active"
-        print(f"{k.id}  {k.prefix}...  org={k.org_id}  plan={k.plan}  kind={k.kind}  {state}  {k.name}")
+    keys = store.list_keys(args.org)
+    rows = [
+        {
+            "id": k.id,
+            "prefix": k.prefix,
+            "org_id": k.org_id,
+            "plan": k.plan,
+            "kind": k.kind,
+            "state": "revoked" if k.revoked_at else "active",
+            "name": k.name,
+        }
+        for k in keys
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from agentcloud.cli.output import table
+
+    table(
+        [("ID", "PREFIX", "ORG", "PLAN", "KIND", "STATE", "NAME")]
+        + [
+            (r["id"], f"{r['prefix']}...", r["org_id"], r["plan"], r["kind"], r["state"], r["name"])
+            for r in rows
+        ]
+    )
+    if not rows:
+        print("(no keys: agentcloud gateway keys create --org ORG --plan PLAN)")
     return 0
 
 
@@ -247,6 +271,7 @@ def add_parser(sub: Any) -> None:
     kr.set_defaults(func=cmd_key_revoke)
     kl = ks.add_parser("list")
     kl.add_argument("--org")
+    kl.add_argument("--json", action="store_true", help="machine-readable output")
     kl.set_defaults(func=cmd_key_list)
 
     m = gs.add_parser("members", help="org membership of keys")

@@ -14,7 +14,7 @@ from agentcloud import version
 from agentcloud.catalog import Catalog, catalog_sources, load_catalog
 from agentcloud.cli.deployments import add_parser as add_deployments
 from agentcloud.cli.gateway import add_parser as add_gateway
-from agentcloud.cli.output import table
+from agentcloud.cli.output import error, table
 from agentcloud.errors import InfraError, PlanError
 from agentcloud.planner import ServingPlan, plan
 from agentcloud.project import stacks_dir
@@ -51,6 +51,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         [[title for _, title in COLUMNS]]
         + [[_format(k, r.get(k, "")) if r.get(k) is not None else "-" for k, _ in COLUMNS] for r in rows],
         rule=True,
+        colour_column=8,
     )
 
 
@@ -184,7 +185,7 @@ def cmd_gitops(args: argparse.Namespace) -> int:
     from agentcloud.gitops import report
 
     rows, text = report(args.files, args.base, load_catalog(args.catalog))
-    print(text)
+    print(json.dumps(rows, indent=2) if args.json else text)
     return 1 if any(r["error"] for r in rows) else 0
 
 
@@ -342,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("action", choices=["report"])
     g.add_argument("files", nargs="*")
     g.add_argument("--base", default="origin/main", help="git ref the change is compared with")
+    g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=cmd_gitops)
 
     c = sub.add_parser("catalog", help="validate presets.yaml, or list its models, gpus, presets or regions")
@@ -362,10 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except PlanError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error(str(exc))
         return 1
     except (InfraError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error(str(exc))
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -373,10 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("AGENTCLOUD_DEBUG"):
             raise
-        print(
-            f"error: agentcloud {version()} failed unexpectedly ({type(exc).__name__}: {exc}). This is a "
-            "bug: please report it with the command you ran; AGENTCLOUD_DEBUG=1 shows where it happened",
-            file=sys.stderr,
+        error(
+            f"agentcloud {version()} failed unexpectedly ({type(exc).__name__}: {exc}). This is a "
+            "bug: please report it with the command you ran; AGENTCLOUD_DEBUG=1 shows where it happened"
         )
         return 3
 
