@@ -60,8 +60,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def fake_digitalocean() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def fake_digitalocean(sizes: list[dict[str, Any]] | None = None) -> Iterator[str]:
+    """The stand-in on a free port; ``sizes`` replaces the default size list for this server."""
+    handler = _Handler if sizes is None else type("Sizes", (_Handler,), {"sizes": sizes})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     _Handler.requests = []
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

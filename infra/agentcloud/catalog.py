@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
@@ -49,6 +50,14 @@ class EngineImages(Strict):
     llamacpp: str
 
 
+class Checked(Strict):
+    """When a figure was last confirmed, and how (``GET /v2/sizes`` by `agentcloud catalog sync`, or a note
+    naming the source of a hand-entered figure)."""
+
+    date: datetime.date
+    via: str
+
+
 class GpuType(Strict):
     """A GPU droplet size: slug, GPUs, VRAM, price, regions, image."""
 
@@ -61,6 +70,7 @@ class GpuType(Strict):
     droplet_image: str
     engine_images: EngineImages
     contract_only: bool = False
+    checked: Checked | None = None
 
     @property
     def vram_gib(self) -> float:
@@ -74,6 +84,7 @@ class Region(Strict):
     gpu_types: tuple[Slug, ...]
     confirmed: bool = True
     note: str | None = None
+    checked: Checked | None = None
 
 
 class Speculative(StrEnum):

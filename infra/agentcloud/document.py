@@ -55,7 +55,7 @@ class Document:
 
 def overlay(base: Document, top: Document) -> Document:
     """``top`` laid over ``base``: mappings merge key by key, any other value of ``top`` replaces the base's,
-    and a key set to null in ``top`` removes it. Every key keeps its file and line, so a problem in the merged
+    and null in ``top`` for an entry that is a mapping in ``base`` (a gpu type, a model) removes it. Every key keeps its file and line, so a problem in the merged
     data points at the file that holds the offending value."""
     lines = dict(base.lines)
     origins = dict(base.origins)
@@ -74,8 +74,8 @@ def overlay(base: Document, top: Document) -> Document:
         out = dict(under)
         for key, value in over.items():
             child = (*path, key)
-            if value is None:
-                out.pop(key, None)
+            if value is None and isinstance(out.get(key), dict):  # null removes an entry (a gpu type, ...)
+                del out[key]
                 for gone in [k for k in lines if k[: len(child)] == child]:
                     del lines[gone]
             elif key in out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 from agentcloud import version
 from agentcloud.catalog import Catalog, catalog_sources, load_catalog
+from agentcloud.catalog_sync import catalog_age
 from agentcloud.cli.deployments import add_parser as add_deployments
 from agentcloud.cli.gateway import add_parser as add_gateway
 from agentcloud.cli.output import error, table
@@ -87,14 +89,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.live and plans:
         from agentcloud.live import check_all, fetch_sizes
 
-        token = os.environ.get("DIGITALOCEAN_TOKEN") or os.environ.get("DIGITALOCEAN_ACCESS_TOKEN")
-        if not token:
-            print("--live needs DIGITALOCEAN_TOKEN in the environment", file=sys.stderr)
-            return 2
-        sizes = fetch_sizes(token, endpoint=args.api_endpoint)
+        sizes = fetch_sizes(_token(), endpoint=args.api_endpoint)
         live = [a.as_dict() for a in check_all(plans, sizes)]
+    oldest, unrecorded = catalog_age(catalog)
     if args.json:
-        out: dict[str, Any] = {"plans": rows, "errors": failures}
+        out: dict[str, Any] = {
+            "plans": rows,
+            "errors": failures,
+            "catalog": {"oldest_check": str(oldest) if oldest else None, "unrecorded": unrecorded},
+        }
         if args.live:
             out["live"] = live
         print(json.dumps(out, indent=2))
@@ -110,6 +113,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     f"  note: {other.name} declares no GPU deployment (the gateway's own stack?): "
                     f"`pulumi preview -s {stack_name_of(other)}` shows it"
                 )
+        print(f"  catalog: {age_note(oldest, unrecorded)}")
         for a in live:
             mark = "ok " if a["offered"] else "NO "
             print(f"  live [{a['stack']}] {mark}{a['size_slug']} in {a['region']}: {a['note']}")
@@ -117,6 +121,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"\nerror: {failure}", file=sys.stderr)
     live_ok = all(a["offered"] for a in live)
     return 2 if bad_input else 1 if failures or not live_ok else 0
+
+
+def age_note(oldest: datetime.date | None, unrecorded: int) -> str:
+    """How old the catalog's prices and regions are, for people."""
+    fix = "`agentcloud catalog sync` checks them against DigitalOcean"
+    if oldest is None:
+        return f"no price or region records when it was last checked; {fix}"
+    days = (datetime.date.today() - oldest).days
+    text = f"prices and regions last checked {oldest} ({days} days ago at the oldest)"
+    if unrecorded:
+        text += f"; {unrecorded} record no date"
+    return text + (f"; {fix}" if days > 30 or unrecorded else "")
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -189,7 +205,48 @@ def cmd_gitops(args: argparse.Namespace) -> int:
     return 1 if any(r["error"] for r in rows) else 0
 
 
+def _token() -> str:
+    token = os.environ.get("DIGITALOCEAN_TOKEN") or os.environ.get("DIGITALOCEAN_ACCESS_TOKEN")
+    if not token:
+        raise InfraError(
+            "this asks DigitalOcean's API and needs a token: export DIGITALOCEAN_TOKEN=... "
+            "(read scope is enough)"
+        )
+    return token
+
+
+def cmd_catalog_sync(args: argparse.Namespace) -> int:
+    from agentcloud.catalog_sync import sync
+    from agentcloud.live import fetch_sizes
+
+    sizes = fetch_sizes(_token(), endpoint=args.api_endpoint)
+    result = sync(sizes, args.catalog, check=args.check)
+    for note in result.notes:
+        print(f"  note: {note}")
+    if args.check:
+        for change in result.changes:
+            print(f"  differs: {change}")
+        if result.changes:
+            print(
+                f"{len(result.changes)} value(s) differ from {args.api_endpoint}: "
+                "run `agentcloud catalog sync`"
+            )
+            return 1
+        print(f"the catalog agrees with {args.api_endpoint} on every self-serve price and region")
+        return 0
+    if result.diff:
+        print(result.diff, end="")
+    changed = ", ".join(str(c) for c in result.changes) or "no value changed"
+    print(
+        f"synced with {args.api_endpoint}: {changed}; checked dates renewed in "
+        f"{', '.join(map(str, result.files))}"
+    )
+    return 0
+
+
 def cmd_catalog(args: argparse.Namespace) -> int:
+    if args.action == "sync":
+        return cmd_catalog_sync(args)
     catalog = load_catalog(args.catalog)
     if args.action != "check":
         rows: list[tuple[str, ...]]
@@ -346,8 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=cmd_gitops)
 
-    c = sub.add_parser("catalog", help="validate presets.yaml, or list its models, gpus, presets or regions")
-    c.add_argument("action", choices=["check", "models", "gpus", "presets", "regions"])
+    c = sub.add_parser(
+        "catalog",
+        help="validate the catalog, list its models, gpus, presets or regions, or sync prices and regions "
+        "with DigitalOcean",
+    )
+    c.add_argument("action", choices=["check", "models", "gpus", "presets", "regions", "sync"])
+    c.add_argument("--check", action="store_true", help="sync: change nothing, exit 1 when the API differs")
+    c.add_argument(
+        "--api-endpoint",
+        default=os.environ.get("DIGITALOCEAN_API_ENDPOINT", "https://api.digitalocean.com"),
+        help=argparse.SUPPRESS,
+    )
     c.add_argument("--task", help="models: only this task (generate, embed, rerank, transcribe, speech)")
     c.add_argument("--region", help="gpus: only those offered in this region")
     c.add_argument("--json", action="store_true", help="machine-readable output")
