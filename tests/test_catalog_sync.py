@@ -1,5 +1,5 @@
-"""`agentcloud catalog sync` against a local stand-in of DigitalOcean's GET /v2/sizes (issue 14's bar): exactly
-the values that differ are rewritten, every comment and line of layout is kept, `plan` shows the new $/h, and
+"""`agentcloud catalog sync` against a local stand-in of DigitalOcean's GET /v2/sizes (issue 14's bar):
+exactly the values that differ are rewritten, every comment and line of layout is kept, `plan` shows the new $/h, and
 `--check` fails before and passes after. Also the in-place YAML editor it is built on."""
 
 from __future__ import annotations
@@ -138,10 +138,8 @@ def test_editor_replaces_inserts_and_keeps_comments() -> None:
     out = set_value(
         out, "f.yaml", ("a", "e", "f"), {"date": datetime.date(2026, 11, 30), "via": "GET /v2/sizes"}
     )
-    assert (
-        out
-        == "# top\na:\n  b: 5   # why b\n\n  c: [y]\n  e:\n    f: {date: 2026-11-30, via: GET /v2/sizes}\nd: 2\n"
-    )
+    inserted = "  e:\n    f: {date: 2026-11-30, via: GET /v2/sizes}\n"
+    assert out == "# top\na:\n  b: 5   # why b\n\n  c: [y]\n" + inserted + "d: 2\n"
     out = set_value(out, "f.yaml", ("g", "h"), 1.5)
     assert out.endswith("d: 2\ng:\n  h: 1.5\n")
     with pytest.raises(InfraError, match=r"f.yaml:2: a is not a one-line value"):

@@ -55,8 +55,9 @@ class Document:
 
 def overlay(base: Document, top: Document) -> Document:
     """``top`` laid over ``base``: mappings merge key by key, any other value of ``top`` replaces the base's,
-    and null in ``top`` for an entry that is a mapping in ``base`` (a gpu type, a model) removes it. Every key keeps its file and line, so a problem in the merged
-    data points at the file that holds the offending value."""
+    and null in ``top`` for an entry that is a mapping in ``base`` (a gpu type, a model) removes it. Every key
+    keeps its file and line, so a problem in the merged data points at the file that holds the offending
+    value."""
     lines = dict(base.lines)
     origins = dict(base.origins)
 
