@@ -1,6 +1,6 @@
 """`agentcloud catalog sync` against a local stand-in of DigitalOcean's GET /v2/sizes (issue 14's bar):
-exactly the values that differ are rewritten, every comment and line of layout is kept, `plan` shows the new $/h, and
-`--check` fails before and passes after. Also the in-place YAML editor it is built on."""
+exactly the values that differ are rewritten, every comment and line of layout is kept, `plan` shows the new
+$/h, and `--check` fails before and passes after. Also the in-place YAML editor it is built on."""
 
 from __future__ import annotations
 
