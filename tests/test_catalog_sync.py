@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from agentcloud.catalog import Catalog, load_catalog
+from agentcloud.catalog_sync import catalog_age
 from agentcloud.cli import main
 from agentcloud.errors import InfraError
 from agentcloud.yaml_edit import set_value
@@ -53,7 +54,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_sync_rewrites_exactly_what_differs_and_keeps_every_comment(
     project: Path, catalog: Catalog, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sizes = sizes_of(catalog, h100=4.41, h200=4.47)
+    sizes = sizes_of(catalog, h100=4.99, h200=5.1)
     l40s = next(s for s in sizes if s["slug"] == "gpu-l40sx1-48gb")
     l40s["regions"] = ["tor1"]  # gone from ams3
     before = (project / "presets.yaml").read_text()
@@ -61,39 +62,43 @@ def test_sync_rewrites_exactly_what_differs_and_keeps_every_comment(
         endpoint = ["--api-endpoint", url]
         assert main(["catalog", "sync", "--check", *endpoint]) == 1
         out = capsys.readouterr().out
-        assert "gpu_types.h100.hourly_usd: 3.39 -> 4.41" in out and "3 value(s) differ" in out, out
+        assert "gpu_types.h100.hourly_usd: 4.41 -> 4.99" in out and "3 value(s) differ" in out, out
         assert (project / "presets.yaml").read_text() == before  # --check changes nothing
         assert main(["catalog", "sync", *endpoint]) == 0
         out = capsys.readouterr().out
-        assert "-    hourly_usd: 3.39\n+    hourly_usd: 4.41" in out  # the diff is printed
+        assert "-    hourly_usd: 4.41\n+    hourly_usd: 4.99" in out  # the diff is printed
         assert main(["catalog", "sync", "--check", *endpoint]) == 0
     after = (project / "presets.yaml").read_text()
     delta = list(difflib.ndiff(before.splitlines(), after.splitlines()))
-    removed = [line[2:] for line in delta if line.startswith("- ")]
-    added = [line[2:] for line in delta if line.startswith("+ ")]
+    removed = [line[2:] for line in delta if line.startswith("- ") and "checked:" not in line]
+    added = [line[2:] for line in delta if line.startswith("+ ") and "checked:" not in line]
     assert sorted(removed) == sorted(
-        ["    hourly_usd: 3.39", "    hourly_usd: 3.44", "    gpu_types: [h100, h100_8, l40s]"]
+        ["    hourly_usd: 4.41", "    hourly_usd: 4.47", "    gpu_types: [h100, h100_8, l40s]"]
     ), removed
-    today = datetime.date.today()
-    checked = f"checked: {{date: {today}, via: GET /v2/sizes}}"
     assert sorted(added) == sorted(
-        ["    hourly_usd: 4.41", "    hourly_usd: 4.47", "    gpu_types: [h100, h100_8]"]
-        + [f"    {checked}"] * (len(sizes) + len(catalog.regions))
+        ["    hourly_usd: 4.99", "    hourly_usd: 5.1", "    gpu_types: [h100, h100_8]"]
     ), added
+    today = datetime.date.today()
+    renewed = [line for line in delta if line.startswith("+ ")]
+    assert sum(f"    checked: {{date: {today}, via: GET /v2/sizes}}" == line[2:] for line in renewed) == len(
+        sizes
+    ) + len(catalog.regions)
     comments = [line for line in before.splitlines() if line.lstrip().startswith("#")]
     assert comments and all(c in after.splitlines() for c in comments)
     synced = load_catalog()
-    assert synced.gpu_types["h100"].hourly_usd == 4.41 and "l40s" not in synced.regions["ams3"].gpu_types
+    assert synced.gpu_types["h100"].hourly_usd == 4.99 and "l40s" not in synced.regions["ams3"].gpu_types
     assert synced.regions["tor1"].gpu_types == ("h100", "h100_8", "l40s")
-    assert synced.gpu_types["mi325x"].checked is None  # contract-only: never in the list, left alone
+    mi325x = synced.gpu_types["mi325x"].checked  # contract-only: never in the list, left alone
+    assert mi325x is not None and mi325x.date < today
     from agentcloud.planner import plan
     from agentcloud.spec import load_stack
 
     hourly = plan(load_stack(project / "stacks" / "Pulumi.latency-8b.yaml", synced), synced).hourly_usd
-    assert 4.41 <= hourly < 4.5  # the new price (and the model-cache volume's share)
+    assert 4.99 <= hourly < 5.1  # the new price (and the model-cache volume's share)
     assert main(["plan", "latency-8b"]) == 0
     out = capsys.readouterr().out
-    assert f" {hourly:.2f} " in out and f"last checked {today}" in out, out
+    oldest, _ = catalog_age(synced)
+    assert f" {hourly:.2f} " in out and f"last checked {oldest}" in out, out
 
 
 def test_sync_into_an_overlay_leaves_the_shipped_catalog_alone(
@@ -107,17 +112,17 @@ def test_sync_into_an_overlay_leaves_the_shipped_catalog_alone(
     monkeypatch.setenv("DIGITALOCEAN_TOKEN", TOKEN)
     shipped = shipped_catalog().read_text()
     overlay = (tmp_path / "demo" / "presets.yaml").read_text()
-    with fake_digitalocean(sizes_of(catalog, h100=4.41)) as url:
+    with fake_digitalocean(sizes_of(catalog, h100=4.99)) as url:
         assert main(["catalog", "sync", "--api-endpoint", url]) == 0
     capsys.readouterr()
     assert shipped_catalog().read_text() == shipped
     text = (tmp_path / "demo" / "presets.yaml").read_text()
     assert text.startswith(overlay)  # the overlay's comments first, then what sync added
-    assert "  h100:\n    hourly_usd: 4.41\n" in text
-    assert load_catalog().gpu_types["h100"].hourly_usd == 4.41
+    assert "  h100:\n    hourly_usd: 4.99\n" in text
+    assert load_catalog().gpu_types["h100"].hourly_usd == 4.99
     assert main(["plan", "--json"]) == 0
     planned = json.loads(capsys.readouterr().out)
-    assert 4.41 <= planned["plans"][0]["hourly_usd"] < 4.5 and planned["catalog"]["oldest_check"]
+    assert 4.99 <= planned["plans"][0]["hourly_usd"] < 5.1 and planned["catalog"]["oldest_check"]
 
 
 def test_sync_needs_a_token_and_says_so(

@@ -44,8 +44,9 @@ def test_gpu_droplet_guardrails() -> None:
 def test_cost_ceiling() -> None:
     prices = catalog_prices()
     drops = [{"size": "gpu-h100x1-80gb"}, {"size": "gpu-h100x1-80gb"}]
-    assert cost_violation(drops, prices, 10.0) is None
-    assert "6.78/h" in str(cost_violation(drops, prices, 5.0))
+    both = 2 * prices["gpu-h100x1-80gb"]
+    assert cost_violation(drops, prices, both + 0.01) is None
+    assert f"{both:.2f}/h" in str(cost_violation(drops, prices, both - 0.01))
     assert cost_violation(drops, prices, None) is None
 
 
@@ -70,7 +71,7 @@ def test_report_on_a_git_history(tmp_path: Path, catalog: Catalog, monkeypatch: 
     rows, table = report(["Pulumi.a.yaml", "Pulumi.b.yaml", "Pulumi.c.yaml"], "main", catalog)
     by = {r["stack"]: r for r in rows}
     assert by["a"]["after"] - by["a"]["before"] == pytest.approx(
-        1.99 + 0.03, abs=0.01
+        catalog.gpu_types["mi300x"].hourly_usd + 0.03, abs=0.01
     )  # a droplet and its cache volume
     assert by["b"]["after"] is None and "(removed)" in table
     assert by["c"]["error"] and "does not plan" in table

@@ -158,8 +158,9 @@ def test_cost_counts_replicas_and_volumes(catalog: Catalog) -> None:
         catalog,
     )
     volume_hourly = one.cache_disk_gib * 0.10 / 744
-    assert one.hourly_usd == pytest.approx(3.39 + volume_hourly, abs=0.01)
-    assert two.hourly_usd == pytest.approx(2 * (3.39 + volume_hourly), abs=0.01)
+    price = catalog.gpu_types["h100"].hourly_usd
+    assert one.hourly_usd == pytest.approx(price + volume_hourly, abs=0.01)
+    assert two.hourly_usd == pytest.approx(2 * (price + volume_hourly), abs=0.01)
     assert zero.hourly_usd == pytest.approx(2 * volume_hourly, abs=0.01), "at zero only the kept volumes bill"
 
 

@@ -65,7 +65,7 @@ def test_an_unknown_plan_is_refused_when_the_key_is_made_and_when_it_is_used(
     db = str(tmp_path / "gw.sqlite3")
     Store(db).create_org("acme", org_id="org_acme")
     assert main(["gateway", "--database", db, "keys", "create", "--org", "org_acme", "--plan", "pro"]) == 2
-    assert "--plan pro: not a plan" in capsys.readouterr().err
+    assert "--plan pro: no such plan in the catalog" in capsys.readouterr().err
     # a key made before (or by hand) with a plan the catalog lacks gets no limits-free pass
     _, token = gw.gateway.store.create_key(PEPPER, "org_a", "old", "pro")
     answer = gw.openai(token).with_raw_response

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentcloud.cli.deployments import Client
+from agentcloud.cli.client import Client
 from agentcloud.cli.output import Progress, status
 
 UPLOADS = "/api/v1/public/models"
