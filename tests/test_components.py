@@ -189,7 +189,7 @@ def test_program_reads_stack_config(mocks: RecordingMocks):  # type: ignore[no-u
     def check(_: object) -> None:
         (droplet,) = mocks.of_type(DROPLET)
         assert droplet.inputs["size"] == "gpu-mi300x1-192gb" and droplet.inputs["region"] == "atl1"
-        assert "quantization: fp8" in droplet.inputs["userData"]
+        assert "quantization: fp8_per_tensor" in droplet.inputs["userData"]
         assert len(mocks.of_type(VOLUME)) == 2  # max_replicas 2
 
     return settled(dep).apply(check)

@@ -104,10 +104,10 @@ def test_maverick_needs_eight_gpus(catalog: Catalog) -> None:
 
 def test_cost_preset_renders_fp8_not_int8(catalog: Catalog) -> None:
     p = plan(_spec(catalog, "llama-3.3-70b-instruct", "mi300x", "cost"), catalog)
-    assert p.quantization == "fp8" and p.kv_cache_dtype == "fp8"
+    assert p.quantization == "fp8_per_tensor" and p.kv_cache_dtype == "fp8"
     assert p.scaling is not None and p.scaling.scale_to_zero and p.scaling.min_replicas == 0
     nv = plan(_spec(catalog, "llama-3.1-8b-instruct", "h100", "cost"), catalog)
-    assert nv.quantization == "fp8" and nv.engine_image.startswith("vllm/vllm-openai:")
+    assert nv.quantization == "fp8_per_tensor" and nv.engine_image.startswith("vllm/vllm-openai:")
 
 
 def test_latency_preset_speculates(catalog: Catalog) -> None:

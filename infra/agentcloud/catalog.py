@@ -37,7 +37,8 @@ class Task(StrEnum):
 
 class Precision(StrEnum):
     """Weight precision a preset asks for. vLLM renders BF16 as ``dtype: bfloat16`` and FP8 as
-    ``quantization: fp8`` (online FP8 from a 16-bit checkpoint). There is no int8: vLLM 0.33 rejects it."""
+    ``quantization: fp8_per_tensor`` (online FP8 from a 16-bit checkpoint; vLLM 0.33 deprecates the old name
+    ``fp8`` for it). There is no int8: vLLM 0.33 rejects it."""
 
     BF16 = "bf16"
     FP8 = "fp8"

@@ -390,7 +390,10 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
         engine_port=spec.network.engine_port,
         tensor_parallel=gpu.gpus,
         precision=precision,
-        quantization="fp8" if precision is Precision.FP8 and model.checkpoint is Precision.BF16 else None,
+        # online FP8 of a 16-bit checkpoint: vLLM 0.33 names it fp8_per_tensor (plain `fp8` is deprecated)
+        quantization=(
+            "fp8_per_tensor" if precision is Precision.FP8 and model.checkpoint is Precision.BF16 else None
+        ),
         dtype="bfloat16",
         kv_cache_dtype=_kv_dtype(preset, model, engine),
         max_model_len=max_model_len,
