@@ -28,7 +28,7 @@ def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--json", "cost-70b"]) == 0
     data = json.loads(capsys.readouterr().out)
     (row,) = data["plans"]
-    assert row["stack"] == "cost-70b" and row["quantization"] == "fp8" and row["fit"] == "fits"
+    assert row["stack"] == "cost-70b" and row["quantization"] == "fp8_per_tensor" and row["fit"] == "fits"
     assert row["hourly_usd"] > 1.99 and data["errors"] == []
 
 
@@ -52,7 +52,7 @@ def test_render_writes_every_artefact(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["render", "prod-inference", "-o", str(tmp_path / "out")]) == 0
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"vllm.yaml", "user-data.yaml", "agentcloud-engine", "agentcloud-engine.service"} <= names
-    assert yaml.safe_load((tmp_path / "out" / "vllm.yaml").read_text())["quantization"] == "fp8"
+    assert yaml.safe_load((tmp_path / "out" / "vllm.yaml").read_text())["quantization"] == "fp8_per_tensor"
 
 
 def test_catalog_check(capsys: pytest.CaptureFixture[str]) -> None:
