@@ -193,3 +193,67 @@ def test_program_reads_stack_config(mocks: RecordingMocks):  # type: ignore[no-u
         assert len(mocks.of_type(VOLUME)) == 2  # max_replicas 2
 
     return settled(dep).apply(check)
+
+
+DEDICATED = "digitalocean:index/dedicatedInference:DedicatedInference"
+
+
+@pulumi_test
+def test_dedicated_inference_backend_declares_no_droplet(mocks: RecordingMocks):  # type: ignore[no-untyped-def]
+    """Issue 14: `backend: dedicated-inference` in a stack file, through the program users run: one
+    DedicatedInference with the plan's accelerator slug and scale, in a VPC, and no droplet or volume."""
+    import json
+
+    from agentcloud.program import run
+
+    deployment = {
+        "name": "managed-70b",
+        "model_id": "llama-3.3-70b-instruct",
+        "gpu_type": "h200",
+        "precision": "fp8",
+        "region": "nyc2",
+        "preset": "balanced",
+        "replicas": 2,
+        "backend": "dedicated-inference",
+    }
+    pulumi.runtime.set_mocks(mocks, project="agent-cloud", stack="managed-70b", preview=False)
+    pulumi.runtime.set_all_config({"agent-cloud:deployment": json.dumps(deployment)})
+    dep = run()
+
+    def check(_: object) -> None:
+        (service,) = mocks.of_type(DEDICATED)
+        (model,) = service.inputs["modelDeployments"]
+        assert model["modelProvider"] == "hugging_face"
+        assert model["providerModelId"] == "meta-llama/Llama-3.3-70B-Instruct"
+        assert model["accelerators"] == [
+            {"acceleratorSlug": "gpu-h200x1-141gb", "scale": 2, "type": "nvidia_h200"}
+        ]
+        assert service.inputs["region"] == "nyc2" and service.inputs["enablePublicEndpoint"] is False
+        assert len(mocks.of_type(VPC)) == 1
+        assert mocks.of_type(DROPLET) == [] and mocks.of_type(VOLUME) == [] and mocks.of_type(FIREWALL) == []
+
+    return dep.service.id.apply(check)  # type: ignore[attr-defined]
+
+
+def test_dedicated_inference_is_refused_where_it_cannot_serve(catalog: Catalog) -> None:
+    import pytest
+
+    from agentcloud.document import Document
+    from agentcloud.errors import SpecError
+    from agentcloud.spec import DEPLOYMENT_KEY, parse_stack
+
+    def problems(**kw: object) -> str:
+        raw: dict[str, object] = {
+            "name": "managed",
+            "model_id": "llama-3.1-8b-instruct",
+            "region": "nyc2",
+            "preset": "latency",
+        }
+        raw.update(kw, backend="dedicated-inference")
+        with pytest.raises(SpecError) as err:
+            parse_stack(Document(file="s.yaml", data={"config": {DEPLOYMENT_KEY: raw}}), catalog)
+        return str(err.value)
+
+    assert "Dedicated Inference is not offered in 'ams3'" in problems(region="ams3", gpu_type="h100")
+    gguf = next(name for name, m in catalog.models.items() if m.is_gguf)
+    assert "Hugging Face checkpoints only" in problems(model_id=gguf, preset="speed")

@@ -219,6 +219,16 @@ class Plan(Strict):
     tokens_per_minute: Annotated[int, Field(ge=1)] | None
 
 
+class DedicatedInferenceOffer(Strict):
+    """DigitalOcean's managed Dedicated Inference: where it runs. A deployment with
+    ``backend: dedicated-inference`` is declared there instead of on droplets (priced per accelerator-hour as
+    the same size's droplet unless ``hourly_usd`` names a price per gpu type)."""
+
+    regions: tuple[Slug, ...]
+    hourly_usd: dict[Slug, PositiveFloat] = Field(default_factory=dict)
+    checked: Checked | None = None
+
+
 class Catalog(Strict):
     """presets.yaml, validated: gpu types, regions, presets, models, plans and providers."""
 
@@ -231,6 +241,7 @@ class Catalog(Strict):
     models: dict[Slug, Model]
     plans: dict[Slug, Plan]
     providers: dict[Slug, Provider] = Field(default_factory=dict)
+    dedicated_inference: DedicatedInferenceOffer | None = None
 
     def regions_offering(self, gpu_type: str) -> list[str]:
         return [name for name, region in self.regions.items() if gpu_type in region.gpu_types]

@@ -22,7 +22,7 @@ from agentcloud.catalog import (
 )
 from agentcloud.errors import PlanError
 from agentcloud.memory import Fit, cache_disk_gib, fit
-from agentcloud.spec import DeploymentSpec, Network, Scaling, Sla, Ssh, gpu_type_of
+from agentcloud.spec import Backend, DeploymentSpec, Network, Scaling, Sla, Ssh, gpu_type_of
 
 Engine = Literal["vllm", "llamacpp"]
 CONTEXT_STEP = 1024
@@ -95,6 +95,13 @@ class ServingPlan:
     network: Network
     notes: tuple[str, ...] = field(default=())
     routing: Routing = Routing.PREFIX_AWARE
+    backend: Backend = Backend.DROPLETS
+
+    @property
+    def accelerator_type(self) -> str:
+        """Dedicated Inference's name of the GPU: vendor and model (``nvidia_h100``), from the size slug."""
+        model = self.size_slug.removeprefix("gpu-").split("x", 1)[0]
+        return f"{self.vendor}_{model}"
 
     @property
     def size_slug(self) -> str:
@@ -145,8 +152,13 @@ class ServingPlan:
             "contract_only": self.gpu.contract_only,
             "concurrency_limit": self.sla.concurrency_limit if self.sla else None,
             "routing": self.routing.value,
+            "backend": self.backend.value,
             "notes": list(self.notes),
         }
+
+
+def hourly_droplets(gpu: GpuType, spec: DeploymentSpec, volume_monthly: float, catalog: Catalog) -> float:
+    return round(gpu.hourly_usd * spec.replicas + volume_monthly / catalog.hours_per_month, 2)
 
 
 def _precision(spec: DeploymentSpec, preset: Preset, model: Model, notes: list[str]) -> Precision:
@@ -359,7 +371,22 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
     volumes = max(spec.replicas, scaling.max_replicas if scaling else 0, 1)
     disk = spec.cache_disk_gib or (100 if byom else cache_disk_gib(model))
     volume_monthly = volumes * disk * catalog.volume_usd_per_gib_month
-    hourly = round(gpu.hourly_usd * spec.replicas + volume_monthly / catalog.hours_per_month, 2)
+    hourly = hourly_droplets(gpu, spec, volume_monthly, catalog)
+    offer = catalog.dedicated_inference
+    if offer is not None and model.deployable and not model.is_gguf and spec.region in offer.regions:
+        managed = round(offer.hourly_usd.get(gpu_name, gpu.hourly_usd) * spec.replicas, 2)
+        if spec.backend is Backend.DEDICATED_INFERENCE:
+            hourly, volumes = managed, 0  # DigitalOcean's service: no droplets, no cache volumes of ours
+            droplets = hourly_droplets(gpu, spec, volume_monthly, catalog)
+            notes.append(
+                "on DigitalOcean Dedicated Inference: DigitalOcean runs the engine; the preset picks the "
+                f"accelerator ({gpu.size_slug} x {spec.replicas}); droplets would cost ${droplets:.2f}/h"
+            )
+        else:
+            notes.append(
+                f"also servable on DigitalOcean Dedicated Inference in {spec.region} at ${managed:.2f}/h "
+                "(backend: dedicated-inference)"
+            )
 
     # llama-server allocates its whole context (all slots) at start: it must fit the KV budget.
     parallel = preset.llamacpp_parallel
@@ -416,6 +443,7 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
         scaling=scaling,
         sla=spec.sla,
         routing=spec.routing,
+        backend=spec.backend,
         ssh=spec.ssh,
         network=spec.network,
         notes=tuple(notes),

@@ -11,7 +11,7 @@ from agentcloud.document import Document, load_document
 from agentcloud.errors import InfraError
 from agentcloud.planner import ServingPlan, plan
 from agentcloud.project import stacks_dir
-from agentcloud.spec import DEPLOYMENT_KEY, parse_stack
+from agentcloud.spec import DEPLOYMENT_KEY, Backend, parse_stack
 
 
 def plan_from_config() -> ServingPlan:
@@ -56,8 +56,10 @@ def run_gateway() -> pulumi.ComponentResource:
     return host
 
 
-def run_deployment() -> GpuDeployment:
+def run_deployment() -> pulumi.ComponentResource:
     serving = plan_from_config()
+    if serving.backend is Backend.DEDICATED_INFERENCE:
+        return run_dedicated_inference(serving)
     keep = pulumi.Config(PULUMI_PROJECT).get_bool("keepModelCache")
     deployment = GpuDeployment(
         serving.name, GpuDeploymentArgs(plan=serving, keep_model_cache=keep is not False)
@@ -67,5 +69,19 @@ def run_deployment() -> GpuDeployment:
     pulumi.export("hourly_usd", serving.hourly_usd)
     pulumi.export("monthly_usd", serving.monthly_usd)
     pulumi.export("host_public_key", deployment.host_key.public_openssh)
+    pulumi.export("plan", serving.summary())
+    return deployment
+
+
+def run_dedicated_inference(serving: ServingPlan) -> pulumi.ComponentResource:
+    from agentcloud.components.dedicated_inference import (
+        DedicatedInferenceArgs,
+        DedicatedInferenceDeployment,
+    )
+
+    deployment = DedicatedInferenceDeployment(serving.name, DedicatedInferenceArgs(plan=serving))
+    pulumi.export("endpoint", deployment.endpoint)
+    pulumi.export("hourly_usd", serving.hourly_usd)
+    pulumi.export("monthly_usd", serving.monthly_usd)
     pulumi.export("plan", serving.summary())
     return deployment

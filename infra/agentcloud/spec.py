@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -106,6 +107,14 @@ class Network(Strict):
         return tuple(_network(v) for v in value)
 
 
+class Backend(StrEnum):
+    """Where a deployment runs: GPU droplets this project manages, or DigitalOcean's managed Dedicated
+    Inference (the same model and accelerator, DigitalOcean's engine)."""
+
+    DROPLETS = "droplets"
+    DEDICATED_INFERENCE = "dedicated-inference"
+
+
 class DeploymentSpec(Strict):
     """A deployment as a stack file declares it (validated against the catalog)."""
 
@@ -125,6 +134,7 @@ class DeploymentSpec(Strict):
     routing: Routing = Field(
         default=Routing.PREFIX_AWARE, description="how requests spread over the replicas"
     )
+    backend: Backend = Field(default=Backend.DROPLETS, description="droplets, or dedicated-inference")
 
     @model_validator(mode="after")
     def _replicas_within_scaling(self) -> DeploymentSpec:
@@ -184,7 +194,47 @@ def check_against_catalog(
                     + f", or a gpu type offered in {spec.region}",
                 )
             )
+    if spec.backend is Backend.DEDICATED_INFERENCE:
+        problems += _dedicated_inference_problems(spec, catalog, doc, base)
     return problems
+
+
+def _dedicated_inference_problems(
+    spec: DeploymentSpec, catalog: Catalog, doc: Document, base: KeyPath
+) -> list[Problem]:
+    """What DigitalOcean's Dedicated Inference can serve: Hugging Face checkpoints (not GGUF, not uploads) in
+    its regions."""
+    out: list[Problem] = []
+    where = (*base, "backend")
+    offer = catalog.dedicated_inference
+    if offer is None:
+        return [
+            doc.problem(
+                where,
+                "the catalog has no dedicated_inference section",
+                fix="add one to presets.yaml (regions, see docs/catalog.md) or use backend: droplets",
+            )
+        ]
+    if spec.region in catalog.regions and spec.region not in offer.regions:
+        out.append(
+            doc.problem(
+                (*base, "region"),
+                f"Dedicated Inference is not offered in '{spec.region}'",
+                allowed=", ".join(offer.regions),
+                fix="pick one of those regions, or use backend: droplets",
+            )
+        )
+    model = catalog.models.get(spec.model_id)
+    if spec.model_id.startswith("byom:") or (model is not None and (model.is_gguf or not model.deployable)):
+        out.append(
+            doc.problem(
+                (*base, "model_id"),
+                "Dedicated Inference serves Hugging Face checkpoints only (no GGUF, no uploads)",
+                value=spec.model_id,
+                fix="use backend: droplets for this model",
+            )
+        )
+    return out
 
 
 def check_names(raw: dict[str, Any], catalog: Catalog, doc: Document, base: KeyPath) -> list[Problem]:
