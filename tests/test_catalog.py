@@ -124,3 +124,31 @@ def test_provider_only_model_cannot_be_deployed(tmp_path: Path, catalog: Catalog
 def test_missing_file() -> None:
     with pytest.raises(ValidationError, match="file not found"):
         load_catalog("/nonexistent/presets.yaml")
+
+
+def test_no_engine_image_needs_more_than_its_droplet_image_ships(catalog: Catalog) -> None:
+    """Issue 14: from the catalog's own facts, every gpu type's engine images run on its droplet image's
+    driver (the shipped catalog loads only if so); vLLM's default CUDA 13 image on DigitalOcean's CUDA 12.9
+    NVIDIA image is refused, naming both."""
+    from agentcloud.catalog import version_tuple
+
+    for gpu in catalog.gpu_types.values():
+        ships = catalog.droplet_images[gpu.droplet_image]
+        for image in (gpu.engine_images.vllm, gpu.engine_images.llamacpp):
+            needs = catalog.engine_images_need[image]
+            for kind in ("cuda", "rocm"):
+                if getattr(needs, kind):
+                    assert getattr(ships, kind) and version_tuple(getattr(needs, kind)) <= version_tuple(
+                        getattr(ships, kind)
+                    ), (gpu.size_slug, image)
+    data = _raw()
+    data["engine_images_need"]["vllm/vllm-openai:v0.33.0"] = {"cuda": "13.0"}
+    for gpu in data["gpu_types"].values():
+        if gpu["vendor"] == "nvidia":
+            gpu["engine_images"] = {**gpu["engine_images"], "vllm": "vllm/vllm-openai:v0.33.0"}
+    with pytest.raises(CatalogError) as err:
+        _parse(data)
+    assert "gpu_types.h100.engine_images.vllm: 'vllm/vllm-openai:v0.33.0' needs cuda 13.0 but " in str(
+        err.value
+    )
+    assert "gpu-h100x1-base ships cuda 12.9" in str(err.value)

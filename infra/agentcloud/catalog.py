@@ -219,6 +219,22 @@ class Plan(Strict):
     tokens_per_minute: Annotated[int, Field(ge=1)] | None
 
 
+Version = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)*$")]
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split("."))
+
+
+class Runtime(Strict):
+    """A GPU runtime: what a droplet image ships (``cuda: "12.9"``, ``rocm: "6.4"``) or an engine image needs
+    at least."""
+
+    cuda: Version | None = None
+    rocm: Version | None = None
+    checked: Checked | None = None
+
+
 class DedicatedInferenceOffer(Strict):
     """DigitalOcean's managed Dedicated Inference: where it runs. A deployment with
     ``backend: dedicated-inference`` is declared there instead of on droplets (priced per accelerator-hour as
@@ -242,6 +258,8 @@ class Catalog(Strict):
     plans: dict[Slug, Plan]
     providers: dict[Slug, Provider] = Field(default_factory=dict)
     dedicated_inference: DedicatedInferenceOffer | None = None
+    droplet_images: dict[str, Runtime] = Field(default_factory=dict)
+    engine_images_need: dict[str, Runtime] = Field(default_factory=dict)
 
     def regions_offering(self, gpu_type: str) -> list[str]:
         return [name for name, region in self.regions.items() if gpu_type in region.gpu_types]
@@ -338,6 +356,50 @@ def _cross_check(cat: Catalog, doc: Document) -> list[Problem]:
                 )
             )
         ranks[plan.rank] = pname
+    return problems + _runtime_problems(cat, doc)
+
+
+def _runtime_problems(cat: Catalog, doc: Document) -> list[Problem]:
+    """No engine image may need a newer CUDA or ROCm than its gpu type's droplet image ships (checked only
+    where the catalog states both; a project that states neither is not held to it)."""
+    problems: list[Problem] = []
+    if not cat.droplet_images:
+        return problems
+    for name, gpu in cat.gpu_types.items():
+        ships = cat.droplet_images.get(gpu.droplet_image)
+        if ships is None:
+            problems.append(
+                doc.problem(
+                    ("gpu_types", name, "droplet_image"),
+                    f"droplet image '{gpu.droplet_image}' is not in droplet_images",
+                    fix="add what it ships (cuda or rocm version) under droplet_images",
+                )
+            )
+            continue
+        for engine, image in (("vllm", gpu.engine_images.vllm), ("llamacpp", gpu.engine_images.llamacpp)):
+            needs = cat.engine_images_need.get(image)
+            if needs is None:
+                problems.append(
+                    doc.problem(
+                        ("gpu_types", name, "engine_images", engine),
+                        f"engine image '{image}' is not in engine_images_need",
+                        fix="add the cuda or rocm version it needs at least under engine_images_need",
+                    )
+                )
+                continue
+            for kind in ("cuda", "rocm"):
+                need, have = getattr(needs, kind), getattr(ships, kind)
+                if need is not None and (have is None or version_tuple(need) > version_tuple(have)):
+                    problems.append(
+                        doc.problem(
+                            ("gpu_types", name, "engine_images", engine),
+                            f"'{image}' needs {kind} {need} but {gpu.droplet_image} ships "
+                            f"{f'{kind} {have}' if have else f'no {kind}'}",
+                            fix=f"pick a build of the engine for {kind} {have}"
+                            if have
+                            else "pick another image",
+                        )
+                    )
     return problems
 
 
