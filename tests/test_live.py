@@ -19,7 +19,7 @@ def test_fetch_follows_pagination() -> None:
     with fake_digitalocean() as url:
         sizes = fetch_sizes(TOKEN, endpoint=url)
     assert set(sizes) == {s["slug"] for s in _Handler.sizes}
-    assert len([r for r in _Handler.requests if r.startswith("/v2/sizes")]) == 3
+    assert len([r for r in _Handler.requests if r.startswith("GET /v2/sizes")]) == 3
     assert sizes["gpu-h100x1-80gb"].regions == ("nyc2", "tor1")
 
 

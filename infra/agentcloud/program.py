@@ -26,7 +26,15 @@ def plan_from_config() -> ServingPlan:
         else Document(file=str(stack_file), data={"config": {DEPLOYMENT_KEY: deployment}})
     )
     catalog = load_catalog()
-    return plan(parse_stack(doc, catalog), catalog)
+    spec = parse_stack(doc, catalog)
+    alternatives = spec.alternatives()
+    index = config.get_int("placement") or 0
+    if not 0 <= index < len(alternatives):
+        raise InfraError(
+            f"{stack_file}: agent-cloud:placement is {index} but the deployment has {len(alternatives) - 1} "
+            "fallback(s); unset it (`pulumi config rm agent-cloud:placement`)"
+        )
+    return plan(alternatives[index], catalog)
 
 
 def run() -> pulumi.ComponentResource:

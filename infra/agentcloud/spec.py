@@ -24,12 +24,17 @@ from agentcloud.schema import Strict, validate
 DEPLOYMENT_KEY = f"{PULUMI_PROJECT}:deployment"
 MAX_REPLICAS = 16
 # Config keys in our namespace besides the deployment (all optional; the secrets are set with --secret).
+PLACEMENT_KEY = f"{PULUMI_PROJECT}:placement"
+"""Which of a deployment's alternatives the stack runs (0: as declared; i: its i-th fallback). Set by the
+stack operations when DigitalOcean has no capacity for the ones before; not written in stack files by hand."""
+
 KNOWN_PROJECT_KEYS = {
     DEPLOYMENT_KEY,
     f"{PULUMI_PROJECT}:gateway",
     f"{PULUMI_PROJECT}:hfToken",
     f"{PULUMI_PROJECT}:engineApiKey",
     f"{PULUMI_PROJECT}:keepModelCache",
+    PLACEMENT_KEY,
 }
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")]
@@ -115,6 +120,19 @@ class Backend(StrEnum):
     DEDICATED_INFERENCE = "dedicated-inference"
 
 
+class Placement(Strict):
+    """A fallback: where (and on what) to deploy when the declared choice has no capacity. Each key it sets
+    replaces the deployment's; what it leaves out stays as declared."""
+
+    region: str | None = None
+    gpu_type: str | None = None
+    precision: Precision | None = None
+    preset: str | None = None
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in self.model_dump(exclude_none=True, mode="json").items())
+
+
 class DeploymentSpec(Strict):
     """A deployment as a stack file declares it (validated against the catalog)."""
 
@@ -135,6 +153,22 @@ class DeploymentSpec(Strict):
         default=Routing.PREFIX_AWARE, description="how requests spread over the replicas"
     )
     backend: Backend = Field(default=Backend.DROPLETS, description="droplets, or dedicated-inference")
+    fallbacks: tuple[Placement, ...] = Field(
+        default=(), max_length=8, description="where to go, in order, when DigitalOcean has no capacity"
+    )
+
+    def alternatives(self) -> list[DeploymentSpec]:
+        """The declared placement, then each fallback applied to it, in the user's order."""
+        out = [self]
+        for fallback in self.fallbacks:
+            changes = fallback.model_dump(exclude_none=True)
+            out.append(self.model_copy(update={**changes, "fallbacks": ()}))
+        return out
+
+    def placement(self) -> str:
+        """Where this (alternative) lands, for people: region, gpu type, precision."""
+        gpu = self.gpu_type or f"the {self.preset} preset's gpu"
+        return f"{self.region} on {gpu}" + (f" in {self.precision.value}" if self.precision else "")
 
     @model_validator(mode="after")
     def _replicas_within_scaling(self) -> DeploymentSpec:
@@ -321,6 +355,8 @@ def parse_stack(doc: Document, catalog: Catalog) -> DeploymentSpec:
     problems += found
     if spec is not None:
         problems += check_against_catalog(spec, catalog, doc, base)
+        for i, alternative in enumerate(spec.alternatives()[1:]):
+            problems += check_against_catalog(alternative, catalog, doc, (*base, "fallbacks", i))
     elif isinstance(config[DEPLOYMENT_KEY], dict):  # every problem in one run: the names too
         problems += check_names(config[DEPLOYMENT_KEY], catalog, doc, base)
     if problems or spec is None:

@@ -127,9 +127,27 @@ class PulumiStackOps:
         return {k: v.value for k, v in stack.outputs().items()}
 
     def up(self, stack: str, progress: Progress) -> dict[str, Any]:
+        """`pulumi up`; when DigitalOcean has no capacity for the stack's placement, again on each fallback
+        in turn (stack config agent-cloud:placement), starting from where the stack landed before."""
+        from pulumi import automation as auto
+
+        from agentcloud.catalog import load_catalog
+        from agentcloud.lifecycle.placement import up_with_fallbacks
+        from agentcloud.spec import PLACEMENT_KEY, load_stack
+
         s = self._stack(stack)
-        s.up(on_output=progress)
-        return self._outputs(s)
+        spec = load_stack(self.work_dir / f"Pulumi.{stack}.yaml", load_catalog())
+        try:
+            start = int(s.get_config(PLACEMENT_KEY).value)
+        except auto.CommandError:  # not set: as declared
+            start = 0
+
+        def attempt(index: int) -> dict[str, Any]:
+            s.set_config(PLACEMENT_KEY, auto.ConfigValue(str(index)))
+            s.up(on_output=progress)
+            return self._outputs(s)
+
+        return up_with_fallbacks(spec, attempt, progress, start=start if start <= len(spec.fallbacks) else 0)
 
     def refresh(self, stack: str, progress: Progress) -> dict[str, Any]:
         s = self._stack(stack)

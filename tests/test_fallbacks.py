@@ -1,0 +1,97 @@
+"""Capacity-aware provisioning (issue 14): a stack whose first choice DigitalOcean answers "Size is not
+available in this region." lands on its next fallback, and says so. The up is the real Pulumi program run
+in-process under Pulumi's mocks, its droplets created through pydo on a local stand-in of the v2 API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agentcloud.catalog import Catalog
+from agentcloud.lifecycle.mocked import ProgramOps
+from agentcloud.lifecycle.operations import prepare_api_workspace
+from agentcloud.lifecycle.placement import NoCapacity, is_capacity_error
+from tests.fake_digitalocean import TOKEN, fake_digitalocean
+
+H100_NYC2_ONLY = [
+    {"slug": "gpu-h100x1-80gb", "available": True, "regions": ["nyc2"], "price_hourly": 4.41},
+    {"slug": "gpu-h200x1-141gb", "available": True, "regions": ["atl1", "nyc2"], "price_hourly": 4.47},
+]
+
+
+def stack(workspace: Path, **deployment: Any) -> str:
+    body = {
+        "name": "fallback-8b",
+        "model_id": "llama-3.1-8b-instruct",
+        "region": "tor1",
+        "gpu_type": "h100",
+        "preset": "latency",
+        "ssh": {"allowed_cidrs": ["198.51.100.0/24"]},
+        **deployment,
+    }
+    (workspace / f"Pulumi.{body['name']}.yaml").write_text(
+        yaml.safe_dump({"config": {"agent-cloud:deployment": body}})
+    )
+    return str(body["name"])
+
+
+def test_no_capacity_in_the_first_choice_lands_on_the_next(tmp_path: Path, catalog: Catalog) -> None:
+    workspace = prepare_api_workspace(tmp_path / "ws")
+    name = stack(workspace, fallbacks=[{"region": "nyc2"}, {"region": "atl1", "gpu_type": "h200"}])
+    said: list[str] = []
+    with fake_digitalocean(H100_NYC2_ONLY) as url:
+        ops = ProgramOps(workspace, url, TOKEN)
+        out = ops.up(name, said.append)
+        assert out["placement"]["index"] == 1 and out["placement"]["where"] == "nyc2 on h100"
+        assert any(
+            "no capacity for tor1 on h100 (Size is not available in this region.); 2 fallback(s) left" in m
+            for m in said
+        ), said
+        assert any(m.startswith("landed on fallback 1: nyc2 on h100") for m in said), said
+        (endpoint,) = out["endpoints"]
+        assert endpoint["private_ip"].startswith("10.10.0.") and endpoint["port"] == 8000
+        droplets = ops.client.droplets.list(enforce_https=False)["droplets"]
+        assert [(d["name"], d["region"]["slug"], d["size_slug"]) for d in droplets] == [
+            ("fallback-8b-0", "nyc2", "gpu-h100x1-80gb")
+        ]
+        # a later up stays where it landed and keeps the droplet
+        again = ops.up(name, said.append)
+        assert again["placement"]["index"] == 1
+        assert [d["id"] for d in ops.client.droplets.list(enforce_https=False)["droplets"]] == [
+            droplets[0]["id"]
+        ]
+        ops.destroy(name, True, said.append)
+        assert ops.client.droplets.list(enforce_https=False)["droplets"] == []
+
+
+def test_without_a_fallback_the_up_says_why_and_what_to_do(tmp_path: Path) -> None:
+    workspace = prepare_api_workspace(tmp_path / "ws")
+    name = stack(workspace)
+    with fake_digitalocean(H100_NYC2_ONLY) as url, pytest.raises(NoCapacity) as err:
+        ProgramOps(workspace, url, TOKEN).up(name, lambda _: None)
+    message = str(err.value)
+    assert "no capacity for any alternative: tor1 on h100: Size is not available in this region." in message
+    assert "add fallbacks" in message
+
+
+def test_other_failures_are_not_mistaken_for_capacity() -> None:
+    assert is_capacity_error("422 unprocessable_entity: Size is not available in this region.")
+    assert not is_capacity_error("401 Unable to authenticate you.")
+    assert not is_capacity_error("422 name is required")
+
+
+def test_fallbacks_are_checked_like_the_declaration(tmp_path: Path, catalog: Catalog) -> None:
+    from agentcloud.errors import SpecError
+    from agentcloud.spec import load_stack
+
+    name = stack(
+        tmp_path, fallbacks=[{"region": "nyc2"}, {"region": "mars1"}, {"gpu_type": "l40s", "region": "atl1"}]
+    )
+    with pytest.raises(SpecError) as err:
+        load_stack(tmp_path / f"Pulumi.{name}.yaml", catalog)
+    text = str(err.value)
+    assert "fallbacks[1].region: unknown region (got 'mars1')" in text
+    assert "fallbacks[2].gpu_type: gpu type 'l40s' is not offered in region 'atl1'" in text
