@@ -22,9 +22,9 @@ from typing import Any
 
 import pulumi
 import yaml
+from pulumi.runtime.settings import SETTINGS
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
-from pulumi.runtime.settings import SETTINGS
 
 from agentcloud import PULUMI_PROJECT
 from agentcloud.catalog import load_catalog
