@@ -95,3 +95,25 @@ def test_fallbacks_are_checked_like_the_declaration(tmp_path: Path, catalog: Cat
     text = str(err.value)
     assert "fallbacks[1].region: unknown region (got 'mars1')" in text
     assert "fallbacks[2].gpu_type: gpu type 'l40s' is not offered in region 'atl1'" in text
+
+
+def test_plan_prices_fallbacks_and_live_shows_the_choice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agentcloud.cli import main
+
+    name = stack(tmp_path, fallbacks=[{"region": "nyc2"}, {"region": "atl1", "gpu_type": "h200"}])
+    path = str(tmp_path / f"Pulumi.{name}.yaml")
+    assert main(["plan", path]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "fallback [fallback-8b] 1: nyc2 on h100, $" in out and "fallback [fallback-8b] 2: atl1 on h200" in out
+    )
+    monkeypatch.setenv("DIGITALOCEAN_TOKEN", TOKEN)
+    with fake_digitalocean(H100_NYC2_ONLY) as url:
+        assert main(["plan", path, "--live", "--api-endpoint", url]) == 0  # a fallback has capacity
+        out = capsys.readouterr().out
+        assert "live [fallback-8b] NO gpu-h100x1-80gb in tor1" in out
+        assert "live [fallback-8b] an up now lands on fallback 1: nyc2 on h100" in out
+        plain = stack(tmp_path, name="no-fallback")
+        assert main(["plan", str(tmp_path / f"Pulumi.{plain}.yaml"), "--live", "--api-endpoint", url]) == 1

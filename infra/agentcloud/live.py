@@ -106,5 +106,17 @@ def check(stack: str, plan: ServingPlan, sizes: dict[str, SizeOffer]) -> Availab
     return Availability(stack, slug, region, offered, offer.regions if offer.available else (), note)
 
 
+def choose(stack: str, alternatives: list[ServingPlan], sizes: dict[str, SizeOffer]) -> dict[str, Any]:
+    """The declared placement's availability, and which alternative an up would land on now (the first whose
+    size is offered in its region), as ``chosen`` ("fallback 1: nyc2 on h100"), when it is not the first."""
+    first = check(stack, alternatives[0], sizes).as_dict()
+    if not first["offered"]:
+        for i, alternative in enumerate(alternatives[1:], start=1):
+            if check(stack, alternative, sizes).offered:
+                first["chosen"] = f"fallback {i}: {alternative.region} on {alternative.gpu_type_name}"
+                break
+    return first
+
+
 def check_all(items: Iterable[tuple[str, ServingPlan]], sizes: dict[str, SizeOffer]) -> list[Availability]:
     return [check(stack, plan, sizes) for stack, plan in items]

@@ -59,20 +59,34 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def _plan_stacks(
     paths: Sequence[Path], catalog: Catalog
-) -> tuple[list[tuple[str, ServingPlan]], list[str], bool]:
-    """Plans, failures, and whether any failure is bad input (exit 2) rather than a plan that does not fit."""
-    plans, failures, bad_input = [], [], False
+) -> tuple[list[tuple[str, ServingPlan]], dict[str, list[ServingPlan]], list[str], bool]:
+    """Plans, each stack's fallback plans, failures, and whether any failure is bad input (exit 2) rather
+    than a plan that does not fit."""
+    plans: list[tuple[str, ServingPlan]] = []
+    fallbacks: dict[str, list[ServingPlan]] = {}
+    failures: list[str] = []
+    bad_input = False
     for path in paths:
         name = path.name
         try:
             name = stack_name_of(path)
-            plans.append((name, plan(load_stack(path, catalog), catalog)))
+            spec = load_stack(path, catalog)
+            plans.append((name, plan(spec, catalog)))
+            fallbacks[name] = []
+            for i, alternative in enumerate(spec.alternatives()[1:], start=1):
+                try:
+                    fallbacks[name].append(plan(alternative, catalog))
+                except PlanError as exc:
+                    first = str(exc).splitlines()[0]
+                    failures.append(
+                        f"{path}: fallback {i} ({alternative.placement()}) cannot be served: {first}"
+                    )
         except PlanError as exc:
             failures.append(f"{path}: cannot be served as declared: {exc}")
         except InfraError as exc:
             failures.append(str(exc))
             bad_input = True
-    return plans, failures, bad_input
+    return plans, fallbacks, failures, bad_input
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -83,14 +97,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"no deployment stack files in {stacks_dir()}; add one (see `agentcloud init`)", file=sys.stderr
         )
         return 2
-    plans, failures, bad_input = _plan_stacks(paths, catalog)
-    rows = [{"stack": name, **p.summary()} for name, p in plans]
+    plans, fallbacks, failures, bad_input = _plan_stacks(paths, catalog)
+    rows = [
+        {
+            "stack": name,
+            **p.summary(),
+            "fallbacks": [
+                {
+                    "where": f"{f.region} on {f.gpu_type_name}",
+                    "hourly_usd": f.hourly_usd,
+                    "fit": f.fit.verdict,
+                }
+                for f in fallbacks.get(name, [])
+            ],
+        }
+        for name, p in plans
+    ]
     live: list[dict[str, Any]] = []
     if args.live and plans:
-        from agentcloud.live import check_all, fetch_sizes
+        from agentcloud.live import choose, fetch_sizes
 
         sizes = fetch_sizes(_token(), endpoint=args.api_endpoint)
-        live = [a.as_dict() for a in check_all(plans, sizes)]
+        live = [choose(name, [p, *fallbacks.get(name, [])], sizes) for name, p in plans]
     oldest, unrecorded = catalog_age(catalog)
     if args.json:
         out: dict[str, Any] = {
@@ -105,6 +133,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if rows:
             print_table(rows)
             for r in rows:
+                for i, f in enumerate(r["fallbacks"], start=1):
+                    print(
+                        f"  fallback [{r['stack']}] {i}: {f['where']}, ${f['hourly_usd']:.2f}/h ({f['fit']})"
+                    )
                 for note in r["notes"]:
                     print(f"  note [{r['stack']}]: {note}")
         if not args.stacks:  # stack files that declare no GPU deployment: said, not silently skipped
@@ -117,9 +149,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for a in live:
             mark = "ok " if a["offered"] else "NO "
             print(f"  live [{a['stack']}] {mark}{a['size_slug']} in {a['region']}: {a['note']}")
+            if a.get("chosen"):
+                print(f"  live [{a['stack']}] an up now lands on {a['chosen']}")
         for failure in failures:
             print(f"\nerror: {failure}", file=sys.stderr)
-    live_ok = all(a["offered"] for a in live)
+    live_ok = all(a["offered"] or a.get("chosen") for a in live)
     return 2 if bad_input else 1 if failures or not live_ok else 0
 
 
