@@ -117,3 +117,25 @@ def test_plan_prices_fallbacks_and_live_shows_the_choice(
         assert "live [fallback-8b] an up now lands on fallback 1: nyc2 on h100" in out
         plain = stack(tmp_path, name="no-fallback")
         assert main(["plan", str(tmp_path / f"Pulumi.{plain}.yaml"), "--live", "--api-endpoint", url]) == 1
+
+
+def test_agentcloud_up_applies_a_git_stack_with_its_fallbacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The GitOps path (`agentcloud up STACK`, what the workflow applies with) in a project made by
+    `agentcloud init`: the stack file in stacks/, no capacity in its region, landed on its fallback."""
+    from agentcloud.cli import main
+
+    monkeypatch.delenv("AGENTCLOUD_PROJECT", raising=False)
+    assert main(["init", str(tmp_path / "demo")]) == 0
+    name = stack(tmp_path / "demo" / "stacks", name="gitops-8b", fallbacks=[{"region": "nyc2"}])
+    monkeypatch.chdir(tmp_path / "demo")
+    capsys.readouterr()
+    with fake_digitalocean(H100_NYC2_ONLY) as url:
+        monkeypatch.setenv("AGENTCLOUD_STACK_OPS", "agentcloud.lifecycle.mocked:from_env")
+        monkeypatch.setenv("DIGITALOCEAN_API_ENDPOINT", url)
+        monkeypatch.setenv("DIGITALOCEAN_TOKEN", TOKEN)
+        assert main(["up", name]) == 0
+    out = capsys.readouterr().out
+    assert "no capacity for tor1 on h100 (Size is not available in this region.)" in out
+    assert "gitops-8b: up on nyc2 on h100, 1 endpoint(s): 10.10.0." in out

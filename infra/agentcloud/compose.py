@@ -59,7 +59,8 @@ def routes_for(
 
 def stack_ops_from(spec: str | None, workspace: Path) -> StackOps:
     """Pulumi's Automation API by default; ``module:factory`` (AGENTCLOUD_STACK_OPS) names another, for
-    example a stand-in cloud in tests."""
+    example `agentcloud.lifecycle.mocked:from_env` (the program against a v2 API at DIGITALOCEAN_API_ENDPOINT)
+    or a stand-in cloud in tests. A factory that takes an argument gets the Pulumi project folder."""
     if not spec:
         from agentcloud.lifecycle.operations import PulumiStackOps
 
@@ -69,7 +70,9 @@ def stack_ops_from(spec: str | None, workspace: Path) -> StackOps:
         factory: Any = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
         raise InfraError(f"AGENTCLOUD_STACK_OPS={spec}: cannot load it ({exc}); use module:factory") from None
-    ops: StackOps = factory()
+    import inspect
+
+    ops: StackOps = factory(workspace) if inspect.signature(factory).parameters else factory()
     return ops
 
 

@@ -78,7 +78,7 @@ class Project:
         return path
 
 
-def _load(root: Path) -> Project:
+def project_at(root: Path) -> Project:
     path = root / PROJECT_FILE
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -100,11 +100,11 @@ def find_project(start: Path | None = None) -> Project | None:
                 f"AGENTCLOUD_PROJECT={named}: no {PROJECT_FILE} there; point it at your project's folder or "
                 "unset it to search from the current directory"
             )
-        return _load(root)
+        return project_at(root)
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / PROJECT_FILE).is_file():
-            return _load(folder)
+            return project_at(folder)
     return None
 
 

@@ -169,6 +169,33 @@ def age_note(oldest: datetime.date | None, unrecorded: int) -> str:
     return text + (f"; {fix}" if days > 30 or unrecorded else "")
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    """A stack's `pulumi up` through the Automation API, with its fallbacks when DigitalOcean has no capacity
+    (what the GitOps workflow applies with)."""
+    from agentcloud.compose import stack_ops_from
+    from agentcloud.project import require_project
+
+    project = require_project()
+    path = resolve_stack(args.stack)
+    load_stack(path, load_catalog(args.catalog))  # every problem of the file first, before any cloud call
+    spec = os.environ.get("AGENTCLOUD_STACK_OPS")
+    if spec:
+        ops = stack_ops_from(spec, project.root)
+    else:
+        from agentcloud.lifecycle.operations import PulumiStackOps
+
+        ops = PulumiStackOps(project.root, policy_pack=args.policy_pack)
+    ops.preflight()
+    outputs = ops.up(stack_name_of(path), lambda line: print(f"    {line.rstrip()}", flush=True))
+    placement = outputs.get("placement") or {}
+    endpoints = outputs.get("endpoints") or []
+    print(
+        f"{stack_name_of(path)}: up on {placement.get('where', 'its declared placement')}, "
+        f"{len(endpoints)} endpoint(s): {', '.join(str(e.get('private_ip')) for e in endpoints) or '-'}"
+    )
+    return 0
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
     path = resolve_stack(args.stack)
@@ -407,6 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=argparse.SUPPRESS,
     )
     p.set_defaults(func=cmd_plan)
+
+    u = sub.add_parser("up", help="pulumi up a stack, moving to its fallbacks when there is no capacity")
+    u.add_argument("stack", help="stack name or file")
+    u.add_argument("--policy-pack", help="a policy pack folder to enforce (the GitOps workflow: policy)")
+    u.set_defaults(func=cmd_up)
 
     r = sub.add_parser("render", help="write every rendered artefact of a stack for review")
     r.add_argument("stack")

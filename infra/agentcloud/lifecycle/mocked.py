@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -34,6 +35,9 @@ from agentcloud.spec import PLACEMENT_KEY, load_stack
 DROPLET = "digitalocean:index/droplet:Droplet"
 DYNAMIC = "pulumi-python:dynamic:Resource"
 _LOCK = threading.Lock()
+_QUIET = logging.getLogger("agentcloud.lifecycle.mocked.engine")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False  # a failed create is reported once, by the up, not as the engine's traceback
 
 
 class ConvergingMocks(pulumi.runtime.Mocks):
@@ -82,12 +86,16 @@ def _droplets(client: Any, tag: str, extra: dict[str, Any]) -> list[dict[str, An
 
 
 class ProgramOps:
-    """`StackOps` for a workspace of stack files (`Pulumi.<stack>.yaml`), against a v2 API at ``endpoint``."""
+    """`StackOps` for a Pulumi project folder (its stack files where its Pulumi.yaml says), against a v2 API
+    at ``endpoint``."""
 
     def __init__(self, workspace: Path, endpoint: str, token: str) -> None:
         import pydo
 
+        from agentcloud.project import project_at
+
         self.workspace = workspace
+        self.stacks = project_at(workspace).stacks_dir
         self.client = pydo.Client(token=token, endpoint=endpoint)
         # plain http only for a local API; the token still goes only where it was told
         self.extra: dict[str, Any] = {"enforce_https": False} if endpoint.startswith("http://") else {}
@@ -100,7 +108,7 @@ class ProgramOps:
         return f"agentcloud:stack:{stack}"
 
     def up(self, stack: str, progress: Callable[[str], None]) -> dict[str, Any]:
-        spec = load_stack(self.workspace / f"Pulumi.{stack}.yaml", load_catalog())
+        spec = load_stack(self.stacks / f"Pulumi.{stack}.yaml", load_catalog())
         outputs = up_with_fallbacks(
             spec,
             lambda index: self._run(stack, index, progress),
@@ -120,13 +128,13 @@ class ProgramOps:
         self.placements.pop(stack, None)
 
     def _run(self, stack: str, index: int, progress: Callable[[str], None]) -> dict[str, Any]:
-        config = yaml.safe_load((self.workspace / f"Pulumi.{stack}.yaml").read_text())["config"]
+        config = yaml.safe_load((self.stacks / f"Pulumi.{stack}.yaml").read_text())["config"]
         progress(f"Updating ({stack})")
         with _LOCK:
             from agentcloud.program import run
 
             mocks = ConvergingMocks(self.client, self._tag(stack), self.extra)
-            pulumi.runtime.set_mocks(mocks, project=PULUMI_PROJECT, stack=stack, preview=False)
+            pulumi.runtime.set_mocks(mocks, project=PULUMI_PROJECT, stack=stack, preview=False, logger=_QUIET)
             values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
             values[PLACEMENT_KEY] = str(index)
             pulumi.runtime.set_all_config(values)
@@ -156,3 +164,18 @@ class ProgramOps:
                 progress(f"deleting droplet {droplet['name']} (no longer declared)")
                 self.client.droplets.destroy(droplet_id=droplet["id"], **self.extra)
         return result
+
+
+def from_env(workspace: Path) -> ProgramOps:
+    """AGENTCLOUD_STACK_OPS=agentcloud.lifecycle.mocked:from_env: the API at DIGITALOCEAN_API_ENDPOINT (a
+    local stand-in or twin of DigitalOcean) with DIGITALOCEAN_TOKEN."""
+    from agentcloud.errors import InfraError
+
+    endpoint = os.environ.get("DIGITALOCEAN_API_ENDPOINT")
+    token = os.environ.get("DIGITALOCEAN_TOKEN") or os.environ.get("DIGITALOCEAN_ACCESS_TOKEN")
+    if not endpoint or not token:
+        raise InfraError(
+            "agentcloud.lifecycle.mocked needs DIGITALOCEAN_API_ENDPOINT (the API to converge onto) and "
+            "DIGITALOCEAN_TOKEN"
+        )
+    return ProgramOps(workspace, endpoint, token)

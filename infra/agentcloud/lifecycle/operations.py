@@ -101,8 +101,10 @@ TOKEN_VARIABLES = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")
 class PulumiStackOps:
     """Stack operations through the Pulumi Automation API (the control plane's `StackOps` in production)."""
 
-    def __init__(self, work_dir: Path, backend_url: str | None = None) -> None:
-        self.work_dir = work_dir
+    def __init__(
+        self, work_dir: Path, backend_url: str | None = None, policy_pack: str | None = None
+    ) -> None:
+        self.work_dir, self.policy_pack = work_dir, policy_pack
         self.backend_url = backend_url or os.environ.get("PULUMI_BACKEND_URL", DEFAULT_BACKEND)
 
     def preflight(self) -> None:
@@ -133,10 +135,11 @@ class PulumiStackOps:
 
         from agentcloud.catalog import load_catalog
         from agentcloud.lifecycle.placement import up_with_fallbacks
+        from agentcloud.project import project_at
         from agentcloud.spec import PLACEMENT_KEY, load_stack
 
         s = self._stack(stack)
-        spec = load_stack(self.work_dir / f"Pulumi.{stack}.yaml", load_catalog())
+        spec = load_stack(project_at(self.work_dir).stacks_dir / f"Pulumi.{stack}.yaml", load_catalog())
         try:
             start = int(s.get_config(PLACEMENT_KEY).value)
         except auto.CommandError:  # not set: as declared
@@ -144,7 +147,7 @@ class PulumiStackOps:
 
         def attempt(index: int) -> dict[str, Any]:
             s.set_config(PLACEMENT_KEY, auto.ConfigValue(str(index)))
-            s.up(on_output=progress)
+            s.up(on_output=progress, policy_packs=[self.policy_pack] if self.policy_pack else None)
             return self._outputs(s)
 
         return up_with_fallbacks(spec, attempt, progress, start=start if start <= len(spec.fallbacks) else 0)
