@@ -139,3 +139,57 @@ def test_agentcloud_up_applies_a_git_stack_with_its_fallbacks(
     out = capsys.readouterr().out
     assert "no capacity for tor1 on h100 (Size is not available in this region.)" in out
     assert "gitops-8b: up on nyc2 on h100, 1 endpoint(s): 10.10.0." in out
+
+
+SPOT_OVERLAY = """gpu_types:
+  h100:
+    spot: {size_slug: gpu-h100x1-80gb-spot, hourly_usd: 1.99, regions: [nyc2]}
+"""
+
+
+def test_spot_first_then_on_demand_when_reclaimed_or_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Spot droplets where the catalog has an offer, priced as spot; when DigitalOcean reclaims them and has
+    no spot capacity, the next up lands on demand in the same place, and says so."""
+    from agentcloud.catalog import load_catalog
+    from agentcloud.cli import main
+
+    monkeypatch.delenv("AGENTCLOUD_PROJECT", raising=False)
+    assert main(["init", str(tmp_path / "demo")]) == 0
+    (tmp_path / "demo" / "presets.yaml").write_text(SPOT_OVERLAY)
+    monkeypatch.chdir(tmp_path / "demo")
+    name = stack(tmp_path / "demo" / "stacks", name="spot-8b", region="nyc2", spot=True)
+    assert main(["plan", name]) == 0
+    out = capsys.readouterr().out
+    assert "spot $1.99/h per droplet (on demand $4.41/h)" in out
+    assert main(["plan", "--json", name]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["plans"][0]["hourly_usd"] < 2.1
+    sizes = [*H100_NYC2_ONLY, {"slug": "gpu-h100x1-80gb-spot", "available": True, "regions": ["nyc2"]}]
+    with fake_digitalocean(sizes) as url:
+        ops = ProgramOps(tmp_path / "demo", url, TOKEN)
+        said: list[str] = []
+        assert ops.up(name, said.append)["placement"]["where"] == "nyc2 on h100 (spot)"
+        (droplet,) = ops.client.droplets.list(enforce_https=False)["droplets"]
+        assert droplet["size_slug"] == "gpu-h100x1-80gb-spot"
+        # DigitalOcean reclaims it, and has no spot capacity left in nyc2
+        ops.client.droplets.destroy(droplet_id=droplet["id"], enforce_https=False)
+        sizes[-1]["available"] = False
+        ops.placements.clear()  # a recovery up tries spot first again
+        landed = ops.up(name, said.append)
+        assert landed["placement"]["where"] == "nyc2 on h100"
+        assert any("no capacity for nyc2 on h100 (spot) (Size is not available" in m for m in said), said
+        (droplet,) = ops.client.droplets.list(enforce_https=False)["droplets"]
+        assert droplet["size_slug"] == "gpu-h100x1-80gb"
+    assert load_catalog().gpu_types["h100"].spot is not None
+
+
+def test_spot_where_there_is_no_offer_is_refused(tmp_path: Path, catalog: Catalog) -> None:
+    from agentcloud.errors import SpecError
+    from agentcloud.spec import load_stack
+
+    name = stack(tmp_path, name="spot-8b", spot=True)
+    with pytest.raises(SpecError, match=r"spot: no spot droplets of 'h100' in 'tor1' in the catalog"):
+        load_stack(tmp_path / f"Pulumi.{name}.yaml", catalog)

@@ -59,6 +59,16 @@ class Checked(Strict):
     via: str
 
 
+class SpotOffer(Strict):
+    """A gpu type's spot droplets (DigitalOcean's public preview since August 2026): their own size slug,
+    price and regions. DigitalOcean may reclaim them at any time."""
+
+    size_slug: str
+    hourly_usd: PositiveFloat
+    regions: tuple[Slug, ...]
+    checked: Checked | None = None
+
+
 class GpuType(Strict):
     """A GPU droplet size: slug, GPUs, VRAM, price, regions, image."""
 
@@ -72,6 +82,7 @@ class GpuType(Strict):
     engine_images: EngineImages
     contract_only: bool = False
     checked: Checked | None = None
+    spot: SpotOffer | None = None
 
     @property
     def vram_gib(self) -> float:

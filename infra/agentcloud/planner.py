@@ -96,6 +96,7 @@ class ServingPlan:
     notes: tuple[str, ...] = field(default=())
     routing: Routing = Routing.PREFIX_AWARE
     backend: Backend = Backend.DROPLETS
+    spot: bool = False
 
     @property
     def accelerator_type(self) -> str:
@@ -105,7 +106,7 @@ class ServingPlan:
 
     @property
     def size_slug(self) -> str:
-        return self.gpu.size_slug
+        return self.gpu.spot.size_slug if self.spot and self.gpu.spot else self.gpu.size_slug
 
     @property
     def droplet_image(self) -> str:
@@ -153,12 +154,14 @@ class ServingPlan:
             "concurrency_limit": self.sla.concurrency_limit if self.sla else None,
             "routing": self.routing.value,
             "backend": self.backend.value,
+            "spot": self.spot,
             "notes": list(self.notes),
         }
 
 
 def hourly_droplets(gpu: GpuType, spec: DeploymentSpec, volume_monthly: float, catalog: Catalog) -> float:
-    return round(gpu.hourly_usd * spec.replicas + volume_monthly / catalog.hours_per_month, 2)
+    price = gpu.spot.hourly_usd if spec.spot and gpu.spot else gpu.hourly_usd
+    return round(price * spec.replicas + volume_monthly / catalog.hours_per_month, 2)
 
 
 def _precision(spec: DeploymentSpec, preset: Preset, model: Model, notes: list[str]) -> Precision:
@@ -355,6 +358,12 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
         max_model_len = capped
     if gpu.contract_only:
         notes.append(f"{gpu_name} is sold by contract only; its price here is an estimate")
+    if spec.spot and gpu.spot:
+        notes.append(
+            f"spot ${gpu.spot.hourly_usd:.2f}/h per droplet (on demand ${gpu.hourly_usd:.2f}/h): "
+            "DigitalOcean may reclaim them; an up then lands on demand in the same place, and on the "
+            "fallbacks after that"
+        )
     region = catalog.regions[spec.region]
     if not region.confirmed:
         notes.append(f"region {spec.region} is unconfirmed: {region.note or 'check with --live'}")
@@ -444,6 +453,7 @@ def plan(spec: DeploymentSpec, catalog: Catalog) -> ServingPlan:
         sla=spec.sla,
         routing=spec.routing,
         backend=spec.backend,
+        spot=spec.spot,
         ssh=spec.ssh,
         network=spec.network,
         notes=tuple(notes),

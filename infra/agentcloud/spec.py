@@ -153,6 +153,10 @@ class DeploymentSpec(Strict):
         default=Routing.PREFIX_AWARE, description="how requests spread over the replicas"
     )
     backend: Backend = Field(default=Backend.DROPLETS, description="droplets, or dedicated-inference")
+    spot: bool = Field(
+        default=False,
+        description="spot droplets where offered; on-demand when they are reclaimed or unavailable",
+    )
     fallbacks: tuple[Placement, ...] = Field(
         default=(), max_length=8, description="where to go, in order, when DigitalOcean has no capacity"
     )
@@ -160,15 +164,18 @@ class DeploymentSpec(Strict):
     def alternatives(self) -> list[DeploymentSpec]:
         """The declared placement, then each fallback applied to it, in the user's order."""
         out = [self]
+        if self.spot:  # spot first; the same placement on demand when spot is reclaimed or unavailable
+            out.append(self.model_copy(update={"spot": False, "fallbacks": ()}))
         for fallback in self.fallbacks:
             changes = fallback.model_dump(exclude_none=True)
-            out.append(self.model_copy(update={**changes, "fallbacks": ()}))
+            out.append(self.model_copy(update={**changes, "fallbacks": (), "spot": False}))
         return out
 
     def placement(self) -> str:
         """Where this (alternative) lands, for people: region, gpu type, precision."""
         gpu = self.gpu_type or f"the {self.preset} preset's gpu"
-        return f"{self.region} on {gpu}" + (f" in {self.precision.value}" if self.precision else "")
+        where = f"{self.region} on {gpu}" + (f" in {self.precision.value}" if self.precision else "")
+        return where + (" (spot)" if self.spot else "")
 
     @model_validator(mode="after")
     def _replicas_within_scaling(self) -> DeploymentSpec:
@@ -230,6 +237,20 @@ def check_against_catalog(
             )
     if spec.backend is Backend.DEDICATED_INFERENCE:
         problems += _dedicated_inference_problems(spec, catalog, doc, base)
+    if spec.spot and gpu in catalog.gpu_types:
+        offer = catalog.gpu_types[gpu].spot
+        if offer is None or spec.region not in offer.regions:
+            with_spot = [
+                f"{n} in {', '.join(g.spot.regions)}" for n, g in catalog.gpu_types.items() if g.spot
+            ]
+            problems.append(
+                doc.problem(
+                    (*base, "spot"),
+                    f"no spot droplets of '{gpu}' in '{spec.region}' in the catalog",
+                    allowed="; ".join(with_spot) or "no gpu type has a spot offer in the catalog",
+                    fix="drop spot, or pick a gpu type and region with a spot offer",
+                )
+            )
     return problems
 
 
