@@ -80,6 +80,7 @@ def test_report_on_a_git_history(tmp_path: Path, catalog: Catalog, monkeypatch: 
 def test_workflow_runs_preview_with_policy_and_up_on_merge() -> None:
     wf = yaml.safe_load((ROOT / ".github/workflows/deployments.yml").read_text())
     steps = "\n".join(str(s.get("run", "")) for s in wf["jobs"]["deploy"]["steps"])
-    assert "pulumi preview" in steps and "--policy-pack policy" in steps and "pulumi up" in steps
+    assert "pulumi preview" in steps and "--policy-pack policy" in steps
+    assert 'agentcloud up "$stack" --policy-pack policy' in steps  # applies with the fallbacks
     assert "agentcloud gitops report" in steps
     assert set(wf[True]) == {"pull_request", "push"}  # YAML reads the key `on` as True
