@@ -257,3 +257,18 @@ def test_dedicated_inference_is_refused_where_it_cannot_serve(catalog: Catalog) 
     assert "Dedicated Inference is not offered in 'ams3'" in problems(region="ams3", gpu_type="h100")
     gguf = next(name for name, m in catalog.models.items() if m.is_gguf)
     assert "Hugging Face checkpoints only" in problems(model_id=gguf, preset="speed")
+
+
+def test_a_dedicated_inference_stack_routes_through_the_gateway() -> None:
+    """Its outputs give the gateway one route: the service's private endpoint, no SSH hosts."""
+    from agentcloud.control.outputs import routes_from_outputs
+
+    outputs = {
+        "endpoint": "abc123.private.inference.do-ai.run",
+        "plan": {"model_id": "llama-3.3-70b-instruct", "backend": "dedicated-inference", "gpu_type": "h200"},
+    }
+    routes = routes_from_outputs(outputs, "DI_TOKEN")
+    assert routes["endpoints"] == ["https://abc123.private.inference.do-ai.run/v1"]
+    assert routes["hosts"] == [] and routes["api_key_env"] == "DI_TOKEN"
+    droplets = routes_from_outputs({**outputs, "plan": {**outputs["plan"], "backend": "droplets"}}, None)
+    assert droplets["endpoints"] == []  # a droplet stack's routes come from its droplets' endpoints only

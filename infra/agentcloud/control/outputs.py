@@ -14,6 +14,10 @@ def routes_from_outputs(outputs: dict[str, Any], engine_key_env: str | None) -> 
         for e in outputs.get("endpoints") or []
         if e.get("private_ip")
     ]
+    if plan.get("backend") == "dedicated-inference" and outputs.get("endpoint"):
+        # DigitalOcean's managed service: its private endpoint in the VPC, OpenAI-compatible over HTTPS; the
+        # engine key is one of its access tokens (docs/catalog.md)
+        endpoints = [f"https://{outputs['endpoint']}/v1"]
     hosts = [
         {"host": e["private_ip"], "host_public_key": outputs.get("host_public_key"), "port": 22}
         for e in outputs.get("endpoints") or []
