@@ -33,6 +33,15 @@ class _Handler(BaseHTTPRequestHandler):
     sizes: ClassVar[list[dict[str, Any]]] = SIZES
     requests: ClassVar[list[str]] = []
     droplets: ClassVar[dict[int, dict[str, Any]]] = {}
+    regions: ClassVar[list[dict[str, Any]]] = [
+        {"slug": slug, "name": name, "available": True}
+        for slug, name in (
+            ("nyc2", "New York 2"),
+            ("tor1", "Toronto 1"),
+            ("atl1", "Atlanta 1"),
+            ("ams3", "Amsterdam 3"),
+        )
+    ]
 
     def _authorized(self) -> bool:
         self.requests.append(f"{self.command} {self.path}")
@@ -103,6 +112,10 @@ class _Handler(BaseHTTPRequestHandler):
             tag = parse_qs(url.query).get("tag_name", [None])[0]
             found = [d for d in self.droplets.values() if tag is None or tag in d["tags"]]
             return self._send(200, {"droplets": found, "links": {}, "meta": {"total": len(found)}})
+        if url.path == "/v2/regions":
+            return self._send(
+                200, {"regions": self.regions, "links": {}, "meta": {"total": len(self.regions)}}
+            )
         if url.path != "/v2/sizes":
             return self._send(
                 404, {"id": "not_found", "message": "The resource you requested could not be found."}

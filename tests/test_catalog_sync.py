@@ -149,3 +149,16 @@ def test_editor_replaces_inserts_and_keeps_comments() -> None:
     assert out.endswith("d: 2\ng:\n  h: 1.5\n")
     with pytest.raises(InfraError, match=r"f.yaml:2: a is not a one-line value"):
         set_value(out, "f.yaml", ("a",), 3)
+
+
+def test_a_region_that_takes_no_new_droplets_offers_nothing(catalog: Catalog) -> None:
+    from agentcloud.catalog_sync import compare
+    from agentcloud.live import SizeOffer
+
+    sizes = {
+        s["slug"]: SizeOffer(s["slug"], True, tuple(s["regions"]), s["price_hourly"]) for s in sizes_of(catalog)
+    }
+    regions = {"ams3": {"slug": "ams3", "name": "Amsterdam 3", "available": False}}
+    changes, notes, _ = compare(catalog, sizes, regions)
+    assert [str(c) for c in changes] == ["regions.ams3.gpu_types: ['h100', 'h100_8', 'l40s'] -> []"]
+    assert "region ams3 takes no new droplets now (GET /v2/regions)" in notes

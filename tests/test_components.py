@@ -263,7 +263,7 @@ def test_a_dedicated_inference_stack_routes_through_the_gateway() -> None:
     """Its outputs give the gateway one route: the service's private endpoint, no SSH hosts."""
     from agentcloud.control.outputs import routes_from_outputs
 
-    outputs = {
+    outputs: dict[str, Any] = {
         "endpoint": "abc123.private.inference.do-ai.run",
         "plan": {"model_id": "llama-3.3-70b-instruct", "backend": "dedicated-inference", "gpu_type": "h200"},
     }

@@ -1,7 +1,8 @@
 """`agentcloud catalog sync`: the catalog's prices and regions made to agree with DigitalOcean's API.
 
-It reads ``GET /v2/sizes`` (through pydo; ``DIGITALOCEAN_API_ENDPOINT`` points it elsewhere) and, for every
-self-serve gpu type of the catalog, compares the hourly price and the regions where the size is offered now.
+It reads ``GET /v2/sizes`` and ``GET /v2/regions`` (through pydo; ``DIGITALOCEAN_API_ENDPOINT`` points it
+elsewhere) and, for every self-serve gpu type of the catalog, compares the hourly price and the regions where
+the size is offered now (a region that takes no new droplets offers nothing).
 Differences are written into the file that holds each value, in place (comments and layout kept), and every
 gpu type and region it confirmed records the date and source (``checked: {date, via}``). A value that comes
 from the catalog agentcloud ships is written into the project's overlay (``presets.yaml``) instead, so an
@@ -51,10 +52,21 @@ def offered_in(offer: SizeOffer | None, region: str) -> bool:
     return offer is not None and offer.available and region in offer.regions
 
 
-def compare(catalog: Catalog, sizes: dict[str, SizeOffer]) -> tuple[list[Change], list[str], list[KeyPath]]:
-    """Value changes, notes for people, and the paths whose `checked` record this sync renews."""
+def compare(
+    catalog: Catalog, sizes: dict[str, SizeOffer], regions: dict[str, dict[str, Any]] | None = None
+) -> tuple[list[Change], list[str], list[KeyPath]]:
+    """Value changes, notes for people, and the paths whose `checked` record this sync renews. ``regions``
+    (GET /v2/regions) names regions and says which take no new droplets: nothing is offered there."""
     changes: list[Change] = []
     notes: list[str] = []
+    regions = regions or {}
+    closed = {slug for slug, r in regions.items() if r.get("available") is False}
+    sizes = {
+        slug: SizeOffer(o.slug, o.available, tuple(r for r in o.regions if r not in closed), o.price_hourly)
+        for slug, o in sizes.items()
+    }
+    for slug in sorted(closed & catalog.regions.keys()):
+        notes.append(f"region {slug} takes no new droplets now (GET /v2/regions)")
     confirmed: list[KeyPath] = []
     for name, gpu in catalog.gpu_types.items():
         if gpu.contract_only:
@@ -88,7 +100,8 @@ def compare(catalog: Catalog, sizes: dict[str, SizeOffer]) -> tuple[list[Change]
             )
     gpu_regions = {r for o in sizes.values() if o.slug.startswith("gpu-") and o.available for r in o.regions}
     for region_name in sorted(gpu_regions - catalog.regions.keys()):
-        notes.append(f"region {region_name} sells GPU droplets but is not in the catalog's regions")
+        named = f" ({regions[region_name]['name']})" if regions.get(region_name, {}).get("name") else ""
+        notes.append(f"region {region_name}{named} sells GPU droplets but is not in the catalog's regions")
     return changes, notes, confirmed
 
 
@@ -97,6 +110,7 @@ def sync(
     catalog_path: Path | str | None = None,
     check: bool = False,
     today: datetime.date | None = None,
+    regions: dict[str, dict[str, Any]] | None = None,
 ) -> SyncResult:
     """Compare, and unless ``check``, write the changes and the `checked` records. Returns what changed."""
     sources = catalog_sources(catalog_path)
@@ -104,7 +118,7 @@ def sync(
     doc = load_document(sources[0])
     for extra in sources[1:]:
         doc = overlay(doc, load_document(extra))
-    changes, notes, confirmed = compare(catalog, sizes)
+    changes, notes, confirmed = compare(catalog, sizes, regions)
     if check:
         return SyncResult(changes, notes, "", [])
     stamp = {"date": today or datetime.date.today(), "via": VIA}

@@ -85,6 +85,28 @@ def fetch_sizes(
     return sizes
 
 
+def fetch_regions(
+    token: str, endpoint: str = DEFAULT_ENDPOINT, timeout_s: float = 20.0
+) -> dict[str, dict[str, Any]]:
+    """GET /v2/regions: every region by slug, with its name and whether it takes new droplets."""
+    import pydo
+    from azure.core.exceptions import AzureError, HttpResponseError
+
+    client = pydo.Client(token=token, endpoint=endpoint)
+    extra: dict[str, Any] = {"connection_timeout": timeout_s, "read_timeout": timeout_s}
+    if endpoint.startswith("http://"):
+        extra["enforce_https"] = False
+    try:
+        body = client.regions.list(per_page=PAGE_SIZE, **extra)
+    except HttpResponseError as exc:
+        raise LiveCheckError(
+            f"DigitalOcean answered {getattr(exc, 'status_code', None)} to GET /v2/regions"
+        ) from None
+    except (AzureError, OSError) as exc:
+        raise LiveCheckError(f"could not reach DigitalOcean at {endpoint}: {type(exc).__name__}") from None
+    return {r["slug"]: dict(r) for r in body.get("regions") or []}
+
+
 def check(stack: str, plan: ServingPlan, sizes: dict[str, SizeOffer]) -> Availability:
     slug, region = plan.size_slug, plan.region
     offer = sizes.get(slug)

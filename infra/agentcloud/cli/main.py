@@ -278,10 +278,12 @@ def _token() -> str:
 
 def cmd_catalog_sync(args: argparse.Namespace) -> int:
     from agentcloud.catalog_sync import sync
-    from agentcloud.live import fetch_sizes
+    from agentcloud.live import fetch_regions, fetch_sizes
 
-    sizes = fetch_sizes(_token(), endpoint=args.api_endpoint)
-    result = sync(sizes, args.catalog, check=args.check)
+    token = _token()
+    sizes = fetch_sizes(token, endpoint=args.api_endpoint)
+    regions = fetch_regions(token, endpoint=args.api_endpoint)
+    result = sync(sizes, args.catalog, check=args.check, regions=regions)
     for note in result.notes:
         print(f"  note: {note}")
     if args.check:
