@@ -235,6 +235,8 @@ def alternatives(
     found: dict[tuple[str, str, Precision], Alternative] = {}
     for gname, gpu in catalog.gpu_types.items():
         tp = gpu.gpus
+        if not catalog.regions_offering(gname):  # offered nowhere (yet): no use as an alternative
+            continue
         if engine == "vllm" and tp > 1 and model.kv_heads % tp and tp % model.kv_heads:
             continue
         for pname, preset in catalog.presets.items():
