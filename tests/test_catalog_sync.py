@@ -156,7 +156,8 @@ def test_a_region_that_takes_no_new_droplets_offers_nothing(catalog: Catalog) ->
     from agentcloud.live import SizeOffer
 
     sizes = {
-        s["slug"]: SizeOffer(s["slug"], True, tuple(s["regions"]), s["price_hourly"]) for s in sizes_of(catalog)
+        s["slug"]: SizeOffer(s["slug"], True, tuple(s["regions"]), s["price_hourly"])
+        for s in sizes_of(catalog)
     }
     regions = {"ams3": {"slug": "ams3", "name": "Amsterdam 3", "available": False}}
     changes, notes, _ = compare(catalog, sizes, regions)

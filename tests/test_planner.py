@@ -20,7 +20,7 @@ def _spec(catalog: Catalog, model: str, gpu: str, preset: str = "balanced", **kw
 
 
 def offered(catalog: Catalog) -> list[str]:
-    """Gpu types some region offers (a type in no region, such as one awaiting `catalog sync`, cannot plan)."""
+    """Gpu types some region offers (one in no region, awaiting `catalog sync`, cannot plan)."""
     return [g for g in catalog.gpu_types if catalog.regions_offering(g)]
 
 
