@@ -79,7 +79,7 @@ def test_region_with_unknown_gpu_type() -> None:
     with pytest.raises(CatalogError) as err:
         _parse(data)
     text = str(err.value)
-    assert "regions.nyc2.gpu_types[6]: unknown gpu type (got 'a100')" in text and "fix:" in text
+    assert "regions.nyc2.gpu_types[7]: unknown gpu type (got 'a100')" in text and "fix:" in text
 
 
 def test_every_problem_reported_at_once() -> None:
