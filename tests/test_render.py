@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -96,15 +97,83 @@ def test_render_matrix(catalog: Catalog) -> None:
             assert f"--alias {p.model_id}" in r.files["agentcloud-engine"]
 
 
-def test_host_key_only_when_given(catalog: Catalog) -> None:
+def generated_host_key() -> HostKey:
+    """A real ed25519 pair, as `pulumi up` generates for each deployment."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return HostKey(private, public.decode())
+
+
+def test_reviewed_user_data_is_the_deployed_one_with_markers_for_the_key(catalog: Catalog) -> None:
+    """Issue 9: `agentcloud render` shows the host-key block too (markers where the secret goes), so what is
+    reviewed is what `pulumi up` sends."""
+    from agentcloud.render import REVIEW_HOST_KEY
+
     p = plan(load_stack(STACKS / "Pulumi.prod-inference.yaml", catalog), catalog)
-    assert "ssh_keys" not in yaml.safe_load(render(p).user_data)
-    key = HostKey(
-        "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n", "ssh-ed25519 AAAA"
-    )
-    cloud = yaml.safe_load(render(p, key).user_data)
+    key = generated_host_key()
+    deployed, reviewed = render(p, key).user_data, render(p).user_data
+    cloud = yaml.safe_load(deployed)
     assert cloud["ssh_keys"] == {"ed25519_private": key.private_openssh, "ed25519_public": key.public_openssh}
-    assert cloud["ssh_deletekeys"] is True and cloud["ssh_genkeytypes"] == []
+    assert cloud["ssh_deletekeys"] is True and "ssh_genkeytypes" not in cloud
+    masked = yaml.safe_load(reviewed)
+    assert masked["ssh_keys"]["ed25519_private"] == REVIEW_HOST_KEY.private_openssh
+    assert {**masked, "ssh_keys": None} == {**cloud, "ssh_keys": None}
+    assert "PRIVATE KEY" not in reviewed
+
+
+CLOUD_INIT = shutil.which("cloud-init")
+
+
+@pytest.mark.skipif(CLOUD_INIT is None, reason="cloud-init (Debian package) not installed: setup installs it")
+@pytest.mark.parametrize("stack", sorted(p.name.split(".")[1] for p in STACKS.glob("Pulumi.*.yaml")))
+def test_user_data_passes_cloud_inits_own_schema(stack: str, catalog: Catalog, tmp_path: Path) -> None:
+    """What `pulumi up` sends (a real generated host key) and what `render` shows, checked by cloud-init's
+    own `cloud-init schema` (Debian's 22.4), for every stack file of the repository, the gateway's too."""
+    from agentcloud.gateway_stack import GatewaySpec, user_data
+
+    raw = yaml.safe_load((STACKS / f"Pulumi.{stack}.yaml").read_text())["config"]
+    if "agent-cloud:gateway" in raw:
+        spec = GatewaySpec.model_validate(raw["agent-cloud:gateway"])
+        texts = {"deployed": user_data(spec, generated_host_key()), "reviewed": user_data(spec)}
+    else:
+        p = plan(load_stack(STACKS / f"Pulumi.{stack}.yaml", catalog), catalog)
+        texts = {"deployed": render(p, generated_host_key()).user_data, "reviewed": render(p).user_data}
+    for kind, text in texts.items():
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(text)
+        done = subprocess.run(
+            [str(CLOUD_INIT), "schema", "--config-file", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0 and "Valid cloud-config" in done.stdout, (
+            f"{kind}: {done.stdout}{done.stderr}"
+        )
+
+
+def test_nvidia_droplets_ensure_their_container_runtime(catalog: Catalog, tmp_path: Path) -> None:
+    """Issue 9: the NVIDIA container runtime is ensured (installed when missing, then checked) before the
+    engine is enabled; AMD droplets do not run it."""
+    from agentcloud.render import NVIDIA_RUNTIME_SCRIPT
+
+    nvidia = plan(load_stack(STACKS / "Pulumi.prod-inference.yaml", catalog), catalog)
+    cloud = yaml.safe_load(render(nvidia).user_data)
+    runcmd = [c if isinstance(c, str) else " ".join(c) for c in cloud["runcmd"]]
+    ensure = runcmd.index(f"{NVIDIA_RUNTIME_SCRIPT} || exit 1")
+    assert ensure < next(i for i, c in enumerate(runcmd) if "agentcloud-engine.path" in c)
+    script = next(f["content"] for f in cloud["write_files"] if f["path"] == NVIDIA_RUNTIME_SCRIPT)
+    assert "apt-get install -y -qq nvidia-container-toolkit" in script and "json .Runtimes" in script
+    (tmp_path / "ensure.sh").write_text(script)
+    assert subprocess.run(["sh", "-n", str(tmp_path / "ensure.sh")], check=False).returncode == 0
+    amd = plan(load_stack(STACKS / "Pulumi.cost-70b.yaml", catalog), catalog)
+    assert NVIDIA_RUNTIME_SCRIPT not in render(amd).user_data
 
 
 def test_containers_cannot_reach_the_metadata_service(catalog: Catalog) -> None:

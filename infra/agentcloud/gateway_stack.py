@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from agentcloud import PULUMI_PROJECT
-from agentcloud.render import HostKey, dump_yaml, environment
+from agentcloud.render import REVIEW_HOST_KEY, HostKey, dump_yaml, environment
 from agentcloud.schema import Strict
 from agentcloud.spec import Ssh
 
@@ -85,7 +85,8 @@ class GatewayView:
     data_dir: str
 
 
-def user_data(spec: GatewaySpec, host_key: HostKey | None = None) -> str:
+def user_data(spec: GatewaySpec, host_key: HostKey = REVIEW_HOST_KEY) -> str:
+    """The gateway droplets' #cloud-config (for review, markers where the host key goes)."""
     view = GatewayView(
         spec.name,
         spec.port,
@@ -121,10 +122,8 @@ def user_data(spec: GatewaySpec, host_key: HostKey | None = None) -> str:
             ["systemctl", "enable", "--now", "agentcloud-gateway.path"],
         ],
     }
-    if host_key is not None:
-        doc.update(
-            ssh_deletekeys=True,
-            ssh_genkeytypes=[],
-            ssh_keys={"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public_openssh},
-        )
+    doc.update(  # with ssh_keys given, cloud-init generates no other host key
+        ssh_deletekeys=True,
+        ssh_keys={"ed25519_private": host_key.private_openssh, "ed25519_public": host_key.public_openssh},
+    )
     return "#cloud-config\n" + dump_yaml(doc)
