@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agentcloud.catalog import Catalog
+from agentcloud.catalog import Catalog, load_catalog
 from agentcloud.gitops import report
 from agentcloud.policy_checks import catalog_prices, cost_violation, droplet_violations, firewall_violations
 from tests.stackfiles import deployment, write_stack
@@ -83,4 +83,60 @@ def test_workflow_runs_preview_with_policy_and_up_on_merge() -> None:
     assert "pulumi preview" in steps and "--policy-pack policy" in steps
     assert 'agentcloud up "$stack" --policy-pack policy' in steps  # applies with the fallbacks
     assert "agentcloud gitops report" in steps
+    # a presets.yaml edit counts: the touched stacks come from the report, not from the changed stack files
+    assert "-- 'stacks/Pulumi.*.yaml' presets.yaml" in steps and "--stacks" in steps
     assert set(wf[True]) == {"pull_request", "push"}  # YAML reads the key `on` as True
+
+
+def _git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout
+
+
+@pytest.mark.parametrize("layout", ["whole catalog", "overlay"])
+def test_a_preset_edit_reports_exactly_the_stacks_it_changes(
+    layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9: a pull request that edits presets.yaml plans every stack whose plan it changes, and only
+    those, each side with its own revision of the catalog; `--stacks` lists them for the workflow."""
+    from agentcloud.cli import main
+
+    monkeypatch.delenv("AGENTCLOUD_PROJECT", raising=False)
+    assert main(["init", str(tmp_path / "repo")]) == 0
+    repo = tmp_path / "repo"
+    (repo / "stacks" / "Pulumi.example.yaml").unlink()
+    if layout == "whole catalog":
+        (repo / "presets.yaml").write_text((ROOT / "presets.yaml").read_text())
+    write_stack(
+        repo / "stacks",
+        deployment(name="on-h100", gpu_type="h100", region="tor1", model_id="llama-3.1-8b-instruct"),
+        name="on-h100",
+    )
+    write_stack(repo / "stacks", deployment(name="on-mi300x"), name="on-mi300x")
+    monkeypatch.chdir(repo)
+    capsys.readouterr()
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "base")
+    old = load_catalog().gpu_types["h100"].hourly_usd
+    if layout == "whole catalog":
+        text = (repo / "presets.yaml").read_text()
+        (repo / "presets.yaml").write_text(
+            text.replace(f"    hourly_usd: {old}\n", "    hourly_usd: 5.5\n", 1)
+        )
+    else:
+        (repo / "presets.yaml").write_text("gpu_types:\n  h100:\n    hourly_usd: 5.5\n")
+    changed = _git(repo, "diff", "--name-only", "main").split()
+    assert changed == ["presets.yaml"]
+    rows, table = report(changed, "main", load_catalog())
+    assert [(r["stack"], r["why"]) for r in rows] == [("on-h100", "catalog")], table
+    assert rows[0]["after"] - rows[0]["before"] == pytest.approx(5.5 - old, abs=0.01)
+    assert "| on-h100 | catalog |" in table and "on-mi300x" not in table
+    assert main(["gitops", "report", "presets.yaml", "--base", "main", "--stacks"]) == 0
+    assert capsys.readouterr().out.split() == ["stacks/Pulumi.on-h100.yaml"]

@@ -265,7 +265,11 @@ def cmd_gitops(args: argparse.Namespace) -> int:
     from agentcloud.gitops import report
 
     rows, text = report(args.files, args.base, load_catalog(args.catalog))
-    print(json.dumps(rows, indent=2) if args.json else text)
+    if args.stacks:
+        for r in rows:
+            print(r["file"])
+    else:
+        print(json.dumps(rows, indent=2) if args.json else text)
     return 1 if any(r["error"] for r in rows) else 0
 
 
@@ -467,11 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_gateway(sub)
     add_deployments(sub)
 
-    g = sub.add_parser("gitops", help="for pull requests: the $/h change of changed stack files")
+    g = sub.add_parser(
+        "gitops", help="for pull requests: the stacks a change of stack files or presets.yaml touches, $/h"
+    )
     g.add_argument("action", choices=["report"])
     g.add_argument("files", nargs="*")
     g.add_argument("--base", default="origin/main", help="git ref the change is compared with")
     g.add_argument("--json", action="store_true", help="machine-readable output")
+    g.add_argument("--stacks", action="store_true", help="only the touched stack files, one per line")
     g.set_defaults(func=cmd_gitops)
 
     c = sub.add_parser(
