@@ -18,6 +18,7 @@ from agentcloud.catalog import Catalog, Routing
 from agentcloud.control.errors import NotManaged, StackBusy
 from agentcloud.control.jobs import Job, JobRunner
 from agentcloud.control.outputs import routes_from_outputs
+from agentcloud.control.secrets_push import ENGINE_KEY_ENV, PushSecrets
 from agentcloud.control.sla import SlaWatch
 from agentcloud.control.webhooks import WebhookSender
 from agentcloud.errors import InfraError
@@ -65,6 +66,7 @@ class Deployments:
         self.store, self.db, self.catalog, self.jobs = store, db, catalog, jobs
         self.stack_ops, self.stacks_dir, self.webhooks, self.sla = stack_ops, stacks_dir, webhooks, sla
         self.healthy, self.publish = healthy, publish
+        self.push_secrets: PushSecrets | None = None  # set by the control plane from its config
         self._edits: dict[str, asyncio.Lock] = {}  # one settings edit per deployment at a time
         self.clock: Callable[[], float] = time.time  # the meter's (tests move it)
 
@@ -174,6 +176,20 @@ class Deployments:
             routes["wakeable"] = bool(scaling.get("scale_to_zero"))
             await self.move(dep_id, Status.INACTIVE, Reason.SCALED_TO_ZERO, routes=routes)
             return
+        if self.push_secrets is None:
+            job.log.append("no engine key configured (AGENTCLOUD_ENGINE_API_KEY): secrets not pushed")
+        else:
+            routes["api_key_env"] = routes.get("api_key_env") or ENGINE_KEY_ENV
+            engine = str(routes.get("engine") or "vllm")
+            problem = await asyncio.to_thread(self.push_secrets, routes["hosts"], engine)
+            if problem is not None:
+                await self.save(dataclasses.replace(record, routes=routes))
+                await self.move(
+                    dep_id, Status.DEGRADED, f"{operation}: secrets not delivered: {problem}"[:300]
+                )
+                await self.webhooks.emit(dep_id, "deployment.degraded", {"reason": "secrets not delivered"})
+                return
+            job.log.append(f"engine secrets delivered to {len(routes['hosts'])} droplet(s)")
         record = await self.save(dataclasses.replace(record, routes=routes))
         if await self.healthy(routes["endpoints"]):
             await self.move(dep_id, Status.ACTIVE, f"{operation}: engine healthy", healthy=True)

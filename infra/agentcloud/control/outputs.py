@@ -19,7 +19,11 @@ def routes_from_outputs(outputs: dict[str, Any], engine_key_env: str | None) -> 
         # engine key is one of its access tokens (docs/catalog.md)
         endpoints = [f"https://{outputs['endpoint']}/v1"]
     hosts = [
-        {"host": e["private_ip"], "host_public_key": outputs.get("host_public_key"), "port": 22}
+        {
+            "host": e["private_ip"],
+            "host_public_key": outputs.get("host_public_key"),
+            "port": e.get("ssh_port", 22),
+        }
         for e in outputs.get("endpoints") or []
         if e.get("private_ip") and outputs.get("host_public_key")
     ]

@@ -20,6 +20,7 @@ from agentcloud.control.api import ManagementApi, RoutingBody
 from agentcloud.control.autoscaler import Autoscaler
 from agentcloud.control.deployments import Deployments, Publish, StackOps
 from agentcloud.control.jobs import JobRunner
+from agentcloud.control.secrets_push import pusher
 from agentcloud.control.sla import SlaWatch
 from agentcloud.control.uploads import Deliver, Uploads
 from agentcloud.control.webhooks import Policy, WebhookSender
@@ -84,6 +85,7 @@ class ControlPlane:
             self.healthy,
             publish,
         )
+        self.deployments.push_secrets = pusher(config)
         self.autoscaler = Autoscaler(
             store, self.db, self.deployments, self.jobs, self.sla, config.autoscale_interval_s
         )

@@ -52,7 +52,11 @@ class GatewayConfig:
     # bring your own model
     upload_dir: str = field(default_factory=lambda: str(_data_dir() / "models"))
     max_model_bytes: int = 200 * 1024**3
-    ssh_key: str | None = None  # the gateway's SSH private key for model delivery
+    ssh_key: str | None = None  # the gateway's SSH private key for model delivery and engine secrets
+    # What the control plane writes to every droplet after each up (control/secrets_push.py); never logged
+    engine_api_key: str | None = field(default=None, repr=False)
+    hf_token: str | None = field(default=None, repr=False)
+    engine_env_path: str = "/etc/agentcloud/engine.env"
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     # webhooks: http and loopback targets only for local development and tests
     webhooks_allow_http: bool = False
@@ -94,6 +98,9 @@ class GatewayConfig:
             ("journal_dir", str),
             ("max_model_bytes", int),
             ("ssh_key", str),
+            ("engine_api_key", str),
+            ("hf_token", str),
+            ("engine_env_path", str),
             ("max_body_bytes", int),
             ("max_upload_bytes", int),
             ("connect_timeout_s", float),
