@@ -1,6 +1,6 @@
-"""Issue 9: the engine's secrets reach every droplet the control plane makes, with no manual step: after each
-up (create, scale: the path the autoscaler and wake take too) the control plane writes the engine's environment
-file over SFTP, host key pinned, to a real OpenSSH server standing in for the droplets; a droplet it cannot
+"""Issue 9: the engine's secrets reach every droplet the control plane makes, with no manual step: after
+each up (create, scale: the path the autoscaler and wake take too) the control plane writes the engine's
+environment file over SFTP, host key pinned, to a real OpenSSH server standing in for the droplets; a droplet it cannot
 reach leaves the deployment degraded with that reason, never active on an engine without its key."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _status(r: Running, key: str, dep_id: str, status: str) -> dict[str, Any]:
 def test_create_and_scale_deliver_the_engine_secrets(
     world: tuple[Running, DropletOps, Path, Keys], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    r, ops, env_file, keys = world
+    r, _, env_file, keys = world
     monkeypatch.setenv("AGENTCLOUD_ENGINE_API_KEY", ENGINE_KEY)  # what the data plane sends to the engines
     made = _call(r, keys.admin, "POST", json=SPEC)
     assert made.status_code == 202, made.text
