@@ -1,7 +1,7 @@
 """Issue 9: the engine's secrets reach every droplet the control plane makes, with no manual step: after
 each up (create, scale: the path the autoscaler and wake take too) the control plane writes the engine's
-environment file over SFTP, host key pinned, to a real OpenSSH server standing in for the droplets; a droplet it cannot
-reach leaves the deployment degraded with that reason, never active on an engine without its key."""
+environment file over SFTP, host key pinned, to a real OpenSSH server standing in for the droplets; a droplet
+it cannot reach leaves the deployment degraded with that reason, never active on an engine without its key."""
 
 from __future__ import annotations
 
