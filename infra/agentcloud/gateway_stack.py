@@ -19,6 +19,18 @@ from agentcloud.spec import Ssh
 
 GATEWAY_KEY = f"{PULUMI_PROJECT}:gateway"
 ENV_FILE = "/etc/agentcloud/gateway.env"
+DATA_DIR = (
+    "/var/lib/agentcloud"  # the service user's state: store, journal, uploads, API stacks, Pulumi's home
+)
+PULUMI_ROOT = "/opt/pulumi"
+
+
+def _installed(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
 DATACENTERS = (
     "nyc1",
     "nyc2",
@@ -61,10 +73,30 @@ class GatewaySpec(Strict):
     vpc_uuid: str | None = None
     ssh: Ssh = Ssh()
     shared_store: SharedStore | None = Field(default=None, description="default: on when replicas > 1")
+    state_backend: str | None = Field(
+        default=None,
+        description="where the control plane keeps deployment stacks' state (PULUMI_BACKEND_URL); default: a "
+        "directory on the droplet, which only one replica can have: more need a shared one (Spaces: s3://...)",
+    )
+    pulumi_version: Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")] = Field(
+        default_factory=lambda: _installed("pulumi"),
+        description="the Pulumi CLI installed on the droplets (default: the SDK version planning it)",
+    )
 
     def model_post_init(self, _: Any) -> None:
         if self.region not in DATACENTERS:
             raise ValueError(f"unknown region {self.region!r}; fix: use one of {', '.join(DATACENTERS)}")
+        if self.replicas > 1 and (self.state_backend is None or self.state_backend.startswith("file://")):
+            raise ValueError(
+                f"replicas {self.replicas} would keep {self.replicas} separate stack states on their own "
+                "disks; fix: set state_backend to a shared backend, e.g. "
+                "s3://BUCKET?endpoint=nyc3.digitaloceanspaces.com (Spaces keys go into the gateway's "
+                "secrets file as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+            )
+
+    @property
+    def backend_url(self) -> str:
+        return self.state_backend or f"file://{DATA_DIR}/pulumi-state"
 
     @property
     def store(self) -> SharedStore | None:
@@ -83,6 +115,8 @@ class GatewayView:
     venv: str
     routes_file: str
     data_dir: str
+    backend_url: str = ""
+    pulumi_bin: str = f"{PULUMI_ROOT}/bin"
 
 
 def user_data(spec: GatewaySpec, host_key: HostKey = REVIEW_HOST_KEY) -> str:
@@ -93,7 +127,8 @@ def user_data(spec: GatewaySpec, host_key: HostKey = REVIEW_HOST_KEY) -> str:
         ENV_FILE,
         "/opt/agentcloud/venv",
         "/etc/agentcloud/routes.yaml",
-        "/var/lib/agentcloud",
+        DATA_DIR,
+        spec.backend_url,
     )
     env = environment()
     files = {
@@ -115,9 +150,12 @@ def user_data(spec: GatewaySpec, host_key: HostKey = REVIEW_HOST_KEY) -> str:
             {"path": p, "permissions": "0644", "owner": "root:root", "content": c} for p, c in files.items()
         ],
         "runcmd": [
-            ["install", "-d", "-m", "0750", "-o", "agentcloud", "/var/lib/agentcloud"],
+            ["install", "-d", "-m", "0750", "-o", "agentcloud", DATA_DIR],
             ["python3", "-m", "venv", view.venv],
             [f"{view.venv}/bin/pip", "install", "--quiet", spec.package],
+            # the control plane's stack operations need the Pulumi CLI: pinned, from Pulumi's installer
+            f"curl -fsSL https://get.pulumi.com | sh -s -- --version {spec.pulumi_version} "
+            f"--install-root {PULUMI_ROOT} --no-edit-path || exit 1",
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", "agentcloud-gateway.path"],
         ],

@@ -25,7 +25,15 @@ from agentcloud.planner import plan
 from agentcloud.spec import DEPLOYMENT_KEY, DeploymentSpec, parse_stack
 
 Progress = Callable[[str], None]
-DEFAULT_BACKEND = f"file://{Path.home() / '.agentcloud-state'}"
+
+
+def default_backend() -> str:
+    """PULUMI_BACKEND_URL, else a local directory: under AGENTCLOUD_DATA_DIR when set (a gateway droplet,
+    whose service user has no home), else ~/.agentcloud-state."""
+    if os.environ.get("PULUMI_BACKEND_URL"):
+        return os.environ["PULUMI_BACKEND_URL"]
+    data = os.environ.get("AGENTCLOUD_DATA_DIR")
+    return f"file://{Path(data) / 'pulumi-state'}" if data else f"file://{Path.home() / '.agentcloud-state'}"
 
 
 def validate_deployment(data: dict[str, Any], catalog: Catalog, file: str = "request") -> DeploymentSpec:
@@ -105,7 +113,7 @@ class PulumiStackOps:
         self, work_dir: Path, backend_url: str | None = None, policy_pack: str | None = None
     ) -> None:
         self.work_dir, self.policy_pack = work_dir, policy_pack
-        self.backend_url = backend_url or os.environ.get("PULUMI_BACKEND_URL", DEFAULT_BACKEND)
+        self.backend_url = backend_url or default_backend()
 
     def preflight(self) -> None:
         """The Pulumi CLI and a DigitalOcean token, before any deployment record exists."""
