@@ -218,6 +218,7 @@ ROWS = [
         lambda w: {"json": {"min_replicas": 1, "max_replicas": 2}},
     ),
     Row("POST", f"{API}/deployments/{{deployment_id}}/refresh", _manage(202), _dep_m("/refresh")),
+    Row("POST", f"{API}/deployments/{{deployment_id}}/up", _manage(202), _dep_m("/up")),
     Row(
         "PATCH",
         f"{API}/deployments/{{deployment_id}}/sla",

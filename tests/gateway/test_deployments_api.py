@@ -382,7 +382,10 @@ def test_a_failed_create_says_why(api: Api, capsys: pytest.CaptureFixture[str], 
     stack = tmp_path / "Pulumi.broken.yaml"
     stack.write_text(yaml.safe_dump({"config": {"agent-cloud:deployment": {**SPEC, "name": "broken"}}}))
     assert main(["deployments", "--url", api.r.url, "--key", api.keys.admin, "create", str(stack)]) == 1
-    assert (
-        "broken: degraded (create failed: size gpu-h100x1-80gb is not available in tor1)"
-        in capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert "broken: degraded (create failed: size gpu-h100x1-80gb is not available in tor1)" in out
+    # once capacity is back: retried with `deployments up` (no need to forget the record)
+    api.ops.up = FakeOps.up.__get__(api.ops)  # type: ignore[method-assign]
+    dep_id = out.split("created ")[1].split(" ")[0]
+    assert main(["deployments", "--url", api.r.url, "--key", api.keys.admin, "up", dep_id]) == 0
+    assert "broken: active" in capsys.readouterr().out

@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     elif action == "teardown":
         flag = "false" if args.delete_model_cache else "true"
         dep = client.call("DELETE", f"/{args.id}?keep_model_cache={flag}")
+    elif action == "up":
+        dep = client.call("POST", f"/{args.id}/up")
     else:  # refresh
         dep = client.call("POST", f"/{args.id}/refresh")
     if args.no_wait:
@@ -154,6 +156,9 @@ def add_parser(sub: Any) -> None:
     ds = d.add_subparsers(dest="deployments_command", required=True)
     ds.add_parser("list", help="a table (REPLICAS: running/declared)").add_argument(
         "--json", action="store_true", help="machine-readable output"
+    )
+    ds.add_parser("up", help="up again as declared: retry a failed create, recover from drift").add_argument(
+        "id"
     )
     for name in ("get", "refresh"):
         ds.add_parser(name).add_argument("id")

@@ -154,6 +154,10 @@ class ManagementApi:
         record = await self._managed(req)
         await self._accepted(req, self.deployments.refresh(record))
 
+    async def up(self, req: Request) -> None:
+        record = await self._managed(req)
+        await self._accepted(req, self.deployments.up(record))
+
     async def set_sla(self, req: Request) -> None:
         record = await self._managed(req)
         sla = await self._body_as(req, Sla, "sla")

@@ -275,6 +275,11 @@ class Deployments:
         finally:
             go.set()
 
+    async def up(self, record: DeploymentRecord) -> DeploymentRecord:
+        """`up` again as declared: retries a failed create, recovers droplets lost to drift (status scaling,
+        then active or degraded with the reason)."""
+        return await self._apply(record, dict(record.spec), "up again, as declared")
+
     async def refresh(self, record: DeploymentRecord) -> DeploymentRecord:
         """`pulumi refresh`: a droplet deleted outside Pulumi shows as drift, the deployment as degraded."""
         dep_id, stack = record.id, self.stack_of(record)
