@@ -193,3 +193,29 @@ def test_spot_where_there_is_no_offer_is_refused(tmp_path: Path, catalog: Catalo
     name = stack(tmp_path, name="spot-8b", spot=True)
     with pytest.raises(SpecError, match=r"spot: no spot droplets of 'h100' in 'tor1' in the catalog"):
         load_stack(tmp_path / f"Pulumi.{name}.yaml", catalog)
+
+
+def test_a_gitops_up_keeps_the_live_replica_count_and_never_rewrites_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9: git declares the bounds, the live count is the autoscaler's (it runs up with its count), a
+    later GitOps up keeps it, and the stack file in git is never rewritten."""
+    from agentcloud.cli import main
+
+    monkeypatch.delenv("AGENTCLOUD_PROJECT", raising=False)
+    assert main(["init", str(tmp_path / "demo")]) == 0
+    stacks = tmp_path / "demo" / "stacks"
+    name = stack(stacks, name="elastic-8b", region="nyc2", scaling={"min_replicas": 1, "max_replicas": 3})
+    declared = (stacks / f"Pulumi.{name}.yaml").read_bytes()
+    with fake_digitalocean(H100_NYC2_ONLY) as url:
+        ops = ProgramOps(tmp_path / "demo", url, TOKEN)
+
+        def running() -> int:
+            return len(ops.client.droplets.list(enforce_https=False)["droplets"])
+
+        assert ops.up(name, lambda _: None)["replicas"] == 1 and running() == 1  # where it starts
+        assert ops.up(name, lambda _: None, replicas=3)["replicas"] == 3 and running() == 3  # the autoscaler
+        assert ops.up(name, lambda _: None)["replicas"] == 3 and running() == 3  # a GitOps up keeps it
+        assert ops.up(name, lambda _: None, replicas=7)["replicas"] == 3  # within git's bounds
+        assert ops.up(name, lambda _: None, replicas=1)["replicas"] == 1 and running() == 1
+    assert (stacks / f"Pulumi.{name}.yaml").read_bytes() == declared

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pulumi
 
 from agentcloud import PULUMI_PROJECT
@@ -11,7 +13,7 @@ from agentcloud.document import Document, load_document
 from agentcloud.errors import InfraError
 from agentcloud.planner import ServingPlan, plan
 from agentcloud.project import stacks_dir
-from agentcloud.spec import DEPLOYMENT_KEY, Backend, parse_stack
+from agentcloud.spec import DEPLOYMENT_KEY, Backend, DeploymentSpec, parse_stack
 
 
 def plan_from_config() -> ServingPlan:
@@ -34,7 +36,23 @@ def plan_from_config() -> ServingPlan:
             f"{stack_file}: agent-cloud:placement is {index} but the deployment has {len(alternatives) - 1} "
             "fallback(s); unset it (`pulumi config rm agent-cloud:placement`)"
         )
-    return plan(alternatives[index], catalog)
+    return plan(with_live_replicas(alternatives[index]), catalog)
+
+
+LIVE_REPLICAS = "AGENTCLOUD_REPLICAS"
+"""The live replica count, set by the stack operations (the autoscaler's choice, or what the stack ran with
+last): the count is theirs, the bounds are git's."""
+
+
+def with_live_replicas(spec: DeploymentSpec) -> DeploymentSpec:
+    """A deployment that declares scaling bounds runs with the live count (clamped to the bounds), not the
+    stack file's `replicas`, which is only where it starts: so a GitOps up keeps what the autoscaler chose,
+    and nothing has to rewrite a git-managed file. Without bounds, the file's count is the count."""
+    live = os.environ.get(LIVE_REPLICAS)
+    if spec.scaling is None or not live or not live.isdigit():
+        return spec
+    bounds = spec.scaling
+    return spec.model_copy(update={"replicas": min(max(int(live), bounds.min_replicas), bounds.max_replicas)})
 
 
 def run() -> pulumi.ComponentResource:
@@ -73,6 +91,7 @@ def run_deployment() -> pulumi.ComponentResource:
         serving.name, GpuDeploymentArgs(plan=serving, keep_model_cache=keep is not False)
     )
     pulumi.export("endpoints", deployment.endpoints)
+    pulumi.export("replicas", serving.replicas)
     pulumi.export("droplet_ids", [d.id for d in deployment.droplets])
     pulumi.export("hourly_usd", serving.hourly_usd)
     pulumi.export("monthly_usd", serving.monthly_usd)

@@ -186,7 +186,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         ops = PulumiStackOps(project.root, policy_pack=args.policy_pack)
     ops.preflight()
-    outputs = ops.up(stack_name_of(path), lambda line: print(f"    {line.rstrip()}", flush=True))
+    progress = lambda line: print(f"    {line.rstrip()}", flush=True)  # noqa: E731
+    outputs = ops.up(stack_name_of(path), progress, **({"replicas": args.replicas} if args.replicas else {}))
     placement = outputs.get("placement") or {}
     endpoints = outputs.get("endpoints") or []
     print(
@@ -447,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("up", help="pulumi up a stack, moving to its fallbacks when there is no capacity")
     u.add_argument("stack", help="stack name or file")
     u.add_argument("--policy-pack", help="a policy pack folder to enforce (the GitOps workflow: policy)")
+    u.add_argument(
+        "--replicas",
+        type=int,
+        help="run with this many replicas, within the stack's scaling bounds (default: as many as run now)",
+    )
     u.set_defaults(func=cmd_up)
 
     r = sub.add_parser("render", help="write every rendered artefact of a stack for review")

@@ -30,6 +30,7 @@ from pulumi.runtime.sync_await import _sync_await
 from agentcloud import PULUMI_PROJECT
 from agentcloud.catalog import load_catalog
 from agentcloud.lifecycle.placement import up_with_fallbacks
+from agentcloud.program import LIVE_REPLICAS
 from agentcloud.spec import PLACEMENT_KEY, load_stack
 
 DROPLET = "digitalocean:index/droplet:Droplet"
@@ -107,11 +108,14 @@ class ProgramOps:
     def _tag(self, stack: str) -> str:
         return f"agentcloud:stack:{stack}"
 
-    def up(self, stack: str, progress: Callable[[str], None]) -> dict[str, Any]:
+    def up(self, stack: str, progress: Callable[[str], None], replicas: int | None = None) -> dict[str, Any]:
+        """``replicas``: the live count to run with (the autoscaler's); by default the count running now."""
         spec = load_stack(self.stacks / f"Pulumi.{stack}.yaml", load_catalog())
+        running = len(_droplets(self.client, self._tag(stack), self.extra))
+        live = replicas if replicas is not None else (running or None)
         outputs = up_with_fallbacks(
             spec,
-            lambda index: self._run(stack, index, progress),
+            lambda index: self._run(stack, index, progress, live),
             progress,
             start=self.placements.get(stack, 0),
         )
@@ -127,7 +131,9 @@ class ProgramOps:
             self.client.droplets.destroy(droplet_id=droplet["id"], **self.extra)
         self.placements.pop(stack, None)
 
-    def _run(self, stack: str, index: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    def _run(
+        self, stack: str, index: int, progress: Callable[[str], None], live: int | None = None
+    ) -> dict[str, Any]:
         config = yaml.safe_load((self.stacks / f"Pulumi.{stack}.yaml").read_text())["config"]
         progress(f"Updating ({stack})")
         with _LOCK:
@@ -139,9 +145,13 @@ class ProgramOps:
             values[PLACEMENT_KEY] = str(index)
             pulumi.runtime.set_all_config(values)
             exported: dict[str, Any] = {}
-            real_export, previous = pulumi.export, os.environ.get("AGENTCLOUD_PROJECT")
+            real_export = pulumi.export
+            saved = {k: os.environ.get(k) for k in ("AGENTCLOUD_PROJECT", LIVE_REPLICAS)}
             pulumi.export = lambda name, value: exported.__setitem__(name, value)  # type: ignore[assignment]
             os.environ["AGENTCLOUD_PROJECT"] = str(self.workspace)
+            os.environ.pop(LIVE_REPLICAS, None)
+            if live is not None:
+                os.environ[LIVE_REPLICAS] = str(live)
             try:
                 SETTINGS.rpc_manager.clear()
                 SETTINGS.outputs.clear()
@@ -155,10 +165,11 @@ class ProgramOps:
                 _sync_await(run_pulumi_func(program))
             finally:
                 pulumi.export = real_export
-                if previous is None:
-                    os.environ.pop("AGENTCLOUD_PROJECT", None)
-                else:
-                    os.environ["AGENTCLOUD_PROJECT"] = previous
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
         for droplet in _droplets(self.client, self._tag(stack), self.extra):
             if int(droplet["id"]) not in mocks.declared:
                 progress(f"deleting droplet {droplet['name']} (no longer declared)")

@@ -136,18 +136,26 @@ class PulumiStackOps:
     def _outputs(stack: Any) -> dict[str, Any]:
         return {k: v.value for k, v in stack.outputs().items()}
 
-    def up(self, stack: str, progress: Progress) -> dict[str, Any]:
+    def up(self, stack: str, progress: Progress, replicas: int | None = None) -> dict[str, Any]:
         """`pulumi up`; when DigitalOcean has no capacity for the stack's placement, again on each fallback
-        in turn (stack config agent-cloud:placement), starting from where the stack landed before."""
+        in turn (stack config agent-cloud:placement), starting from where the stack landed before. The live
+        replica count (``replicas``, else the stack's last `replicas` output) goes to the program, which keeps
+        it within the stack file's scaling bounds: the stack file is never rewritten for it."""
         from pulumi import automation as auto
 
         from agentcloud.catalog import load_catalog
         from agentcloud.lifecycle.placement import up_with_fallbacks
+        from agentcloud.program import LIVE_REPLICAS
         from agentcloud.project import project_at
         from agentcloud.spec import PLACEMENT_KEY, load_stack
 
         s = self._stack(stack)
         spec = load_stack(project_at(self.work_dir).stacks_dir / f"Pulumi.{stack}.yaml", load_catalog())
+        if replicas is None:
+            last = self._outputs(s).get("replicas")
+            replicas = int(last) if isinstance(last, (int, float)) else None
+        if replicas is not None:
+            s.workspace.env_vars = {**(s.workspace.env_vars or {}), LIVE_REPLICAS: str(replicas)}
         try:
             start = int(s.get_config(PLACEMENT_KEY).value)
         except auto.CommandError:  # not set: as declared
