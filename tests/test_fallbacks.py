@@ -4,6 +4,7 @@ in-process under Pulumi's mocks, its droplets created through pydo on a local st
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def test_no_capacity_in_the_first_choice_lands_on_the_next(tmp_path: Path, catal
         ), said
         assert any(m.startswith("landed on fallback 1: nyc2 on h100") for m in said), said
         (endpoint,) = out["endpoints"]
-        assert endpoint["private_ip"].startswith("10.10.0.") and endpoint["port"] == 8000
+        vpc = ops.client.vpcs.list(enforce_https=False)["vpcs"][0]  # the droplet is in its deployment's VPC
+        assert ipaddress.ip_address(endpoint["private_ip"]) in ipaddress.ip_network(vpc["ip_range"])
+        assert endpoint["port"] == 8000
         droplets = ops.client.droplets.list(enforce_https=False)["droplets"]
         assert [(d["name"], d["region"]["slug"], d["size_slug"]) for d in droplets] == [
             ("fallback-8b-0", "nyc2", "gpu-h100x1-80gb")
@@ -138,7 +141,7 @@ def test_agentcloud_up_applies_a_git_stack_with_its_fallbacks(
         assert main(["up", name]) == 0
     out = capsys.readouterr().out
     assert "no capacity for tor1 on h100 (Size is not available in this region.)" in out
-    assert "gitops-8b: up on nyc2 on h100, 1 endpoint(s): 10.10.0." in out
+    assert "gitops-8b: up on nyc2 on h100, 1 endpoint(s): 10." in out
 
 
 SPOT_OVERLAY = """gpu_types:

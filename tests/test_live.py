@@ -12,14 +12,14 @@ from agentcloud.errors import LiveCheckError
 from agentcloud.live import check, fetch_sizes
 from agentcloud.planner import plan
 from agentcloud.spec import DeploymentSpec
-from tests.fake_digitalocean import TOKEN, _Handler, fake_digitalocean
+from tests.fake_digitalocean import LAST, SIZES, TOKEN, fake_digitalocean
 
 
 def test_fetch_follows_pagination() -> None:
     with fake_digitalocean() as url:
         sizes = fetch_sizes(TOKEN, endpoint=url)
-    assert set(sizes) == {s["slug"] for s in _Handler.sizes}
-    assert len([r for r in _Handler.requests if r.startswith("GET /v2/sizes")]) == 3
+    assert set(sizes) == {s["slug"] for s in SIZES}
+    assert len([r for r in LAST[0].requests if r.startswith("GET /v2/sizes")]) == 3
     assert sizes["gpu-h100x1-80gb"].regions == ("nyc2", "tor1")
 
 
