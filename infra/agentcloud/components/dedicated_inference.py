@@ -12,6 +12,7 @@ import pulumi
 import pulumi_digitalocean as do
 
 from agentcloud import PULUMI_PROJECT
+from agentcloud.components.network import deployment_vpc
 from agentcloud.planner import ServingPlan
 
 
@@ -29,16 +30,8 @@ class DedicatedInferenceDeployment(pulumi.ComponentResource):
         super().__init__(self.TYPE, name, None, opts)
         plan = args.plan
         child = pulumi.ResourceOptions(parent=self)
-        if plan.network.vpc_uuid:
-            vpc_id: pulumi.Input[str] = plan.network.vpc_uuid
-        else:
-            vpc_id = do.Vpc(
-                f"{name}-vpc",
-                name=f"agentcloud-{plan.name}",
-                region=plan.region,
-                description=f"agentcloud deployment {plan.name} (Dedicated Inference)",
-                opts=child,
-            ).id
+        what = " (Dedicated Inference)"
+        vpc_id = deployment_vpc(name, plan.name, plan.region, plan.network.vpc_uuid, child, what)
         token = pulumi.Config(PULUMI_PROJECT).get_secret("hfToken")
         self.service = do.DedicatedInference(
             f"{name}-inference",

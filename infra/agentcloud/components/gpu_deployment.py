@@ -9,7 +9,7 @@ import pulumi
 import pulumi_digitalocean as do
 
 from agentcloud.components.host_key import HostKey
-from agentcloud.components.network import EngineFirewall, EngineFirewallArgs
+from agentcloud.components.network import EngineFirewall, EngineFirewallArgs, deployment_vpc
 from agentcloud.components.volume import ModelCache, ModelCacheArgs
 from agentcloud.planner import ServingPlan
 from agentcloud.render import VOLUME_LABEL, render
@@ -54,16 +54,7 @@ class GpuDeployment(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         tags = deployment_tags(plan)
 
-        if plan.network.vpc_uuid:
-            vpc_id: pulumi.Input[str] = plan.network.vpc_uuid
-        else:
-            vpc_id = do.Vpc(
-                f"{name}-vpc",
-                name=f"agentcloud-{plan.name}",
-                region=plan.region,
-                description=f"agentcloud deployment {plan.name}",
-                opts=child,
-            ).id
+        vpc_id = deployment_vpc(name, plan.name, plan.region, plan.network.vpc_uuid, child)
 
         self.host_key = HostKey(f"{name}-host-key", comment=f"agentcloud {plan.name}", opts=child)
         user_data = pulumi.Output.all(self.host_key.private_openssh, self.host_key.public_openssh).apply(

@@ -1,4 +1,5 @@
-"""The deployment's firewall: the engine port only for the gateway, SSH only for configured CIDRs."""
+"""The deployment's network: its VPC, and its firewall (the engine port only for the gateway, SSH only for
+configured CIDRs)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,26 @@ import pulumi
 import pulumi_digitalocean as do
 
 WORLD = ["0.0.0.0/0", "::/0"]
+
+
+def deployment_vpc(
+    name: str,
+    deployment: str,
+    region: str,
+    vpc_uuid: str | None,
+    opts: pulumi.ResourceOptions,
+    what: str = "",
+) -> pulumi.Input[str]:
+    """The VPC a deployment's machines join: ``vpc_uuid`` when given (the gateway's, say), else its own."""
+    if vpc_uuid:
+        return vpc_uuid
+    return do.Vpc(
+        f"{name}-vpc",
+        name=f"agentcloud-{deployment}",
+        region=region,
+        description=f"agentcloud deployment {deployment}{what}",
+        opts=opts,
+    ).id
 
 
 @dataclass(frozen=True)
