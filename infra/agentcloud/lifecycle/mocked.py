@@ -119,13 +119,15 @@ class ProgramOps:
         self.client = pydo.Client(token=token, endpoint=endpoint)
         # plain http only for a local API; the token still goes only where it was told
         self.extra: dict[str, Any] = {"enforce_https": False} if endpoint.startswith("http://") else {}
-        self.placements: dict[str, int] = {}
+        self.placements: dict[str, int] = {}  # where each stack landed, remembered by this process
 
     def preflight(self) -> None:
         return None
 
     def _tag(self, stack: str) -> str:
-        return f"agentcloud:stack:{stack}"
+        """The droplets' tag of a stack. DigitalOcean's tags take letters, digits, ':', '-' and '_', and
+        stack names never hold ':', so their dots (api.<org>.<name>) become colons, one to one."""
+        return f"agentcloud:stack:{stack.replace('.', ':')}"
 
     def up(self, stack: str, progress: Callable[[str], None], replicas: int | None = None) -> dict[str, Any]:
         """``replicas``: the live count to run with (the autoscaler's); by default the count running now."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import re
 import secrets
 import threading
 import time
@@ -28,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 Json = dict[str, Any]
+TAG = re.compile(r"[A-Za-z0-9_:-]{1,255}")  # DigitalOcean's rule for tag names
 Query = dict[str, list[str]]
 Answer = tuple[int, Json | None]
 
@@ -168,6 +170,9 @@ class Twin:
             or (body["size"], region) in self.faults.unavailable
         ):
             raise invalid("Size is not available in this region.")
+        bad = [t for t in body.get("tags") or [] if not TAG.fullmatch(str(t))]
+        if bad:
+            raise invalid(f"tag {bad[0]!r} is invalid: letters, numbers, colons, dashes and underscores only")
         if body.get("vpc_uuid") and body["vpc_uuid"] not in self.vpcs:
             raise invalid("vpc_uuid does not name a VPC of this account.")
         n = next(self._ids)
