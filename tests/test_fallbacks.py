@@ -222,3 +222,34 @@ def test_a_gitops_up_keeps_the_live_replica_count_and_never_rewrites_the_file(
         assert ops.up(name, lambda _: None, replicas=7)["replicas"] == 3  # within git's bounds
         assert ops.up(name, lambda _: None, replicas=1)["replicas"] == 1 and running() == 1
     assert (stacks / f"Pulumi.{name}.yaml").read_bytes() == declared
+
+
+def test_the_program_converges_volumes_and_the_firewall_and_caches_outlive_droplets(tmp_path: Path) -> None:
+    """Issue 9's twin: the program's model-cache volumes, their attachments and the firewall are created on
+    the API too; scale to zero keeps the volumes; teardown deletes droplets, firewall and VPC, and the caches
+    only when asked."""
+    from tests.fake_digitalocean import LAST
+
+    workspace = prepare_api_workspace(tmp_path / "ws")
+    name = stack(
+        workspace, region="nyc2", scaling={"min_replicas": 0, "max_replicas": 2, "scale_to_zero": True}
+    )
+    with fake_digitalocean(H100_NYC2_ONLY) as url:
+        ops = ProgramOps(workspace, url, TOKEN)
+        twin = LAST[0]
+        ops.up(name, lambda _: None, replicas=2)
+        assert len(twin.droplets) == 2 and len(twin.volumes) == 2  # a cache volume per replica slot
+        assert all(len(v["droplet_ids"]) == 1 for v in twin.volumes.values())  # each attached to its droplet
+        (firewall,) = twin.firewalls.values()
+        assert sorted(firewall["droplet_ids"]) == sorted(twin.droplets)
+        engine_rule = next(r for r in firewall["inbound_rules"] if r["ports"] == "8000")
+        assert engine_rule["sources"]["tags"] == ["agentcloud-gateway"]  # the engine port: the gateway only
+        ops.up(name, lambda _: None, replicas=0)  # scale to zero
+        assert twin.droplets == {} and len(twin.volumes) == 2  # the caches outlive their droplets
+        assert all(v["droplet_ids"] == [] for v in twin.volumes.values())
+        ops.up(name, lambda _: None, replicas=1)  # wake: the same cache comes back
+        assert len(twin.volumes) == 2 and sum(len(v["droplet_ids"]) for v in twin.volumes.values()) == 1
+        ops.destroy(name, True, lambda _: None)
+        assert twin.droplets == {} and twin.firewalls == {} and twin.vpcs == {} and len(twin.volumes) == 2
+        ops.destroy(name, False, lambda _: None)
+        assert twin.volumes == {}

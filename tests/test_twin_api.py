@@ -54,7 +54,9 @@ def test_droplets_boot_and_a_size_a_region_lacks_is_a_422(twin: tuple[Twin, Any]
     assert err.value.status_code == 422
     with pytest.raises(HttpResponseError, match=r"Size is not available in this region\."):
         _droplet(client, "a-2", region="ams3")
-    with pytest.raises(HttpResponseError, match="tag 'model:llama-3.1' is invalid"):  # DigitalOcean's tag rule
+    with pytest.raises(
+        HttpResponseError, match=r"tag 'model:llama-3\.1' is invalid"
+    ):  # DigitalOcean's tag rule
         _droplet(client, "a-4", tags=["model:llama-3.1"])
     state.faults.unavailable.add(("gpu-h100x1-80gb", "nyc2"))  # capacity gone, as DigitalOcean says it
     with pytest.raises(HttpResponseError, match=r"Size is not available in this region\."):
