@@ -2,15 +2,15 @@
 # Sets up a fresh machine for development and tests. Idempotent; run it again after pulling.
 #  1. Debian packages the tests start for real: OpenSSH server (SFTP delivery), Redis (shared rate limits),
 #     PostgreSQL (shared gateway store), Prometheus (its promtool and a real scrape of the gateway), Chromium
-#     (headless, for the console), cloud-init (its own schema check of the user-data we render), and a C++
-#     toolchain for llama.cpp.
+#     (headless, for the console), cloud-init (its own schema check of the user-data we render), iproute2 and
+#     iptables (the DigitalOcean twin's droplets are network namespaces), and a C++ toolchain for llama.cpp.
 #  2. A virtualenv (.venv) with the package and its dev tools.
 #  3. llama.cpp's llama-server, built from source once per version into ~/.cache/agentcloud (about 7 minutes
 #     the first time on 2 cores; instant afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(openssh-server redis-server postgresql prometheus chromium cloud-init cmake g++ make)
+DEBIAN_PACKAGES=(openssh-server redis-server postgresql prometheus chromium cloud-init iproute2 iptables cmake g++ make)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

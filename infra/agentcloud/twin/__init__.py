@@ -1,2 +1,3 @@
-"""A twin of DigitalOcean that runs on one machine (issue 9): its v2 API (api.py) today; droplets as real
-hosts in network namespaces next."""
+"""A twin of DigitalOcean that runs on one machine (issue 9): its v2 API (api.py), and droplets as real hosts
+in network namespaces booted from their user-data (hosts.py, with docker_shim.py standing in for the engine
+images)."""

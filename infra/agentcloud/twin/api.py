@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 Json = dict[str, Any]
+DEFAULT_VPC_RANGE = "10.100.0.0/16"
 TAG = re.compile(r"[A-Za-z0-9_:-]{1,255}")  # DigitalOcean's rule for tag names
 Query = dict[str, list[str]]
 Answer = tuple[int, Json | None]
@@ -81,6 +82,7 @@ class Twin:
     boot_s: float = 0.0
     faults: Faults = field(default_factory=Faults)
     on_create: Callable[[Json, str | None], None] | None = None
+    on_delete: Callable[[int], None] | None = None
     droplets: dict[int, Json] = field(default_factory=dict)
     volumes: dict[str, Json] = field(default_factory=dict)
     firewalls: dict[str, Json] = field(default_factory=dict)
@@ -202,9 +204,14 @@ class Twin:
             self.on_create(droplet, body.get("user_data"))
         return self._view(droplet)
 
+    def vpc_range(self, droplet: Json) -> str:
+        """The address range of the droplet's VPC (the region's default one when it names none)."""
+        vpc = droplet.get("vpc_uuid")
+        return str(self.vpcs[vpc]["ip_range"]) if vpc in self.vpcs else DEFAULT_VPC_RANGE
+
     def _private_ip(self, vpc_uuid: str | None, region: str) -> str:
         """The next free address of the droplet's VPC (or of the region's default VPC, 10.100.0.0/16)."""
-        network = ipaddress.ip_network(self.vpcs[vpc_uuid]["ip_range"] if vpc_uuid else "10.100.0.0/16")
+        network = ipaddress.ip_network(self.vpcs[vpc_uuid]["ip_range"] if vpc_uuid else DEFAULT_VPC_RANGE)
         taken = {
             n["ip_address"]
             for d in self.droplets.values()
@@ -227,6 +234,8 @@ class Twin:
 
     def _delete_droplet(self, n: int) -> None:
         droplet = self.droplets.pop(n)
+        if self.on_delete is not None:
+            self.on_delete(n)
         self._booted_at.pop(n, None)
         for volume in self.volumes.values():
             if n in volume["droplet_ids"]:

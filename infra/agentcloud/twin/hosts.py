@@ -1,0 +1,216 @@
+"""The twin's droplets as real hosts: each a network namespace on its VPC's bridge, booted from its user-data.
+
+Booting follows what the rendered user-data asks and what its units do, with the parts a namespace cannot
+have stood in for:
+- network: a veth on the VPC's bridge (the bridge holds the VPC's first address: the machine running the
+  gateway sits there, as a gateway droplet in the VPC would), the droplet's private address, a default route;
+- ``write_files``: files under /etc go to /etc/netns/<ns>/, which `ip netns exec` mounts over /etc for the
+  droplet's processes (so /etc/agentcloud/engine.env is the droplet's own); the others under the droplet's
+  folder;
+- ``ssh_keys``: sshd on the private address with that host key, for the keys the twin authorizes (the
+  gateway's), so SFTP delivery and host-key pinning are real;
+- the engine's path unit: when /etc/agentcloud/engine.env appears, the rendered engine script runs, its
+  `docker` being the twin's shim (docker_shim.py: llama-server on a tiny GGUF, same port, key and name);
+- the firewall: the engine port admits only the VPC's gateway address (iptables in the namespace).
+
+Needs root, `ip`, `iptables`, `sshd` and a llama-server binary. Every namespace, link, /etc/netns folder and
+process it makes is removed by `close`. 127.0.0.1 is never used: everything lives in the VPC's range."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENGINE_ENV = "/etc/agentcloud/engine.env"
+ENGINE_SCRIPT = "/usr/local/bin/agentcloud-engine"
+
+
+def _ip(*args: str, ns: str | None = None) -> None:
+    command = ["ip", *(["-n", ns] if ns else []), *args]
+    subprocess.run(command, check=True, capture_output=True, timeout=15)
+
+
+@dataclass
+class Host:
+    droplet_id: int
+    ns: str
+    address: str
+    folder: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Hosts:
+    """Droplets as namespaces. ``authorized_keys``: public keys allowed to SSH in (the gateway's)."""
+
+    folder: Path
+    authorized_keys: str
+    llama_server: str
+    model: str
+    prefix: str = "actw"
+    engine_wait_s: float = 0.2
+    hosts: dict[int, Host] = field(default_factory=dict)
+    bridges: dict[str, str] = field(default_factory=dict)  # VPC range -> bridge name
+    mount_points: set[Path] = field(default_factory=set)  # empty /etc folders made for `ip netns exec`
+    gateway_address: str = ""
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def attach(self, twin: Any) -> None:
+        """Boot every droplet the twin creates, remove every one it deletes."""
+        twin.on_create = lambda droplet, user_data: self.boot(droplet, user_data, twin.vpc_range(droplet))
+        twin.on_delete = self.remove
+
+    # -- the twin's hook -------------------------------------------------------------------------------------
+    def boot(self, droplet: dict[str, Any], user_data: str | None, vpc_range: str) -> None:
+        n = int(droplet["id"])
+        ns = f"{self.prefix}{n % 100000}"
+        address = next(x["ip_address"] for x in droplet["networks"]["v4"] if x["type"] == "private")
+        host = Host(n, ns, address, self.folder / ns)
+        self.hosts[n] = host
+        self._network(host, vpc_range)
+        config = yaml.safe_load(user_data or "") or {}
+        self._write_files(host, config.get("write_files") or [])
+        self._sshd(host, config.get("ssh_keys") or {})
+        threading.Thread(target=self._engine_unit, args=(host,), daemon=True).start()
+
+    def remove(self, droplet_id: int) -> None:
+        host = self.hosts.pop(droplet_id, None)
+        if host is None:
+            return
+        for proc in host.processes:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        subprocess.run(["ip", "netns", "del", host.ns], capture_output=True, timeout=15)
+        shutil.rmtree(Path("/etc/netns") / host.ns, ignore_errors=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        for n in list(self.hosts):
+            self.remove(n)
+        for bridge in self.bridges.values():
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=15)
+        self.bridges.clear()
+        for target in self.mount_points:
+            if target.is_dir() and not any(target.iterdir()):
+                target.rmdir()
+        self.mount_points.clear()
+
+    # -- boot steps ------------------------------------------------------------------------------------------
+    def _network(self, host: Host, vpc_range: str) -> None:
+        network = ipaddress.ip_network(vpc_range)
+        gateway = str(next(network.hosts()))
+        bridge = self.bridges.get(vpc_range)
+        if bridge is None:
+            bridge = f"{self.prefix}b{len(self.bridges)}"
+            _ip("link", "add", bridge, "type", "bridge")
+            _ip("addr", "add", f"{gateway}/{network.prefixlen}", "dev", bridge)
+            _ip("link", "set", bridge, "up")
+            self.bridges[vpc_range] = bridge
+        _ip("netns", "add", host.ns)
+        outside = f"{host.ns}v"
+        _ip("link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", host.ns)
+        _ip("link", "set", outside, "master", bridge, "up")
+        _ip("addr", "add", f"{host.address}/{network.prefixlen}", "dev", "eth0", ns=host.ns)
+        _ip("link", "set", "eth0", "up", ns=host.ns)
+        _ip("link", "set", "lo", "up", ns=host.ns)
+        _ip("route", "add", "default", "via", gateway, ns=host.ns)
+        host.folder.mkdir(parents=True, exist_ok=True)
+        (Path("/etc/netns") / host.ns).mkdir(parents=True, exist_ok=True)
+        self.gateway_address = gateway
+
+    def _path(self, host: Host, path: str) -> Path:
+        if path.startswith("/etc/"):
+            return Path("/etc/netns") / host.ns / path.removeprefix("/etc/")
+        return host.folder / path.lstrip("/")
+
+    def _write_files(self, host: Host, files: list[dict[str, Any]]) -> None:
+        for entry in files:
+            target = self._path(host, str(entry["path"]))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(str(entry.get("content", "")))
+            target.chmod(int(str(entry.get("permissions", "0644")), 8))
+        for folder in {p.parts[4] for p in (Path("/etc/netns") / host.ns).glob("*/*") if len(p.parts) > 4}:
+            target = Path("/etc", folder)
+            if not target.exists():  # `ip netns exec` mounts only over what exists; removed by close()
+                target.mkdir()
+                self.mount_points.add(target)
+
+    def _sshd(self, host: Host, keys: dict[str, str]) -> None:
+        key = host.folder / "ssh_host_ed25519_key"
+        key.write_text(keys["ed25519_private"])
+        key.chmod(0o600)
+        authorized = host.folder / "authorized_keys"
+        authorized.write_text(self.authorized_keys)
+        authorized.chmod(0o600)
+        config = host.folder / "sshd_config"
+        config.write_text(
+            f"ListenAddress {host.address}\nPort 22\nHostKey {key}\nAuthorizedKeysFile {authorized}\n"
+            f"PidFile {host.folder / 'sshd.pid'}\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
+            "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+            "Subsystem sftp internal-sftp\n"
+        )
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        host.processes.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", host.ns, sshd, "-D", "-e", "-f", str(config)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+
+    def _engine_unit(self, host: Host) -> None:
+        """agentcloud-engine.path: start the engine once its environment file exists."""
+        env_file = self._path(host, ENGINE_ENV)
+        script = self._path(host, ENGINE_SCRIPT)
+        while not self._stop.is_set() and host.droplet_id in self.hosts:
+            if env_file.exists() and script.exists():
+                break
+            time.sleep(self.engine_wait_s)
+        else:
+            return
+        port = re.search(r"--port[ =](\d+)", script.read_text())
+        self._firewall(host, int(port.group(1)) if port else 8000)
+        shim = host.folder / "bin"
+        shim.mkdir(exist_ok=True)
+        docker = shim / "docker"
+        docker.write_text(f'#!/bin/sh\nexec {sys.executable} -m agentcloud.twin.docker_shim "$@"\n')
+        docker.chmod(0o755)
+        env = {
+            **os.environ,
+            "PATH": f"{shim}:{os.environ.get('PATH', '')}",
+            "AGENTCLOUD_TWIN_LLAMA_SERVER": self.llama_server,
+            "AGENTCLOUD_TWIN_MODEL": self.model,
+            "AGENTCLOUD_TWIN_HOST": host.address,
+        }
+        command = ["ip", "netns", "exec", host.ns, "sh", str(script)]
+        with (host.folder / "engine.log").open("wb") as log:  # the child keeps its own descriptor
+            host.processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+
+    def _firewall(self, host: Host, port: int) -> None:
+        """The deployment firewall's engine rule: only the VPC's gateway address reaches the engine port."""
+        for rule in (
+            ["-A", "INPUT", "-p", "tcp", "--dport", str(port), "-s", self.gateway_address, "-j", "ACCEPT"],
+            ["-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP"],
+        ):
+            subprocess.run(
+                ["ip", "netns", "exec", host.ns, "iptables", *rule],
+                check=True,
+                capture_output=True,
+                timeout=15,
+            )
