@@ -216,9 +216,10 @@ def test_a_gitops_up_keeps_the_live_replica_count_and_never_rewrites_the_file(
         def running() -> int:
             return len(ops.client.droplets.list(enforce_https=False)["droplets"])
 
-        assert ops.up(name, lambda _: None)["replicas"] == 1 and running() == 1  # where it starts
+        gitops = {"keep_live": True}  # what `agentcloud up` (the workflow's apply) passes
+        assert ops.up(name, lambda _: None, **gitops)["replicas"] == 1 and running() == 1  # where it starts
         assert ops.up(name, lambda _: None, replicas=3)["replicas"] == 3 and running() == 3  # the autoscaler
-        assert ops.up(name, lambda _: None)["replicas"] == 3 and running() == 3  # a GitOps up keeps it
+        assert ops.up(name, lambda _: None, **gitops)["replicas"] == 3 and running() == 3  # GitOps keeps it
         assert ops.up(name, lambda _: None, replicas=7)["replicas"] == 3  # within git's bounds
         assert ops.up(name, lambda _: None, replicas=1)["replicas"] == 1 and running() == 1
     assert (stacks / f"Pulumi.{name}.yaml").read_bytes() == declared

@@ -187,7 +187,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         ops = PulumiStackOps(project.root, policy_pack=args.policy_pack)
     ops.preflight()
     progress = lambda line: print(f"    {line.rstrip()}", flush=True)  # noqa: E731
-    outputs = ops.up(stack_name_of(path), progress, **({"replicas": args.replicas} if args.replicas else {}))
+    live = (
+        {"replicas": args.replicas} if args.replicas else {"keep_live": True}
+    )  # git's count is where it starts
+    outputs = ops.up(stack_name_of(path), progress, **live)
     placement = outputs.get("placement") or {}
     endpoints = outputs.get("endpoints") or []
     print(

@@ -204,6 +204,7 @@ class ProgramOps:
         self.extra: dict[str, Any] = {"enforce_https": False} if endpoint.startswith("http://") else {}
         self.placements: dict[str, int] = {}  # where each stack landed, remembered by this process
         self.host_keys: dict[str, dict[str, tuple[str, str]]] = {}  # per stack, as its state would keep them
+        self.outputs: dict[str, dict[str, Any]] = {}  # each stack's last up
 
     def preflight(self) -> None:
         return None
@@ -213,11 +214,20 @@ class ProgramOps:
         stack names never hold ':', so their dots (api.<org>.<name>) become colons, one to one."""
         return f"agentcloud:stack:{stack.replace('.', ':')}"
 
-    def up(self, stack: str, progress: Callable[[str], None], replicas: int | None = None) -> dict[str, Any]:
-        """``replicas``: the live count to run with (the autoscaler's); by default the count running now."""
+    def up(
+        self,
+        stack: str,
+        progress: Callable[[str], None],
+        replicas: int | None = None,
+        keep_live: bool = False,
+    ) -> dict[str, Any]:
+        """``replicas``: the live count to run with (a scaler's); ``keep_live``: the count running now (a
+        GitOps up of a stack file whose `replicas` is only where it started); neither: the file's count (the
+        control plane's own stack files, which it keeps current)."""
         spec = load_stack(self.stacks / f"Pulumi.{stack}.yaml", load_catalog())
-        running = len(_droplets(self.client, self._tag(stack), self.extra))
-        live = replicas if replicas is not None else (running or None)
+        live = replicas
+        if live is None and keep_live:
+            live = len(_droplets(self.client, self._tag(stack), self.extra)) or None
         outputs = up_with_fallbacks(
             spec,
             lambda index: self._run(stack, index, progress, live),
@@ -225,10 +235,18 @@ class ProgramOps:
             start=self.placements.get(stack, 0),
         )
         self.placements[stack] = int(outputs["placement"]["index"])  # later ups stay where it landed
+        self.outputs[stack] = outputs
         return outputs
 
     def refresh(self, stack: str, progress: Callable[[str], None]) -> dict[str, Any]:
-        return self.up(stack, progress)
+        """`pulumi refresh`: the stack's last outputs, with its endpoints as the API has them now (a droplet
+        deleted behind the system's back is missing from them; nothing is created)."""
+        last = dict(self.outputs.get(stack) or {})
+        known = {str(e.get("droplet_id")): e for e in last.get("endpoints") or []}
+        alive = {str(d["id"]) for d in _droplets(self.client, self._tag(stack), self.extra)}
+        progress(f"refreshing {stack}: {len(alive)} of {len(known)} droplet(s) exist")
+        last["endpoints"] = [e for key, e in known.items() if key in alive]
+        return last
 
     def destroy(self, stack: str, keep_model_cache: bool, progress: Callable[[str], None]) -> None:
         """Droplets, then the firewall and VPC they used; the model-cache volumes only when asked (they are
@@ -261,6 +279,7 @@ class ProgramOps:
                 progress(f"deleting model cache {volume['name']}")
                 self.client.volumes.delete(volume["id"], **self.extra)
         self.placements.pop(stack, None)
+        self.outputs.pop(stack, None)
 
     def _run(
         self, stack: str, index: int, progress: Callable[[str], None], live: int | None = None

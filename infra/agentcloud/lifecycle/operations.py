@@ -136,11 +136,14 @@ class PulumiStackOps:
     def _outputs(stack: Any) -> dict[str, Any]:
         return {k: v.value for k, v in stack.outputs().items()}
 
-    def up(self, stack: str, progress: Progress, replicas: int | None = None) -> dict[str, Any]:
+    def up(
+        self, stack: str, progress: Progress, replicas: int | None = None, keep_live: bool = False
+    ) -> dict[str, Any]:
         """`pulumi up`; when DigitalOcean has no capacity for the stack's placement, again on each fallback
         in turn (stack config agent-cloud:placement), starting from where the stack landed before. The live
-        replica count (``replicas``, else the stack's last `replicas` output) goes to the program, which keeps
-        it within the stack file's scaling bounds: the stack file is never rewritten for it."""
+        replica count (``replicas``, or with ``keep_live`` the stack's last `replicas` output) goes to the
+        program, which keeps it within the stack file's scaling bounds: the stack file is never rewritten for
+        it. Neither: the stack file's count (the control plane's own stack files, which it keeps current)."""
         from pulumi import automation as auto
 
         from agentcloud.catalog import load_catalog
@@ -151,7 +154,7 @@ class PulumiStackOps:
 
         s = self._stack(stack)
         spec = load_stack(project_at(self.work_dir).stacks_dir / f"Pulumi.{stack}.yaml", load_catalog())
-        if replicas is None:
+        if replicas is None and keep_live:
             last = self._outputs(s).get("replicas")
             replicas = int(last) if isinstance(last, (int, float)) else None
         if replicas is not None:
