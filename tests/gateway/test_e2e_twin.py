@@ -131,7 +131,7 @@ def test_create_to_serving_with_no_manual_step_then_delete(system: tuple[Running
     )
     assert answer.usage is not None and answer.usage.completion_tokens > 0
 
-    # -- scaling (min 1, max 3) plus load: the autoscaler grows it, and every replica serves ------------------
+    # -- scaling (min 1, max 3) plus load: the autoscaler grows it, and every replica serves -----------------
     bounds = {"min_replicas": 1, "max_replicas": 3, "target_in_flight_per_replica": 1}
     assert _call(r, keys.admin, "PATCH", f"/{dep_id}/scaling", json=bounds).status_code == 202
     assert _status(r, keys.admin, dep_id, "active")
@@ -174,7 +174,7 @@ def test_create_to_serving_with_no_manual_step_then_delete(system: tuple[Running
     served = [_prompt_tokens(e) for e in dep["endpoints"]]
     assert all(n > 0 for n in served), served  # every replica served requests
 
-    # -- a droplet deleted behind the system's back: refresh finds it, up recovers -------------------------------
+    # -- a droplet deleted behind the system's back: refresh finds it, up recovers ---------------------------
     lost = next(iter(twin.droplets))
     requests.delete(f"{url}/v2/droplets/{lost}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert _call(r, keys.admin, "POST", f"/{dep_id}/refresh").status_code == 202
@@ -182,7 +182,7 @@ def test_create_to_serving_with_no_manual_step_then_delete(system: tuple[Running
     assert _call(r, keys.admin, "POST", f"/{dep_id}/up").status_code == 202
     assert len(_status(r, keys.admin, dep_id, "active")["endpoints"]) == replicas
 
-    # -- idle: scale to zero (droplets gone, caches kept), and a request wakes it ---------------------------------
+    # -- idle: scale to zero (droplets gone, caches kept), and a request wakes it ----------------------------
     zero = {"min_replicas": 0, "max_replicas": 3, "scale_to_zero": True, "idle_timeout_seconds": 60}
     assert _call(r, keys.admin, "PATCH", f"/{dep_id}/scaling", json=zero).status_code == 202
     _status(r, keys.admin, dep_id, "active")
