@@ -203,3 +203,25 @@ def test_create_to_serving_with_no_manual_step_then_delete(system: tuple[Running
     assert wait_for(lambda: _call(r, keys.admin, "GET", f"/{dep_id}").json()["status"] == "inactive", 60)
     assert twin.droplets == {} and len(twin.volumes) == 3  # the model caches are kept by default
     print(f"e2e wall time: {time.monotonic() - started:.1f} s")
+
+
+def test_faults_end_in_clear_states(system: tuple[Running, Twin, Keys, str]) -> None:
+    """429s from the API are retried; a droplet that never boots leaves the deployment degraded with its
+    reason, and DELETE still works (no stuck record); no capacity names what to do."""
+    r, twin, keys, _ = system
+    twin.faults.rate_limited = 2  # the next two API calls answer 429 with Retry-After: pydo retries them
+    twin.faults.never_boot.add("stuck-0")
+    made = _call(r, keys.admin, "POST", "", json={**SPEC, "name": "stuck"})
+    dep_id = made.json()["id"]
+    dep = _status(r, keys.admin, dep_id, "degraded", timeout_s=180)
+    reason = dep["lifecycle"]["history"][-1]["reason"]
+    assert reason.startswith("create: secrets not delivered:"), reason
+    assert twin.faults.rate_limited == 0 and "429" not in reason  # both 429s were met, and retried
+    assert _call(r, keys.admin, "DELETE", f"/{dep_id}").status_code == 202
+    _status(r, keys.admin, dep_id, "inactive")
+    assert twin.droplets == {}
+    twin.faults.unavailable.add(("gpu-h100x1-80gb", "tor1"))
+    full = _call(r, keys.admin, "POST", "", json={**SPEC, "name": "no-room"}).json()["id"]
+    reason = _status(r, keys.admin, full, "degraded")["lifecycle"]["history"][-1]["reason"]
+    assert "Size is not available in this region." in reason and "fallbacks" in reason, reason
+    assert "nyc2" in reason  # an alternative: where the catalog also offers this gpu

@@ -41,6 +41,21 @@ def _reason(exc: BaseException) -> str:
     return re.sub(r"^\([^)]*\)\s*", "", line.strip())[:200]
 
 
+def _elsewhere(alternatives: list[DeploymentSpec]) -> str:
+    """Regions the catalog lists for the gpu types tried, other than those tried: fallbacks to consider."""
+    from agentcloud.catalog import load_catalog
+    from agentcloud.spec import gpu_type_of
+
+    catalog = load_catalog()
+    tried = {(a.region, gpu_type_of(a, catalog)) for a in alternatives}
+    offers = []
+    for gpu in dict.fromkeys(g for _, g in tried if g):
+        regions = [r for r in catalog.regions_offering(gpu) if (r, gpu) not in tried]
+        if regions:
+            offers.append(f"{gpu} in {', '.join(regions)}")
+    return "; ".join(offers)
+
+
 def up_with_fallbacks(
     spec: DeploymentSpec,
     attempt: Callable[[int], dict[str, Any]],
@@ -78,6 +93,9 @@ def up_with_fallbacks(
         if not spec.fallbacks
         else "add more fallbacks, or try again later"
     )
+    elsewhere = _elsewhere(alternatives)
+    if elsewhere:
+        hint += f"; the catalog also offers {elsewhere}"
     raise NoCapacity(
         f"{spec.name}: DigitalOcean has no capacity for any alternative: {'; '.join(passed)}; {hint}"
     )

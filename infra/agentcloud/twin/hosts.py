@@ -68,7 +68,12 @@ class Hosts:
 
     def attach(self, twin: Any) -> None:
         """Boot every droplet the twin creates, remove every one it deletes."""
-        twin.on_create = lambda droplet, user_data: self.boot(droplet, user_data, twin.vpc_range(droplet))
+
+        def create(droplet: dict[str, Any], user_data: str | None) -> None:
+            if droplet["name"] not in twin.faults.never_boot:  # a droplet that never boots: no host at all
+                self.boot(droplet, user_data, twin.vpc_range(droplet))
+
+        twin.on_create = create
         twin.on_delete = self.remove
 
     # -- the twin's hook -------------------------------------------------------------------------------------
