@@ -11,6 +11,13 @@ ROOT = Path(__file__).resolve().parent.parent
 STACKS = ROOT / "stacks"  # this repository's own stack files
 
 
+@pytest.fixture(autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test writes what lands in the data directory (stores, journals, the program's state) into a
+    folder of its own, never into the user's ~/.local/share/agentcloud."""
+    monkeypatch.setenv("AGENTCLOUD_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
 @pytest.fixture(scope="session")
 def catalog() -> Catalog:
     return load_catalog(ROOT / "presets.yaml")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from agentcloud.catalog import Catalog
 from agentcloud.gateway.routing import RouteTable
@@ -93,6 +94,13 @@ def _status(r: Running, key: str, dep_id: str, status: str, timeout_s: float = 1
     dep = dict(_call(r, key, "GET", f"/{dep_id}").json())
     assert reached, (status, dep["status"], (dep.get("lifecycle") or {}).get("history", [])[-1:])
     return dep
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return requests.get(f"{base}/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def _prompt_tokens(endpoint: str) -> float:
@@ -225,3 +233,56 @@ def test_faults_end_in_clear_states(system: tuple[Running, Twin, Keys, str]) -> 
     reason = _status(r, keys.admin, full, "degraded")["lifecycle"]["history"][-1]["reason"]
     assert "Size is not available in this region." in reason and "fallbacks" in reason, reason
     assert "nyc2" in reason  # an alternative: where the catalog also offers this gpu
+
+
+def test_the_gitops_path_reaches_serving_and_keeps_the_scaled_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same deployment from a stack file in a repository made by `agentcloud init`, applied as the GitOps
+    workflow applies it (`agentcloud up`): serving with no manual step; a scaled count survives a later up."""
+    from agentcloud.cli import main
+
+    client_private, client_public = generated_key()
+    client_key = tmp_path / "gateway_key"
+    client_key.write_text(client_private)
+    client_key.chmod(0o600)
+    hosts = Hosts(
+        folder=tmp_path / "droplets",
+        authorized_keys=client_public + "\n",
+        llama_server=str(LLAMA_SERVER),
+        model=str(write_tiny_gguf(tmp_path / "tiny.gguf")),
+        prefix=f"acg{os.getpid() % 1000}x",
+    )
+    twin = Twin(token=TOKEN, sizes=SIZES)
+    hosts.attach(twin)
+    monkeypatch.delenv("AGENTCLOUD_PROJECT", raising=False)
+    assert main(["init", str(tmp_path / "repo")]) == 0
+    scaling = {"min_replicas": 1, "max_replicas": 3}
+    (tmp_path / "repo" / "stacks" / "Pulumi.gitops-8b.yaml").write_text(
+        yaml.safe_dump(
+            {"config": {"agent-cloud:deployment": {**SPEC, "name": "gitops-8b", "scaling": scaling}}}
+        )
+    )
+    monkeypatch.chdir(tmp_path / "repo")
+    try:
+        with serve_twin(twin) as url:
+            for name, value in {
+                "AGENTCLOUD_STACK_OPS": "agentcloud.lifecycle.mocked:from_env",
+                "DIGITALOCEAN_API_ENDPOINT": url,
+                "DIGITALOCEAN_TOKEN": TOKEN,
+                "AGENTCLOUD_ENGINE_API_KEY": ENGINE_KEY,
+                "AGENTCLOUD_SSH_KEY": str(client_key),
+            }.items():
+                monkeypatch.setenv(name, value)
+            capsys.readouterr()
+            assert main(["up", "gitops-8b"]) == 0
+            out = capsys.readouterr().out
+            assert "engine secrets delivered to 1 droplet(s)" in out, out
+            address = out.strip().rsplit(" ", 1)[-1]
+            assert wait_for(lambda: _healthy(f"http://{address}:8000"), 60)
+            assert main(["up", "gitops-8b", "--replicas", "2"]) == 0  # the scaler's count
+            assert len(twin.droplets) == 2
+            assert main(["up", "gitops-8b"]) == 0  # a later GitOps up keeps it
+            assert len(twin.droplets) == 2
+    finally:
+        hosts.close()

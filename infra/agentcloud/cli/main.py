@@ -193,11 +193,38 @@ def cmd_up(args: argparse.Namespace) -> int:
     outputs = ops.up(stack_name_of(path), progress, **live)
     placement = outputs.get("placement") or {}
     endpoints = outputs.get("endpoints") or []
+    problem = _push_engine_secrets(outputs)
+    if problem:
+        error(f"{stack_name_of(path)}: up done, but the engine secrets were not delivered: {problem}")
+        return 1
     print(
         f"{stack_name_of(path)}: up on {placement.get('where', 'its declared placement')}, "
         f"{len(endpoints)} endpoint(s): {', '.join(str(e.get('private_ip')) for e in endpoints) or '-'}"
     )
     return 0
+
+
+def _push_engine_secrets(outputs: dict[str, Any]) -> str | None:
+    """After an up from git: the engine's secrets to every droplet, as the control plane does after its ups
+    (AGENTCLOUD_ENGINE_API_KEY, AGENTCLOUD_HF_TOKEN, AGENTCLOUD_SSH_KEY). Without a key: said, not failed."""
+    from agentcloud.control.outputs import routes_from_outputs
+    from agentcloud.control.secrets_push import pusher
+    from agentcloud.gateway.config import GatewayConfig
+
+    push = pusher(GatewayConfig.from_env())
+    routes = routes_from_outputs(outputs, None)
+    if not routes["endpoints"]:
+        return None
+    if push is None:
+        print(
+            "    note: engine secrets not pushed (no AGENTCLOUD_ENGINE_API_KEY): the engines wait until "
+            "`agentcloud secrets push STACK` delivers them"
+        )
+        return None
+    problem = push(routes["hosts"], str(routes.get("engine") or "vllm"))
+    if problem is None:
+        print(f"    engine secrets delivered to {len(routes['hosts'])} droplet(s)")
+    return problem
 
 
 def cmd_render(args: argparse.Namespace) -> int:

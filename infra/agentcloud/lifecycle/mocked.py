@@ -202,9 +202,13 @@ class ProgramOps:
         self.client = pydo.Client(token=token, endpoint=endpoint)
         # plain http only for a local API; the token still goes only where it was told
         self.extra: dict[str, Any] = {"enforce_https": False} if endpoint.startswith("http://") else {}
-        self.placements: dict[str, int] = {}  # where each stack landed, remembered by this process
-        self.host_keys: dict[str, dict[str, tuple[str, str]]] = {}  # per stack, as its state would keep them
-        self.outputs: dict[str, dict[str, Any]] = {}  # each stack's last up
+        # What Pulumi's state would keep, per stack: where it landed, its host key, its last outputs. Kept in
+        # files (0600: the host key is a secret) so that one CLI run sees what the last one did.
+        data = os.environ.get("AGENTCLOUD_DATA_DIR") or str(Path.home() / ".local" / "share" / "agentcloud")
+        self.state_dir = Path(data) / "program-ops"
+        self.placements: dict[str, int] = {}
+        self.host_keys: dict[str, dict[str, tuple[str, str]]] = {}
+        self.outputs: dict[str, dict[str, Any]] = {}
 
     def preflight(self) -> None:
         return None
@@ -213,6 +217,30 @@ class ProgramOps:
         """The droplets' tag of a stack. DigitalOcean's tags take letters, digits, ':', '-' and '_', and
         stack names never hold ':', so their dots (api.<org>.<name>) become colons, one to one."""
         return f"agentcloud:stack:{stack.replace('.', ':')}"
+
+    def _state_file(self, stack: str) -> Path:
+        return self.state_dir / f"{stack}.json"
+
+    def _load(self, stack: str) -> None:
+        path = self._state_file(stack)
+        if stack in self.outputs or not path.exists():
+            return
+        saved = json.loads(path.read_text())
+        self.placements[stack] = int(saved.get("placement", 0))
+        self.host_keys[stack] = {k: (v[0], v[1]) for k, v in saved.get("host_keys", {}).items()}
+        self.outputs[stack] = dict(saved.get("outputs") or {})
+
+    def _save(self, stack: str) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        saved = {
+            "placement": self.placements.get(stack, 0),
+            "host_keys": self.host_keys.get(stack, {}),
+            "outputs": self.outputs.get(stack, {}),
+        }
+        path = self._state_file(stack)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(saved, f)
 
     def up(
         self,
@@ -225,6 +253,7 @@ class ProgramOps:
         GitOps up of a stack file whose `replicas` is only where it started); neither: the file's count (the
         control plane's own stack files, which it keeps current)."""
         spec = load_stack(self.stacks / f"Pulumi.{stack}.yaml", load_catalog())
+        self._load(stack)
         live = replicas
         if live is None and keep_live:
             live = len(_droplets(self.client, self._tag(stack), self.extra)) or None
@@ -236,11 +265,13 @@ class ProgramOps:
         )
         self.placements[stack] = int(outputs["placement"]["index"])  # later ups stay where it landed
         self.outputs[stack] = outputs
+        self._save(stack)
         return outputs
 
     def refresh(self, stack: str, progress: Callable[[str], None]) -> dict[str, Any]:
         """`pulumi refresh`: the stack's last outputs, with its endpoints as the API has them now (a droplet
         deleted behind the system's back is missing from them; nothing is created)."""
+        self._load(stack)
         last = dict(self.outputs.get(stack) or {})
         known = {str(e.get("droplet_id")): e for e in last.get("endpoints") or []}
         alive = {str(d["id"]) for d in _droplets(self.client, self._tag(stack), self.extra)}
@@ -280,6 +311,8 @@ class ProgramOps:
                 self.client.volumes.delete(volume["id"], **self.extra)
         self.placements.pop(stack, None)
         self.outputs.pop(stack, None)
+        self.host_keys.pop(stack, None)
+        self._state_file(stack).unlink(missing_ok=True)
 
     def _run(
         self, stack: str, index: int, progress: Callable[[str], None], live: int | None = None
