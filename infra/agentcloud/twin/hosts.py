@@ -167,7 +167,7 @@ class Hosts:
             f"ListenAddress {host.address}\nPort 22\nHostKey {key}\nAuthorizedKeysFile {authorized}\n"
             f"PidFile {host.folder / 'sshd.pid'}\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\n"
-            "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+            "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nUseDNS no\n"
             "Subsystem sftp internal-sftp\n"
         )
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
