@@ -9,6 +9,7 @@ pull at boot with a one-time token."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ def pusher(config: GatewayConfig) -> PushSecrets | None:
     secrets are pushed by hand, and each up's log says so)."""
     if not config.engine_api_key:
         return None
+    retry_s = config.secrets_retry_s
     key, hf_token, identity, path = (
         config.engine_api_key,
         config.hf_token,
@@ -50,10 +52,19 @@ def pusher(config: GatewayConfig) -> PushSecrets | None:
             )
             for h in hosts
         ]
-        try:
-            push_env(targets, values, path, key_filename=identity)
-        except Exception as exc:  # the reason, never the values
-            return f"{type(exc).__name__}: {str(exc)[:200]}"
+        # A droplet reports itself active before its sshd answers, and an SSH session can stall: each host is
+        # retried for a while when it cannot be reached (a wrong host key or a refused login is final).
+        for target in targets:
+            deadline = time.monotonic() + retry_s
+            while True:
+                try:
+                    push_env([target], values, path, key_filename=identity)
+                    break
+                except Exception as exc:  # the reason, never the values
+                    unreachable = "cannot reach" in str(exc)
+                    if not unreachable or time.monotonic() > deadline:
+                        return f"{type(exc).__name__}: {str(exc)[:200]}"
+                    time.sleep(2.0)
         return None
 
     return push

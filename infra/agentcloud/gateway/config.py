@@ -57,6 +57,7 @@ class GatewayConfig:
     engine_api_key: str | None = field(default=None, repr=False)
     hf_token: str | None = field(default=None, repr=False)
     engine_env_path: str = "/etc/agentcloud/engine.env"
+    secrets_retry_s: float = 120.0  # how long a droplet that cannot be reached yet is retried
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     # webhooks: http and loopback targets only for local development and tests
     webhooks_allow_http: bool = False
@@ -101,6 +102,7 @@ class GatewayConfig:
             ("engine_api_key", str),
             ("hf_token", str),
             ("engine_env_path", str),
+            ("secrets_retry_s", float),
             ("max_body_bytes", int),
             ("max_upload_bytes", int),
             ("connect_timeout_s", float),
