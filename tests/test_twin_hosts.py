@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,27 +44,38 @@ def generated_key() -> tuple[str, str]:
     return generate_host_key()
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Twin, Hosts, Any, str, Path]]:
-    import pydo
-
+@contextmanager
+def twin_with_hosts(
+    tmp_path: Path, token: str, sizes: list[dict[str, Any]], prefix: str
+) -> Iterator[tuple[Twin, Hosts, str, str]]:
+    """The twin with real droplet hosts, served; yields it, its hosts, its URL and the SSH key (a file) that
+    the droplets authorize (the gateway's). Every namespace and link is gone afterwards."""
     client_private, client_public = generated_key()
-    (tmp_path / "client_key").write_text(client_private)
-    (tmp_path / "client_key").chmod(0o600)
+    client_key = tmp_path / "client_key"
+    client_key.write_text(client_private)
+    client_key.chmod(0o600)
     hosts = Hosts(
         folder=tmp_path / "droplets",
         authorized_keys=client_public + "\n",
         llama_server=str(LLAMA_SERVER),
         model=str(write_tiny_gguf(tmp_path / "tiny.gguf")),
-        prefix=f"actw{os.getpid() % 1000}x",
+        prefix=f"{prefix}{os.getpid() % 1000}x",
     )
-    twin = Twin(token=TOKEN, sizes=SIZES)
+    twin = Twin(token=token, sizes=sizes)
     hosts.attach(twin)
     try:
         with serve_twin(twin) as url:
-            yield twin, hosts, pydo.Client(token=TOKEN, endpoint=url), str(tmp_path / "client_key"), tmp_path
+            yield twin, hosts, url, str(client_key)
     finally:
         hosts.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Twin, Hosts, Any, str, Path]]:
+    import pydo
+
+    with twin_with_hosts(tmp_path, TOKEN, SIZES, "actw") as (twin, hosts, url, client_key):
+        yield twin, hosts, pydo.Client(token=TOKEN, endpoint=url), client_key, tmp_path
 
 
 def _wait(check: Any, timeout_s: float = 30) -> bool:

@@ -8,7 +8,6 @@ without its droplets."""
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -24,14 +23,11 @@ from agentcloud.gateway.routing import RouteTable
 from agentcloud.lifecycle.mocked import ProgramOps
 from agentcloud.lifecycle.operations import prepare_api_workspace
 from agentcloud.store import Store
-from agentcloud.tiny_gguf import write_tiny_gguf
-from agentcloud.twin.api import Twin, serve_twin
-from agentcloud.twin.hosts import Hosts
+from agentcloud.twin.api import Twin
 from tests.gateway.harness import Keys, Running, make_gateway, running, wait_for
 from tests.gateway.stand_in_ops import SPEC
-from tests.gateway.test_llamacpp import LLAMA_SERVER
-from tests.test_twin_hosts import generated_key
 from tests.test_twin_hosts import pytestmark as needs_hosts
+from tests.test_twin_hosts import twin_with_hosts
 
 pytestmark = [pytest.mark.e2e, needs_hosts]
 
@@ -45,38 +41,22 @@ API = "/api/v1/public"
 def system(
     tmp_path: Path, catalog: Catalog, store: Store, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Running, Twin, Keys, str]]:
-    client_private, client_public = generated_key()
-    client_key = tmp_path / "gateway_key"
-    client_key.write_text(client_private)
-    client_key.chmod(0o600)
-    hosts = Hosts(
-        folder=tmp_path / "droplets",
-        authorized_keys=client_public + "\n",
-        llama_server=str(LLAMA_SERVER),
-        model=str(write_tiny_gguf(tmp_path / "tiny.gguf")),
-        prefix=f"ace{os.getpid() % 1000}x",
-    )
-    twin = Twin(token=TOKEN, sizes=SIZES)
-    hosts.attach(twin)
     monkeypatch.setenv("AGENTCLOUD_ENGINE_API_KEY", ENGINE_KEY)  # the data plane's key to the engines
-    try:
-        with serve_twin(twin) as url:
-            workspace = prepare_api_workspace(tmp_path / "api-stacks")
-            gateway = make_gateway(
-                catalog,
-                store,
-                RouteTable(),
-                tmp_path,
-                stack_ops=ProgramOps(workspace, url, TOKEN),
-                stacks_dir=workspace,
-                engine_api_key=ENGINE_KEY,
-                ssh_key=str(client_key),
-                secrets_retry_s=15.0,  # a droplet that never boots is given up on sooner than in production
-            )
-            with running(gateway) as r:
-                yield r, twin, keys, url
-    finally:
-        hosts.close()
+    with twin_with_hosts(tmp_path, TOKEN, SIZES, "ace") as (twin, _, url, client_key):
+        workspace = prepare_api_workspace(tmp_path / "api-stacks")
+        gateway = make_gateway(
+            catalog,
+            store,
+            RouteTable(),
+            tmp_path,
+            stack_ops=ProgramOps(workspace, url, TOKEN),
+            stacks_dir=workspace,
+            engine_api_key=ENGINE_KEY,
+            ssh_key=client_key,
+            secrets_retry_s=15.0,  # a droplet that never boots is given up on sooner than in production
+        )
+        with running(gateway) as r:
+            yield r, twin, keys, url
 
 
 def _call(r: Running, key: str, method: str, path: str, **kw: Any) -> requests.Response:
@@ -259,19 +239,6 @@ def test_the_gitops_path_reaches_serving_and_keeps_the_scaled_count(
     workflow applies it (`agentcloud up`): serving with no manual step; a scaled count survives a later up."""
     from agentcloud.cli import main
 
-    client_private, client_public = generated_key()
-    client_key = tmp_path / "gateway_key"
-    client_key.write_text(client_private)
-    client_key.chmod(0o600)
-    hosts = Hosts(
-        folder=tmp_path / "droplets",
-        authorized_keys=client_public + "\n",
-        llama_server=str(LLAMA_SERVER),
-        model=str(write_tiny_gguf(tmp_path / "tiny.gguf")),
-        prefix=f"acg{os.getpid() % 1000}x",
-    )
-    twin = Twin(token=TOKEN, sizes=SIZES)
-    hosts.attach(twin)
     monkeypatch.delenv("AGENTCLOUD_PROJECT", raising=False)
     assert main(["init", str(tmp_path / "repo")]) == 0
     scaling = {"min_replicas": 1, "max_replicas": 3}
@@ -281,25 +248,22 @@ def test_the_gitops_path_reaches_serving_and_keeps_the_scaled_count(
         )
     )
     monkeypatch.chdir(tmp_path / "repo")
-    try:
-        with serve_twin(twin) as url:
-            for name, value in {
-                "AGENTCLOUD_STACK_OPS": "agentcloud.lifecycle.mocked:from_env",
-                "DIGITALOCEAN_API_ENDPOINT": url,
-                "DIGITALOCEAN_TOKEN": TOKEN,
-                "AGENTCLOUD_ENGINE_API_KEY": ENGINE_KEY,
-                "AGENTCLOUD_SSH_KEY": str(client_key),
-            }.items():
-                monkeypatch.setenv(name, value)
-            capsys.readouterr()
-            assert main(["up", "gitops-8b"]) == 0
-            out = capsys.readouterr().out
-            assert "engine secrets delivered to 1 droplet(s)" in out, out
-            address = out.strip().rsplit(" ", 1)[-1]
-            assert wait_for(lambda: _healthy(f"http://{address}:8000"), 60)
-            assert main(["up", "gitops-8b", "--replicas", "2"]) == 0  # the scaler's count
-            assert len(twin.droplets) == 2
-            assert main(["up", "gitops-8b"]) == 0  # a later GitOps up keeps it
-            assert len(twin.droplets) == 2
-    finally:
-        hosts.close()
+    with twin_with_hosts(tmp_path, TOKEN, SIZES, "acg") as (twin, _, url, client_key):
+        for name, value in {
+            "AGENTCLOUD_STACK_OPS": "agentcloud.lifecycle.mocked:from_env",
+            "DIGITALOCEAN_API_ENDPOINT": url,
+            "DIGITALOCEAN_TOKEN": TOKEN,
+            "AGENTCLOUD_ENGINE_API_KEY": ENGINE_KEY,
+            "AGENTCLOUD_SSH_KEY": client_key,
+        }.items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        assert main(["up", "gitops-8b"]) == 0
+        out = capsys.readouterr().out
+        assert "engine secrets delivered to 1 droplet(s)" in out, out
+        address = out.strip().rsplit(" ", 1)[-1]
+        assert wait_for(lambda: _healthy(f"http://{address}:8000"), 60)
+        assert main(["up", "gitops-8b", "--replicas", "2"]) == 0  # the scaler's count
+        assert len(twin.droplets) == 2
+        assert main(["up", "gitops-8b"]) == 0  # a later GitOps up keeps it
+        assert len(twin.droplets) == 2
