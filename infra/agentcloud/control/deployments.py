@@ -47,6 +47,29 @@ class StackOps(Protocol):
         deployment record exists)."""
 
 
+def state_event(record: DeploymentRecord) -> str | None:
+    """The webhook of the state a record has just settled in, from its last transitions: active after a
+    create, recovered when it comes back from degraded (directly or through an up), scaled after any other
+    change of replicas (scale-to-zero and wake included), degraded, and inactive once torn down. Moves into
+    the states of work in progress (provisioning, scaling, teardown) send nothing: their outcome does."""
+    history = record.lifecycle.history if record.lifecycle else ()
+    if not history:
+        return None
+    last = history[-1]
+    if last.target is Status.DEGRADED:
+        return "deployment.degraded"
+    if last.target is Status.INACTIVE:
+        return "deployment.inactive" if last.source is Status.TEARDOWN else "deployment.scaled"
+    if last.target is not Status.ACTIVE:
+        return None
+    came_from = last.source
+    if came_from is Status.SCALING and len(history) > 1:  # where the scaling started from
+        came_from = history[-2].source
+    if came_from is Status.DEGRADED:
+        return "deployment.recovered"
+    return "deployment.active" if came_from is Status.PROVISIONING else "deployment.scaled"
+
+
 class Deployments:
     """The control plane's deployments: the only writer of deployment records."""
 
@@ -108,11 +131,21 @@ class Deployments:
     async def move(
         self, dep_id: str, target: Status, reason: str, healthy: bool = False, **changes: Any
     ) -> DeploymentRecord:
-        """Re-read the record, apply ``changes``, move its lifecycle (checked), save and publish."""
+        """Re-read the record, apply ``changes``, move its lifecycle (checked), save and publish, then send
+        the webhook of the state it settled in (`state_event`)."""
         record = await self.get(dep_id)
         assert record is not None, dep_id
         record = dataclasses.replace(record, **changes).moved(target, time.time(), reason, healthy=healthy)
-        return await self.save(record)
+        record = await self.save(record)
+        event = state_event(record)
+        if event is not None:
+            data = {
+                "status": record.status.value,
+                "reason": reason,
+                "replicas": len(record.routes.get("endpoints") or []),
+            }
+            await self.webhooks.emit(dep_id, event, data)
+        return record
 
     async def public(self, record: DeploymentRecord) -> dict[str, Any]:
         """The reference API's deployment object, with the stack operation in progress if any."""
@@ -162,7 +195,6 @@ class Deployments:
             outputs = await asyncio.to_thread(self.stack_ops.up, stack, job.log.append)
         except Exception as exc:
             await self.move(dep_id, Status.DEGRADED, f"{operation} failed: {exc}"[:300])
-            await self.webhooks.emit(dep_id, "deployment.degraded", {"reason": f"{operation} failed"})
             raise
         record = await self.get(dep_id)
         assert record is not None
@@ -187,17 +219,13 @@ class Deployments:
                 await self.move(
                     dep_id, Status.DEGRADED, f"{operation}: secrets not delivered: {problem}"[:300]
                 )
-                await self.webhooks.emit(dep_id, "deployment.degraded", {"reason": "secrets not delivered"})
                 return
             job.log.append(f"engine secrets delivered to {len(routes['hosts'])} droplet(s)")
         record = await self.save(dataclasses.replace(record, routes=routes))
         if await self.healthy(routes["endpoints"]):
             await self.move(dep_id, Status.ACTIVE, f"{operation}: engine healthy", healthy=True)
-            event = "deployment.active" if operation == "create" else "deployment.scaled"
-            await self.webhooks.emit(dep_id, event, {"replicas": len(routes["endpoints"])})
         else:
             await self.move(dep_id, Status.DEGRADED, f"{operation}: engine not healthy in time")
-            await self.webhooks.emit(dep_id, "deployment.degraded", {"reason": "health check"})
 
     # -- operations -----------------------------------------------------------------------------------------
     async def create(self, org_id: str, spec: DeploymentSpec) -> DeploymentRecord:
@@ -292,9 +320,6 @@ class Deployments:
             found = len(routes_from_outputs(outputs, None)["endpoints"])
             if found < wanted:
                 await self.move(dep_id, Status.DEGRADED, f"drift: {found} of {wanted} droplets exist")
-                await self.webhooks.emit(
-                    dep_id, "deployment.degraded", {"reason": "drift", "found": found, "wanted": wanted}
-                )
             elif current.status is Status.DEGRADED and await self.healthy(
                 current.routes.get("endpoints") or []
             ):

@@ -42,6 +42,7 @@ EVENTS = (
     "deployment.sla_breach",
     "deployment.recovered",
     "deployment.scaled",
+    "deployment.inactive",  # beyond the reference's list: torn down (billing stopped)
 )
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")

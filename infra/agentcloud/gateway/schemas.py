@@ -27,6 +27,7 @@ Events = Literal[
     "deployment.sla_breach",
     "deployment.recovered",
     "deployment.scaled",
+    "deployment.inactive",
 ]
 
 

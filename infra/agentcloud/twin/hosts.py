@@ -101,6 +101,7 @@ class Hosts:
                 except subprocess.TimeoutExpired:
                     proc.kill()
         subprocess.run(["ip", "netns", "del", host.ns], capture_output=True, timeout=15)
+        subprocess.run(["ip", "neigh", "flush", "to", host.address], capture_output=True, timeout=15)
         shutil.rmtree(Path("/etc/netns") / host.ns, ignore_errors=True)
 
     def close(self) -> None:
@@ -123,6 +124,9 @@ class Hosts:
         if bridge is None:
             bridge = f"{self.prefix}b{len(self.bridges)}"
             _ip("link", "add", bridge, "type", "bridge")
+            # a bridge takes the lowest MAC of its ports unless given one: each droplet added or removed would
+            # change the gateway's MAC under every other droplet's neighbour cache
+            _ip("link", "set", bridge, "address", f"02:ac:00:00:00:{len(self.bridges):02x}")
             _ip("addr", "add", f"{gateway}/{network.prefixlen}", "dev", bridge)
             _ip("link", "set", bridge, "up")
             self.bridges[vpc_range] = bridge
@@ -134,6 +138,9 @@ class Hosts:
         _ip("link", "set", "eth0", "up", ns=host.ns)
         _ip("link", "set", "lo", "up", ns=host.ns)
         _ip("route", "add", "default", "via", gateway, ns=host.ns)
+        # addresses are reused (a replaced droplet gets the first free one): forget the previous holder's MAC,
+        # or the machine keeps sending to a veth that is gone until its neighbour entry expires (tens of s)
+        _ip("neigh", "flush", "to", host.address, "dev", bridge)
         host.folder.mkdir(parents=True, exist_ok=True)
         (Path("/etc/netns") / host.ns).mkdir(parents=True, exist_ok=True)
         self.gateway_address = gateway
