@@ -8,6 +8,7 @@ without its droplets."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import threading
 import time
@@ -24,6 +25,7 @@ from agentcloud.gateway.routing import RouteTable
 from agentcloud.lifecycle.mocked import ProgramOps
 from agentcloud.lifecycle.operations import prepare_api_workspace
 from agentcloud.store import Store
+from agentcloud.tiny_gguf import write_tiny_gguf
 from agentcloud.twin.api import Twin
 from tests.gateway.harness import Keys, Running, make_gateway, running, wait_for
 from tests.gateway.stand_in_ops import SPEC
@@ -35,7 +37,10 @@ pytestmark = [pytest.mark.e2e, needs_hosts]
 
 TOKEN = "dop_v1_e2e"
 ENGINE_KEY = "engine-key-e2e"
-SIZES = [{"slug": "gpu-h100x1-80gb", "available": True, "regions": ["tor1"], "price_hourly": 4.41}]
+SIZES = [
+    {"slug": "gpu-h100x1-80gb", "available": True, "regions": ["tor1"], "price_hourly": 4.41},
+    {"slug": "gpu-l40sx1-48gb", "available": True, "regions": ["tor1"], "price_hourly": 1.57},
+]
 API = "/api/v1/public"
 
 
@@ -60,6 +65,7 @@ def system(
             webhooks_allow_loopback=True,
             webhook_backoff_s=0.05,
             webhook_tick_s=0.05,
+            max_model_bytes=16 * 1024 * 1024,
         )
         with running(gateway) as r:
             yield r, twin, keys, url
@@ -227,6 +233,77 @@ def test_create_serve_scale_drift_zero_wake_delete(
         kinds
     )  # growth, drift and recovery, zero and wake
     print(f"e2e wall time: {time.monotonic() - started:.1f} s")
+
+
+def test_an_uploaded_gguf_is_delivered_over_sftp_and_served_by_every_replica(
+    system: tuple[Running, Twin, Keys, str], tmp_path: Path
+) -> None:
+    """A `byom:` deployment made through the API waits for its model (provisioning); the upload is checked,
+    sent over SFTP onto the droplet's model-cache volume, the engine restarted on it (`systemctl restart`),
+    and `byom:<name>` answers through the gateway. A replica added later gets the same model from the
+    control plane after its up, with no second upload."""
+    r, twin, keys, _ = system
+    spec = {
+        "name": "ft",
+        "model_id": "byom:my-finetune",
+        "gpu_type": "l40s",
+        "region": "tor1",
+        "preset": "balanced",
+    }
+    dep_id = _call(r, keys.admin, "POST", "", json=spec).json()["id"]
+    assert wait_for(lambda: _call(r, keys.admin, "GET", f"/{dep_id}").json()["job"] is None, 120)
+    dep = _call(r, keys.admin, "GET", f"/{dep_id}").json()
+    assert dep["status"] == "provisioning" and len(twin.droplets) == 1, dep["lifecycle"]
+    gguf = write_tiny_gguf(tmp_path / "finetune.gguf").read_bytes()
+    sent = requests.post(
+        f"{r.url}{API}/models/upload",
+        headers={"Authorization": f"Bearer {keys.admin}"},
+        files={"file": ("finetune.gguf", io.BytesIO(gguf), "application/octet-stream")},
+        data={"name": "my-model-v1", "deployment_id": dep_id},
+        timeout=30,
+    )
+    assert sent.status_code == 202, sent.text
+    upload = f"{r.url}{API}/models/uploads/{sent.json()['id']}"
+    auth = {"Authorization": f"Bearer {keys.admin}"}
+    assert wait_for(
+        lambda: requests.get(upload, headers=auth, timeout=10).json()["status"] != "uploading", 90
+    )
+    assert requests.get(upload, headers=auth, timeout=10).json()["status"] == "ready"
+    assert _status(r, keys.admin, dep_id, "active")
+    client = r.openai(keys.admin, timeout=60)
+    answer = client.chat.completions.create(
+        model="byom:my-model-v1", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+
+    scaling = {"min_replicas": 2, "max_replicas": 2}
+    assert _call(r, keys.admin, "PATCH", f"/{dep_id}/scaling", json=scaling).status_code == 202
+    dep = _status(r, keys.admin, dep_id, "active")
+    assert len(dep["endpoints"]) == 2 and len(twin.droplets) == 2
+    for endpoint in dep["endpoints"]:  # each replica's engine serves the uploaded file under its name
+        models = requests.get(
+            f"{endpoint}/models", headers={"Authorization": f"Bearer {ENGINE_KEY}"}, timeout=5
+        )
+        assert [m["id"] for m in models.json()["data"]] == ["byom:my-model-v1"], models.text
+    volumes = list((tmp_path / "droplets" / "volumes").iterdir())
+    held = [v / "gguf" / "byom" / "my-model-v1.gguf" for v in volumes]
+    assert len(held) == 2 and all(h.read_bytes() == gguf for h in held)  # on each model-cache volume
+    sent_at = {h: h.stat().st_mtime_ns for h in held}
+
+    # -- scaled to zero and woken by a request: the volumes still hold the model, only settings are sent ---
+    zero = {"min_replicas": 0, "max_replicas": 2, "scale_to_zero": True, "idle_timeout_seconds": 60}
+    assert _call(r, keys.admin, "PATCH", f"/{dep_id}/scaling", json=zero).status_code == 202
+    _status(r, keys.admin, dep_id, "active")
+    scaler, now = r.gateway.control.autoscaler, time.time()
+    for later in (3600, 7200):
+        scaler.clock = lambda later=later: now + later
+        r.run(scaler.tick())
+    assert _status(r, keys.admin, dep_id, "inactive") and twin.droplets == {}
+    woken = client.chat.completions.create(
+        model="byom:my-model-v1", messages=[{"role": "user", "content": "again"}], max_tokens=2
+    )
+    assert woken.usage is not None and len(twin.droplets) >= 1
+    assert {h: h.stat().st_mtime_ns for h in held} == sent_at  # not sent again
 
 
 def test_faults_end_in_clear_states(system: tuple[Running, Twin, Keys, str]) -> None:

@@ -22,6 +22,7 @@ from agentcloud.control.secrets_push import ENGINE_KEY_ENV, PushSecrets
 from agentcloud.control.sla import SlaWatch
 from agentcloud.control.webhooks import WebhookSender
 from agentcloud.errors import InfraError
+from agentcloud.gateway.routing import Deployment, deployment_from_record
 from agentcloud.lifecycle.operations import api_stack_name, validate_deployment, write_stack_file
 from agentcloud.records import DeploymentRecord, Lifecycle, Reason, Status
 from agentcloud.spec import DeploymentSpec, Scaling, Sla, gpu_type_of
@@ -90,6 +91,8 @@ class Deployments:
         self.stack_ops, self.stacks_dir, self.webhooks, self.sla = stack_ops, stacks_dir, webhooks, sla
         self.healthy, self.publish = healthy, publish
         self.push_secrets: PushSecrets | None = None  # set by the control plane from its config
+        # a `byom:` deployment's delivered model onto new droplets (set by the control plane: its uploads)
+        self.redeliver: Callable[[Deployment], Awaitable[tuple[str | None, str | None]]] | None = None
         self._edits: dict[str, asyncio.Lock] = {}  # one settings edit per deployment at a time
         self.clock: Callable[[], float] = time.time  # the meter's (tests move it)
 
@@ -199,6 +202,9 @@ class Deployments:
         record = await self.get(dep_id)
         assert record is not None
         routes = routes_from_outputs(outputs, None)
+        byom = str(record.spec.get("model_id", "")).startswith("byom:")
+        if byom and record.routes.get("upstream_model"):  # the uploaded model it serves, through zero too
+            routes["model_id"] = routes["upstream_model"] = record.routes["upstream_model"]
         routes["api_key_env"] = record.routes.get("api_key_env")
         routes["routing"] = record.spec.get("routing", Routing.PREFIX_AWARE.value)
         if record.spec.get("sla", {}).get("concurrency_limit"):
@@ -221,6 +227,20 @@ class Deployments:
                 )
                 return
             job.log.append(f"engine secrets delivered to {len(routes['hosts'])} droplet(s)")
+        if byom and self.redeliver is not None:
+            served, problem = await self.redeliver(
+                deployment_from_record(dataclasses.replace(record, routes=routes))
+            )
+            if problem is not None or served is None:
+                await self.save(dataclasses.replace(record, routes=routes))
+                if problem is None and record.status is Status.PROVISIONING:
+                    job.log.append("droplets ready: waiting for a model upload (POST /models/upload)")
+                    return
+                why = problem or "no model delivered yet: upload one (POST /models/upload)"
+                await self.move(dep_id, Status.DEGRADED, f"{operation}: {why}"[:300])
+                return
+            routes["model_id"] = routes["upstream_model"] = served
+            job.log.append(f"{served} on every droplet")
         record = await self.save(dataclasses.replace(record, routes=routes))
         if await self.healthy(routes["endpoints"]):
             await self.move(dep_id, Status.ACTIVE, f"{operation}: engine healthy", healthy=True)

@@ -105,6 +105,7 @@ class ControlPlane:
             config.max_body_bytes,
             delivery,
         )
+        self.deployments.redeliver = self.uploads.redeliver
         self.api = ManagementApi(
             self.deployments,
             routes,

@@ -32,6 +32,7 @@ from agentcloud.gateway.multipart import MultipartReader
 from agentcloud.gateway.routing import Deployment, RouteTable
 from agentcloud.gateway.schemas import UploadRequest, parse
 from agentcloud.gguf import CHECK_MEMORY_BYTES, CHECK_TIMEOUT_S, GGUFError, read_gguf_bounded
+from agentcloud.records import Status
 from agentcloud.store import Store
 from agentcloud.store.keys import KeyRecord, new_id
 from agentcloud.store.offload import StoreThread
@@ -231,8 +232,35 @@ class Uploads:
         record = await self.deployments.get(dep.id)
         if record is not None:  # the engines now answer for the uploaded model
             routes = {**record.routes, "model_id": model_id, "upstream_model": model_id}
-            await self.deployments.save(dataclasses.replace(record, routes=routes))
+            record = await self.deployments.save(dataclasses.replace(record, routes=routes))
         await self.db(self.store.update_upload, upload_id, status="ready", reason=None)
+        if record is not None and record.status in (Status.PROVISIONING, Status.DEGRADED):
+            # a deployment made through the API waits for its first model (see `redeliver`)
+            await self.deployments.move(dep.id, Status.ACTIVE, f"{model_id} delivered: engine healthy", True)
+
+    async def redeliver(self, dep: Deployment) -> tuple[str | None, str | None]:
+        """After an up of a `byom:` deployment: its delivered model onto every droplet (a droplet whose
+        model-cache volume already holds it gets only the settings, which live on its root disk), the engine
+        restarted. Returns (the served model id, None), (None, None) when no model was delivered yet, or
+        (None, the reason it could not be delivered)."""
+        upload = await self.db(self.store.ready_upload, dep.id)
+        if upload is None:
+            return None, None
+        name, path = str(upload["name"]), self.dir / f"{upload['id']}.gguf"
+        if not path.exists():
+            return None, f"byom:{name} is not on this gateway's disk ({path}): upload it again"
+        try:
+            _, settings = await asyncio.to_thread(self._validate, path, dep, name)
+            for host in dep.hosts:
+                remote = await asyncio.to_thread(
+                    self.deliver, host, str(path), f"{name}.gguf", settings, self.delivery, upload["sha256"]
+                )
+                if remote != upload["sha256"]:
+                    raise RuntimeError(f"{host.host} holds sha256 {remote}, expected {upload['sha256']}")
+        except Exception as exc:  # the reason, for the deployment's history
+            message = exc.message if isinstance(exc, GatewayError) else str(exc)
+            return None, f"{type(exc).__name__}: {message}"[:200]
+        return f"byom:{name}", None
 
     async def _wait_healthy(self, dep: Deployment) -> None:
         if not await self.healthy([t.base_url for t in dep.targets]):

@@ -277,6 +277,15 @@ class Store(Coordination):
         record["info"] = json.loads(record["info"]) if record["info"] else None
         return record
 
+    def ready_upload(self, deployment_id: str) -> dict[str, Any] | None:
+        """The model a deployment serves: its most recently delivered upload."""
+        rows = self._exec(
+            "SELECT id FROM uploads WHERE deployment_id = ? AND status = 'ready' ORDER BY updated_at DESC "
+            "LIMIT 1",
+            (deployment_id,),
+        )
+        return self.upload(rows[0][0]) if rows else None
+
     def upload_named(self, org_id: str, name: str) -> dict[str, Any] | None:
         rows = self._exec(
             "SELECT id FROM uploads WHERE org_id = ? AND name = ? AND status != 'failed'", (org_id, name)

@@ -7,9 +7,9 @@ does not offer: "Size is not available in this region."), 429 ``too_many_request
 the ``RateLimit-*`` headers. Faults are injected through ``Twin.faults``: a size unavailable in a region, the
 next N requests rate limited, droplets that never boot.
 
-A droplet is created ``new`` and turns ``active`` after ``boot_s`` unless told never to; ``on_create`` lets a
-caller make it a real host (a network namespace booted from its user-data: the next step of issue 9). Volumes
-outlive droplets; deleting a droplet detaches them. State is in memory, one lock, bounded by what tests make.
+A droplet is created ``new`` and turns ``active`` after ``boot_s`` unless told never to; ``on_create``,
+``on_delete`` and ``on_attach`` let a caller make droplets real hosts (twin/hosts.py). Volumes outlive
+droplets; deleting a droplet detaches them. State is in memory, one lock, bounded by what tests make.
 127.0.0.1 only."""
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ class Twin:
     faults: Faults = field(default_factory=Faults)
     on_create: Callable[[Json, str | None], None] | None = None
     on_delete: Callable[[int], None] | None = None
+    on_attach: Callable[[int, Json], None] | None = None  # (droplet id, volume)
     droplets: dict[int, Json] = field(default_factory=dict)
     volumes: dict[str, Json] = field(default_factory=dict)
     firewalls: dict[str, Json] = field(default_factory=dict)
@@ -307,6 +308,8 @@ class Twin:
                 raise invalid("Volume is already attached to another Droplet.")
             volume["droplet_ids"] = [n]
             droplet["volume_ids"] = sorted({*droplet["volume_ids"], volume["id"]})
+            if self.on_attach is not None:
+                self.on_attach(n, volume)
         else:
             volume["droplet_ids"] = [i for i in volume["droplet_ids"] if i != n]
             droplet["volume_ids"] = [i for i in droplet["volume_ids"] if i != volume["id"]]

@@ -2,10 +2,12 @@
 `llama-server` on a tiny GGUF, with the same port, API key and model name (no GPU, no image pull).
 
 `docker rm ...` succeeds and does nothing; `docker run ... IMAGE ARGS` reads what the real container would get
-(published port, `--env-file`, `-e`), and for the llama.cpp image its own server arguments, for the vLLM image
-its `--config` file (port, served model name); the engine's key comes from `LLAMA_API_KEY` / `VLLM_API_KEY` of
-the environment file, as the real engines read it. Environment: AGENTCLOUD_TWIN_LLAMA_SERVER (the binary),
-AGENTCLOUD_TWIN_MODEL (the GGUF), AGENTCLOUD_TWIN_HOST (the droplet's private address)."""
+(published port, `--env-file`, `-e`, `-v`), and for the llama.cpp image its own server arguments (an uploaded
+model's `LLAMA_ARG_MODEL` and `LLAMA_ARG_ALIAS` from byom.env: that GGUF, found through the `-v` mount), for
+the vLLM image its `--config` file (port, served model name); the engine's key comes from `LLAMA_API_KEY` /
+`VLLM_API_KEY` of the environment file, as the real engines read it. Environment:
+AGENTCLOUD_TWIN_LLAMA_SERVER (the binary), AGENTCLOUD_TWIN_MODEL (the GGUF), AGENTCLOUD_TWIN_HOST (the
+droplet's private address)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,14 @@ def _env_file(path: str) -> dict[str, str]:
     return values
 
 
+def _host_path(path: str, volumes: dict[str, str]) -> str:
+    """Where a path inside the container is on the host, through the longest matching `-v` mount."""
+    for target in sorted(volumes, key=len, reverse=True):
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            return volumes[target] + path[len(target.rstrip("/")) :]
+    return path
+
+
 def run(argv: list[str]) -> int:
     if not argv or argv[0] in ("rm", "pull", "stop"):
         return 0
@@ -32,6 +42,7 @@ def run(argv: list[str]) -> int:
         print(f"twin docker: {argv[0]} is not supported", file=sys.stderr)
         return 2
     env: dict[str, str] = {}
+    volumes: dict[str, str] = {}  # container path -> host path
     port = None
     i = 1
     with_value = {"--name", "-v", "--volume", "--gpus", "--device", "--shm-size", "--ipc", "--group-add"}
@@ -41,6 +52,9 @@ def run(argv: list[str]) -> int:
             port = argv[i + 1].split(":")[0]
         elif flag == "--env-file":
             env.update(_env_file(argv[i + 1]))
+        elif flag in ("-v", "--volume"):
+            source, _, target = argv[i + 1].partition(":")
+            volumes[target.split(":")[0]] = source
         elif flag in ("-e", "--env"):
             name, _, value = argv[i + 1].partition("=")
             env[name] = value
@@ -66,10 +80,14 @@ def run(argv: list[str]) -> int:
         alias = args[args.index("--alias") + 1] if "--alias" in args else alias
         parallel = args[args.index("--parallel") + 1] if "--parallel" in args else parallel
         key = env.get("LLAMA_API_KEY")
+    model = os.environ["AGENTCLOUD_TWIN_MODEL"]
+    if env.get("LLAMA_ARG_MODEL"):  # an uploaded GGUF (byom.env): the file itself, through the volume
+        model = _host_path(env["LLAMA_ARG_MODEL"], volumes)
+        alias = env.get("LLAMA_ARG_ALIAS", alias)
     command = [
         os.environ["AGENTCLOUD_TWIN_LLAMA_SERVER"],
         "-m",
-        os.environ["AGENTCLOUD_TWIN_MODEL"],
+        model,
         "--host",
         os.environ.get("AGENTCLOUD_TWIN_HOST", "0.0.0.0"),
         "--port",

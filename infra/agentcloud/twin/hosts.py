@@ -48,6 +48,8 @@ class Host:
     address: str
     folder: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    mount_point: str = "/mnt/agentcloud-models"  # where the model-cache service mounts the volume
+    firewalled: bool = False
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Hosts:
 
         twin.on_create = create
         twin.on_delete = self.remove
+        twin.on_attach = self.attach_volume
 
     # -- the twin's hook -------------------------------------------------------------------------------------
     def boot(self, droplet: dict[str, Any], user_data: str | None, vpc_range: str) -> None:
@@ -86,8 +89,26 @@ class Hosts:
         self._network(host, vpc_range)
         config = yaml.safe_load(user_data or "") or {}
         self._write_files(host, config.get("write_files") or [])
+        prepare = self._path(host, "/usr/local/bin/agentcloud-prepare-cache")
+        found = re.search(r"mountpoint -q ([^\s;]+)", prepare.read_text()) if prepare.exists() else None
+        host.mount_point = found.group(1) if found else host.mount_point
+        (host.folder / "mnt").mkdir(exist_ok=True)
+        self._shims(host)
         self._sshd(host, config.get("ssh_keys") or {})
         threading.Thread(target=self._engine_unit, args=(host,), daemon=True).start()
+
+    def attach_volume(self, droplet_id: int, volume: dict[str, Any]) -> None:
+        """The model-cache service mounts the attached volume: the droplet's mount point becomes the volume's
+        folder, which outlives the droplet (a replacement or a wake finds what the last one left)."""
+        host = self.hosts.get(droplet_id)
+        if host is None:
+            return
+        disk = self.folder / "volumes" / str(volume["id"])
+        disk.mkdir(parents=True, exist_ok=True)
+        point = host.folder / "mnt" / host.mount_point.removeprefix("/mnt/")
+        point.parent.mkdir(parents=True, exist_ok=True)
+        if not point.is_symlink():
+            point.symlink_to(disk)
 
     def remove(self, droplet_id: int) -> None:
         host = self.hosts.pop(droplet_id, None)
@@ -176,46 +197,93 @@ class Hosts:
             "KbdInteractiveAuthentication no\n"
             "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nUseDNS no\n"
             "Subsystem sftp internal-sftp\n"
+            f"SetEnv PATH={host.folder / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/bin\n"
         )
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-        host.processes.append(
-            subprocess.Popen(
-                ["ip", "netns", "exec", host.ns, sshd, "-D", "-e", "-f", str(config)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+        with (host.folder / "sshd.log").open("wb") as log:  # the child keeps its own descriptor
+            host.processes.append(
+                subprocess.Popen(
+                    self._in_droplet(host, sshd, "-D", "-e", "-f", str(config)), stdout=log, stderr=log
+                )
             )
-        )
 
-    def _engine_unit(self, host: Host) -> None:
-        """agentcloud-engine.path: start the engine once its environment file exists."""
-        env_file = self._path(host, ENGINE_ENV)
-        script = self._path(host, ENGINE_SCRIPT)
-        while not self._stop.is_set() and host.droplet_id in self.hosts:
-            if env_file.exists() and script.exists():
-                break
-            time.sleep(self.engine_wait_s)
-        else:
-            return
-        port = re.search(r"--port[ =](\d+)", script.read_text())
-        self._firewall(host, int(port.group(1)) if port else 8000)
+    def _in_droplet(self, host: Host, *argv: str) -> list[str]:
+        """``argv`` on the droplet: its network namespace and /etc (`ip netns exec`), and its own /mnt (a bind
+        mount in the mount namespace `ip netns exec` makes; it does not propagate back)."""
+        mount = 'mount --bind "$0" /mnt && exec "$@"'
+        return ["ip", "netns", "exec", host.ns, "sh", "-c", mount, str(host.folder / "mnt"), *argv]
+
+    def _shims(self, host: Host) -> None:
+        """What the droplet's image would have on its PATH: `docker` (the twin's shim: llama-server) and
+        `systemctl` (start/restart of the engine unit, as a request to this twin's unit runner)."""
         shim = host.folder / "bin"
         shim.mkdir(exist_ok=True)
         docker = shim / "docker"
         docker.write_text(f'#!/bin/sh\nexec {sys.executable} -m agentcloud.twin.docker_shim "$@"\n')
-        docker.chmod(0o755)
+        request = host.folder / "restart-requested"
+        systemctl = shim / "systemctl"
+        systemctl.write_text(
+            "#!/bin/sh\n# systemctl on a twin droplet: (re)start of the engine asks the twin's unit runner\n"
+            'case "$1 $2" in\n'
+            f'  "restart agentcloud-engine"*|"start agentcloud-engine"*) : > {request}\n'
+            f"    i=0; while [ -e {request} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done ;;\n"
+            "esac\n"
+        )
+        for path in (docker, systemctl):
+            path.chmod(0o755)
+
+    def _unit(self, host: Host, name: str, key: str) -> list[str]:
+        """The values of ``key`` in the droplet's rendered unit ``name`` (/etc/systemd/system)."""
+        path = self._path(host, f"/etc/systemd/system/{name}")
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [line.split("=", 1)[1].strip() for line in lines if line.startswith(f"{key}=")]
+
+    def _engine_unit(self, host: Host) -> None:
+        """agentcloud-engine.path and .service as systemd runs them: once the path unit's PathExists= holds,
+        the service starts if its ConditionPathExists= all hold (else it is skipped, as systemd does),
+        running its ExecStart=; `systemctl restart` (the shim) stops it and starts it again under the same
+        conditions."""
+        watched = self._unit(host, "agentcloud-engine.path", "PathExists") or [ENGINE_ENV]
+        conditions = self._unit(host, "agentcloud-engine.service", "ConditionPathExists")
+        command = (self._unit(host, "agentcloud-engine.service", "ExecStart") or [ENGINE_SCRIPT])[0]
+        request = host.folder / "restart-requested"
+        engine: subprocess.Popen[bytes] | None = None
+        triggered = False
+        while not self._stop.is_set() and host.droplet_id in self.hosts:
+            restart = request.exists()
+            if restart or (not triggered and all(self._path(host, p).exists() for p in watched)):
+                triggered = True
+                if engine is not None and engine.poll() is None:
+                    engine.terminate()
+                    engine.wait(10)
+                engine = None
+                if all(self._path(host, p).exists() for p in conditions):
+                    engine = self._start_engine(host, self._path(host, command))
+                request.unlink(missing_ok=True)
+            time.sleep(self.engine_wait_s)
+
+    def _start_engine(self, host: Host, script: Path) -> subprocess.Popen[bytes]:
+        port = re.search(r"--port[ =](\d+)", script.read_text())
+        self._firewall(host, int(port.group(1)) if port else 8000)
         env = {
             **os.environ,
-            "PATH": f"{shim}:{os.environ.get('PATH', '')}",
+            "PATH": f"{host.folder / 'bin'}:{os.environ.get('PATH', '')}",
             "AGENTCLOUD_TWIN_LLAMA_SERVER": self.llama_server,
             "AGENTCLOUD_TWIN_MODEL": self.model,
             "AGENTCLOUD_TWIN_HOST": host.address,
         }
-        command = ["ip", "netns", "exec", host.ns, "sh", str(script)]
-        with (host.folder / "engine.log").open("wb") as log:  # the child keeps its own descriptor
-            host.processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+        with (host.folder / "engine.log").open("ab") as log:  # the child keeps its own descriptor
+            engine = subprocess.Popen(
+                self._in_droplet(host, "sh", str(script)), env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        host.processes.append(engine)
+        return engine
 
     def _firewall(self, host: Host, port: int) -> None:
         """The deployment firewall's engine rule: only the VPC's gateway address reaches the engine port."""
+        if host.firewalled:
+            return
+        host.firewalled = True
         for rule in (
             ["-A", "INPUT", "-p", "tcp", "--dport", str(port), "-s", self.gateway_address, "-j", "ACCEPT"],
             ["-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP"],
