@@ -117,11 +117,34 @@ def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: str) 
             _walk(item, (*path, index), lines, file)
 
 
+MAX_NODES = 100_000  # a catalog or stack file has a few thousand; aliases that expand past this are refused
+
+
+def _check_size(node: yaml.Node, file: str) -> None:
+    """Refuse a document whose node tree, with its aliases expanded, is huge or endless (a recursive alias,
+    or aliases of aliases: "billion laughs"), before anything walks it."""
+    stack, count = [node], 0
+    while stack:
+        current = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            message = (
+                f"more than {MAX_NODES} values once its aliases are expanded (recursive or nested aliases?)"
+            )
+            raise ValidationError([Problem(file=file, path=(), message=message, fix="write the values out")])
+        if isinstance(current, yaml.MappingNode):
+            stack.extend(v for pair in current.value for v in pair)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+
+
 def parse_document(text: str, file: str) -> Document:
     """Parse YAML text; syntax errors and duplicate keys become a ValidationError naming the line."""
     loader = Loader(text)
     try:  # one parse: the node tree gives the lines, the same tree is then constructed into data
         node = loader.get_single_node()
+        if node is not None:
+            _check_size(node, file)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark

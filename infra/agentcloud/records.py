@@ -178,7 +178,10 @@ class DeploymentRecord:
     - ``lifecycle``: the control plane (jobs, autoscaler); None for routes registered by hand.
     - ``routes``: what the data plane serves it by (endpoints, hosts, concurrency limit), from the stack's
       outputs.
-    - ``meter``: what its capacity has cost (the control plane, each time the replicas running change)."""
+    - ``meter``: what its capacity has cost (the control plane, each time the replicas running change).
+    - ``git``: a stack applied from git and registered with the control plane (`agentcloud up --register`):
+      git owns its file and bounds, the autoscaler its live count (each up is given it; the file is never
+      edited)."""
 
     id: str
     org_id: str
@@ -190,6 +193,7 @@ class DeploymentRecord:
     lifecycle: Lifecycle | None = None
     routes: dict[str, Any] = field(default_factory=dict)
     meter: Meter = field(default_factory=Meter)
+    git: bool = False  # its stack file is git's: the control plane keeps a copy, never edits it
 
     @property
     def running(self) -> int:
@@ -217,6 +221,8 @@ class DeploymentRecord:
             meta["lifecycle"] = self.lifecycle.as_dict()
         if self.meter.changes:
             meta["meter"] = self.meter.as_dict()
+        if self.git:
+            meta["git"] = True
         return meta, self.routes
 
     @staticmethod
@@ -242,4 +248,5 @@ class DeploymentRecord:
             lifecycle=Lifecycle.from_dict(lifecycle) if lifecycle else None,
             routes=dict(routes or {}),
             meter=Meter.from_dict(meta["meter"]) if meta.get("meter") else Meter(),
+            git=bool(meta.get("git")),
         )

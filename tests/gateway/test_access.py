@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import yaml
 
 from agentcloud.catalog import Catalog
 from agentcloud.control.uploads import OFFSET_CT
@@ -60,6 +61,12 @@ class Row:
 
 def _spec(w: World) -> dict[str, Any]:
     return {"json": {**SPEC, "name": f"matrix-{next(w.names)}"}}
+
+
+def _git_stack(w: World) -> dict[str, Any]:
+    name = f"git-{next(w.names)}"
+    text = yaml.safe_dump({"config": {"agent-cloud:deployment": {**SPEC, "name": name}}})
+    return {"json": {"stack": name, "stack_file": text}}
 
 
 def _grant(w: World) -> dict[str, Any]:
@@ -201,6 +208,7 @@ ROWS = [
     # -- deployments -----------------------------------------------------------------------------------
     Row("POST", f"{API}/deployments", (202, 403, 403, 403, 403, 403, 403, 403, 202), kw=_spec),
     Row("GET", f"{API}/deployments", EVERYONE),
+    Row("POST", f"{API}/gitops/stacks", (202, 403, 403, 403, 403, 403, 403, 403, 202), kw=_git_stack),
     Row("GET", f"{API}/deployments/{{deployment_id}}", READ_M, _dep_m()),
     Row(
         "GET",

@@ -21,7 +21,7 @@ from agentcloud.gateway.routing import RouteTable
 from agentcloud.lifecycle.operations import PulumiStackOps, prepare_api_workspace
 from agentcloud.store import Store
 from tests.gateway.fake_upstream import FakeUpstream
-from tests.gateway.harness import Keys, Running, make_gateway, running, wait_for
+from tests.gateway.harness import PEPPER, Keys, Running, make_gateway, running, wait_for
 from tests.gateway.stand_in_ops import SPEC, FakeOps
 
 API = "/api/v1/public/deployments"
@@ -389,3 +389,51 @@ def test_a_failed_create_says_why(api: Api, capsys: pytest.CaptureFixture[str], 
     dep_id = out.split("created ")[1].split(" ")[0]
     assert main(["deployments", "--url", api.r.url, "--key", api.keys.admin, "up", dep_id]) == 0
     assert "broken: active" in capsys.readouterr().out
+
+
+def _git_stack(name: str, **changes: Any) -> dict[str, str]:
+    text = "# in git\n" + yaml.safe_dump(
+        {"config": {"agent-cloud:deployment": {**SPEC, "name": name, **changes}}}
+    )
+    return {"stack": name, "stack_file": text}
+
+
+def test_git_stacks_are_registered_served_and_refused_where_git_owns_them(api: Api, store: Store) -> None:
+    """A stack applied from git is registered (outputs read, not upped), served once healthy; a bad file is a
+    400 naming its line; another org's stack name, a name in use, and changes that belong in git are 409;
+    registering again follows the file and keeps nothing else."""
+    url = f"{api.r.url}/api/v1/public/gitops/stacks"
+
+    def register(body: dict[str, Any], key: str | None = None) -> requests.Response:
+        return requests.post(
+            url, json=body, headers={"Authorization": f"Bearer {key or api.keys.admin}"}, timeout=15
+        )
+
+    made = register(_git_stack("git-8b"))
+    assert made.status_code == 202, made.text
+    dep_id = made.json()["id"]
+    assert api.wait_status(dep_id, "active")["endpoints"]
+    assert ("up", "git-8b", 1) in api.ops.calls  # the refresh of the stand-in reads the file's outputs
+    assert (api.stacks / "Pulumi.git-8b.yaml").read_text().startswith("# in git")  # the copy, byte for byte
+
+    bad = register({"stack": "git-bad", "stack_file": "config:\n  agent-cloud:deployment:\n    name: x\n"})
+    assert bad.status_code == 400 and "stacks/Pulumi.git-bad.yaml:3" in bad.json()["error"]["message"], (
+        bad.text
+    )
+    _, admin_b = store.create_key(PEPPER, "org_b", "admin_b", "professional", "admin")
+    taken = register(_git_stack("git-8b"), key=admin_b)
+    assert taken.status_code == 409 and taken.json()["error"]["code"] == "owned_by_git"
+    clash = api.call("POST", "", json={**SPEC, "name": "api-made"})
+    assert clash.status_code == 202
+    again = register({**_git_stack("api-made-git"), "stack_file": _git_stack("api-made")["stack_file"]})
+    assert (
+        again.status_code == 409 and "another deployment named api-made" in again.json()["error"]["message"]
+    )
+    scaling = api.call("PATCH", f"/{dep_id}/scaling", json={"min_replicas": 1, "max_replicas": 2})
+    assert scaling.status_code == 409 and "stacks/Pulumi.git-8b.yaml" in scaling.json()["error"]["message"]
+    assert api.call("DELETE", f"/{dep_id}").status_code == 409
+    assert register({"stack": "api.org_a.x", "stack_file": "x"}).status_code == 400  # API stacks have dots
+
+    followed = register(_git_stack("git-8b", preset="balanced"))
+    assert followed.status_code == 202 and followed.json()["id"] == dep_id
+    assert api.wait_status(dep_id, "active")["preset"] == "balanced"

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import requests
 import yaml
@@ -136,8 +137,6 @@ def test_create_serve_scale_drift_zero_wake_delete(
     dep = _call(r, keys.admin, "GET", f"/{dep_id}").json()
     assert dep["status"] == "active", dep["lifecycle"]["history"][-1]
     assert len(twin.droplets) == 1 and len(twin.volumes) == 1 and len(twin.firewalls) == 1
-    import openai
-
     client = openai.OpenAI(  # the deployment's own OpenAI-compatible endpoint on the gateway
         base_url=f"{r.url}{API}/deployments/{dep_id}", api_key=keys.admin, timeout=60, max_retries=0
     )
@@ -150,27 +149,7 @@ def test_create_serve_scale_drift_zero_wake_delete(
     bounds = {"min_replicas": 1, "max_replicas": 3, "target_in_flight_per_replica": 1}
     assert _call(r, keys.admin, "PATCH", f"/{dep_id}/scaling", json=bounds).status_code == 202
     assert _status(r, keys.admin, dep_id, "active")
-    stop = threading.Event()
-
-    def stream() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(Exception):
-                for _ in client.chat.completions.create(
-                    model=SPEC["model_id"],
-                    messages=[{"role": "user", "content": "go"}],
-                    max_tokens=300,
-                    stream=True,
-                ):
-                    pass
-
-    load = [threading.Thread(target=stream, daemon=True) for _ in range(4)]
-    for t in load:
-        t.start()
-    scaler = r.gateway.control.autoscaler
-    grew = wait_for(lambda: any(a[1] > 1 for a in r.run(scaler.tick())), 30)
-    stop.set()
-    for t in load:
-        t.join(60)
+    grew = _grow_under_load(r, client, SPEC["model_id"])
     assert grew, "the autoscaler did not grow the deployment under load"
     assert wait_for(lambda: len(_call(r, keys.admin, "GET", f"/{dep_id}").json()["endpoints"]) > 1, 60), str(
         {
@@ -203,11 +182,7 @@ def test_create_serve_scale_drift_zero_wake_delete(
     zero = {"min_replicas": 0, "max_replicas": 3, "scale_to_zero": True, "idle_timeout_seconds": 60}
     assert _call(r, keys.admin, "PATCH", f"/{dep_id}/scaling", json=zero).status_code == 202
     _status(r, keys.admin, dep_id, "active")
-    now = time.time()
-    scaler.clock = lambda: now + 3600
-    r.run(scaler.tick())
-    scaler.clock = lambda: now + 7200
-    r.run(scaler.tick())
+    _idle_for_hours(r)
     assert _status(r, keys.admin, dep_id, "inactive")
     assert twin.droplets == {} and len(twin.volumes) == 3  # a cache per replica slot, kept
     woken = client.chat.completions.create(
@@ -294,10 +269,7 @@ def test_an_uploaded_gguf_is_delivered_over_sftp_and_served_by_every_replica(
     zero = {"min_replicas": 0, "max_replicas": 2, "scale_to_zero": True, "idle_timeout_seconds": 60}
     assert _call(r, keys.admin, "PATCH", f"/{dep_id}/scaling", json=zero).status_code == 202
     _status(r, keys.admin, dep_id, "active")
-    scaler, now = r.gateway.control.autoscaler, time.time()
-    for later in (3600, 7200):
-        scaler.clock = lambda later=later: now + later
-        r.run(scaler.tick())
+    _idle_for_hours(r)
     assert _status(r, keys.admin, dep_id, "inactive") and twin.droplets == {}
     woken = client.chat.completions.create(
         model="byom:my-model-v1", messages=[{"role": "user", "content": "again"}], max_tokens=2
@@ -328,38 +300,95 @@ def test_faults_end_in_clear_states(system: tuple[Running, Twin, Keys, str]) -> 
     assert "nyc2" in reason  # an alternative: where the catalog also offers this gpu
 
 
-def test_the_gitops_path_reaches_serving_and_keeps_the_scaled_count(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def _idle_for_hours(r: Running) -> None:
+    """The autoscaler's clock an hour, then two, past the last request: idle past any timeout."""
+    scaler, now = r.gateway.control.autoscaler, time.time()
+    for later in (3600, 7200):
+        scaler.clock = lambda later=later: now + later
+        r.run(scaler.tick())
+
+
+def _grow_under_load(r: Running, client: Any, model: str) -> bool:
+    """Four streaming clients while the autoscaler ticks: True once it decided to grow."""
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                for _ in client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "go"}], max_tokens=300, stream=True
+                ):
+                    pass
+
+    load = [threading.Thread(target=stream, daemon=True) for _ in range(4)]
+    for t in load:
+        t.start()
+    scaler = r.gateway.control.autoscaler
+    grew = wait_for(lambda: any(a[1] > 1 for a in r.run(scaler.tick())), 30)
+    stop.set()
+    for t in load:
+        t.join(60)
+    return grew
+
+
+def test_the_gitops_path_serves_and_a_later_apply_keeps_the_autoscaled_count(
+    system: tuple[Running, Twin, Keys, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The same deployment from a stack file in a repository made by `agentcloud init`, applied as the GitOps
-    workflow applies it (`agentcloud up`): serving with no manual step; a scaled count survives a later up."""
+    workflow applies it (`agentcloud up --register`): the gateway serves it with no manual step, its
+    autoscaler grows it under load (without touching the file: git owns it), and the next apply keeps the
+    autoscaled count."""
     from agentcloud.cli import main
 
+    r, twin, keys, url = system
     monkeypatch.delenv("AGENTCLOUD_PROJECT", raising=False)
     assert main(["init", str(tmp_path / "repo")]) == 0
-    scaling = {"min_replicas": 1, "max_replicas": 3}
-    (tmp_path / "repo" / "stacks" / "Pulumi.gitops-8b.yaml").write_text(
-        yaml.safe_dump(
+    scaling = {"min_replicas": 1, "max_replicas": 3, "target_in_flight_per_replica": 1}
+    stack_file = tmp_path / "repo" / "stacks" / "Pulumi.gitops-8b.yaml"
+    stack_file.write_text(
+        "# applied by the GitOps workflow\n"
+        + yaml.safe_dump(
             {"config": {"agent-cloud:deployment": {**SPEC, "name": "gitops-8b", "scaling": scaling}}}
         )
     )
+    in_git = stack_file.read_bytes()
     monkeypatch.chdir(tmp_path / "repo")
-    with twin_with_hosts(tmp_path, TOKEN, SIZES, "acg") as (twin, _, url, client_key):
-        for name, value in {
-            "AGENTCLOUD_STACK_OPS": "agentcloud.lifecycle.mocked:from_env",
-            "DIGITALOCEAN_API_ENDPOINT": url,
-            "DIGITALOCEAN_TOKEN": TOKEN,
-            "AGENTCLOUD_ENGINE_API_KEY": ENGINE_KEY,
-            "AGENTCLOUD_SSH_KEY": client_key,
-        }.items():
-            monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        assert main(["up", "gitops-8b"]) == 0
-        out = capsys.readouterr().out
-        assert "engine secrets delivered to 1 droplet(s)" in out, out
-        address = out.strip().rsplit(" ", 1)[-1]
-        assert wait_for(lambda: _healthy(f"http://{address}:8000"), 60)
-        assert main(["up", "gitops-8b", "--replicas", "2"]) == 0  # the scaler's count
-        assert len(twin.droplets) == 2
-        assert main(["up", "gitops-8b"]) == 0  # a later GitOps up keeps it
-        assert len(twin.droplets) == 2
+    for name, value in {
+        "AGENTCLOUD_STACK_OPS": "agentcloud.lifecycle.mocked:from_env",
+        "DIGITALOCEAN_API_ENDPOINT": url,
+        "DIGITALOCEAN_TOKEN": TOKEN,
+        "AGENTCLOUD_SSH_KEY": str(r.gateway.control.config.ssh_key),
+        "AGENTCLOUD_URL": r.url,
+        "AGENTCLOUD_API_KEY": keys.admin,
+    }.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert main(["up", "gitops-8b", "--register"]) == 0
+    out = capsys.readouterr().out
+    assert "engine secrets delivered to 1 droplet(s)" in out and "registered with the gateway" in out, out
+    dep_id = out.split(" as ")[-1].split()[0]
+    _status(r, keys.admin, dep_id, "active")
+    client = openai.OpenAI(
+        base_url=f"{r.url}{API}/deployments/{dep_id}", api_key=keys.admin, timeout=60, max_retries=0
+    )
+    answer = client.chat.completions.create(
+        model=SPEC["model_id"], messages=[{"role": "user", "content": "hello"}], max_tokens=2
+    )
+    assert answer.usage is not None
+
+    assert _grow_under_load(r, client, SPEC["model_id"]), "the autoscaler did not grow the git stack"
+    assert wait_for(lambda: len(_call(r, keys.admin, "GET", f"/{dep_id}").json()["endpoints"]) > 1, 60)
+    grown = len(_status(r, keys.admin, dep_id, "active")["endpoints"])
+    assert grown > 1 and len(twin.droplets) == grown
+    assert stack_file.read_bytes() == in_git  # git's file is never edited
+    refused = _call(r, keys.admin, "PATCH", f"/{dep_id}/scaling", json={"min_replicas": 1, "max_replicas": 2})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "owned_by_git", refused.text
+    assert _call(r, keys.admin, "DELETE", f"/{dep_id}").status_code == 409
+
+    assert main(["up", "gitops-8b", "--register"]) == 0  # the next merge's apply
+    assert len(twin.droplets) == grown  # keeps the autoscaled count
+    dep = _status(r, keys.admin, dep_id, "active")
+    assert dep["replicas"] == grown and len(dep["endpoints"]) == grown

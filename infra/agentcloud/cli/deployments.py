@@ -23,7 +23,7 @@ from agentcloud.spec import DEPLOYMENT_KEY, resolve_stack
 
 def follow(client: Client, dep_id: str, timeout_s: float = 3600, interval_s: float = 2.0) -> dict[str, Any]:
     """Print status changes and new log lines until no job runs; returns the final deployment."""
-    seen_status, seen_lines = None, 0
+    seen_status, seen_lines, seen_job = None, 0, None
     deadline = time.monotonic() + timeout_s
     while True:
         dep = client.call("GET", f"/{dep_id}")
@@ -37,7 +37,10 @@ def follow(client: Client, dep_id: str, timeout_s: float = 3600, interval_s: flo
             )
             print(f"{time.strftime('%H:%M:%S')} {dep['name']}: {status(seen_status)}{why}", flush=True)
         job = dep.get("job")
-        lines = (job or {}).get("log_tail") or []
+        shown = job or dep.get("last_job") or {}  # a job that ended between two polls: its last lines too
+        if shown.get("id") != seen_job:
+            seen_job, seen_lines = shown.get("id"), 0
+        lines = shown.get("log_tail") or []
         for line in lines[seen_lines:]:
             print(f"    {line.rstrip()}", flush=True)
         seen_lines = len(lines)

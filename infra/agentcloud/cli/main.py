@@ -201,6 +201,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"{stack_name_of(path)}: up on {placement.get('where', 'its declared placement')}, "
         f"{len(endpoints)} endpoint(s): {', '.join(str(e.get('private_ip')) for e in endpoints) or '-'}"
     )
+    return _register(stack_name_of(path), path) if args.register else 0
+
+
+def _register(stack: str, path: Path) -> int:
+    """`up --register`: the gateway (AGENTCLOUD_URL, an admin key in AGENTCLOUD_API_KEY) serves the stack and
+    its autoscaler owns the live replica count; registering again at each apply follows the file."""
+    from agentcloud.cli.client import Client
+
+    key, url = os.environ.get("AGENTCLOUD_API_KEY"), os.environ.get("AGENTCLOUD_URL", "http://127.0.0.1:8080")
+    if not key:
+        error("--register: set AGENTCLOUD_API_KEY (an admin key of your org) and AGENTCLOUD_URL")
+        return 2
+    body = {"stack": stack, "stack_file": path.read_text(encoding="utf-8")}
+    dep = Client(url, key, api="/api/v1/public/gitops/stacks").call("POST", json=body)
+    print(f"{stack}: registered with the gateway at {url} as {dep['id']} ({dep['status']})")
     return 0
 
 
@@ -482,6 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--replicas",
         type=int,
         help="run with this many replicas, within the stack's scaling bounds (default: as many as run now)",
+    )
+    u.add_argument(
+        "--register",
+        action="store_true",
+        help="then register it with the gateway (AGENTCLOUD_URL, AGENTCLOUD_API_KEY): served, autoscaled",
     )
     u.set_defaults(func=cmd_up)
 

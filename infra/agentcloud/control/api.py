@@ -11,15 +11,15 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from agentcloud import usage
 from agentcloud.catalog import Catalog, Routing
 from agentcloud.control.deployments import Deployments
-from agentcloud.control.errors import NotManaged, StackBusy, UnsafeURL
+from agentcloud.control.errors import GitOwned, NotManaged, StackBusy, UnsafeURL
 from agentcloud.control.sla import SlaWatch
 from agentcloud.control.webhooks import EVENTS, WebhookSender, check_url, seal
-from agentcloud.errors import InfraError, PlanError, SpecError
+from agentcloud.errors import InfraError, PlanError, SpecError, ValidationError
 from agentcloud.gateway import authz
 from agentcloud.gateway.asgi import Request
 from agentcloud.gateway.errors import GatewayError, bad_request, forbidden, not_found
@@ -41,9 +41,16 @@ class RoutingBody(BaseModel, extra="forbid"):
     routing: Routing
 
 
-def busy(exc: StackBusy | NotManaged) -> GatewayError:
-    code = "operation_in_progress" if isinstance(exc, StackBusy) else "not_managed"
+def busy(exc: StackBusy | NotManaged | GitOwned) -> GatewayError:
+    code = {StackBusy: "operation_in_progress", GitOwned: "owned_by_git"}.get(type(exc), "not_managed")
     return GatewayError(409, str(exc), code=code)
+
+
+class GitStackBody(BaseModel, extra="forbid"):
+    """POST /gitops/stacks: a stack the GitOps workflow applied (its name and its file as in git)."""
+
+    stack: str = Field(pattern=r"^[A-Za-z0-9_-]{1,100}$")  # git stacks have no dots; API stacks do
+    stack_file: str = Field(min_length=1, max_length=65536)
 
 
 class ManagementApi:
@@ -77,7 +84,7 @@ class ManagementApi:
         """Start a stack operation, answer 202 with the deployment; 409 when its stack is busy or absent."""
         try:
             record = await operation
-        except (StackBusy, NotManaged) as exc:
+        except (StackBusy, NotManaged, GitOwned) as exc:
             raise busy(exc) from None
         except IllegalTransition as exc:  # e.g. scaling a deployment that is being torn down
             raise GatewayError(409, str(exc), code="invalid_state") from None
@@ -127,6 +134,20 @@ class ManagementApi:
         if any(d.name == spec.name and d.org_id == key.org_id for d in await self.deployments.all()):
             raise GatewayError(409, f"your org has a deployment named {spec.name}", code="name_taken")
         await self._accepted(req, self.deployments.create(key.org_id, spec))
+
+    async def register_git_stack(self, req: Request) -> None:
+        """A stack applied from git, registered (again, at each apply): served, and autoscaled within the
+        file's bounds; 202 with the deployment, 400 naming the file's problems, 409 when it is not the
+        org's to register."""
+        key = req.caller
+        if "deployment:manage" not in key.org_permissions(key.org_id):
+            raise forbidden("registering stacks needs an admin key")
+        body = await self._body_as(req, GitStackBody, "stack")
+        try:
+            operation = self.deployments.register_git_stack(key.org_id, body.stack, body.stack_file)
+            await self._accepted(req, operation)
+        except ValidationError as exc:  # the file's problems (SpecError), or YAML that is not a stack file
+            raise bad_request(str(exc), code="invalid_stack_file") from None
 
     async def list(self, req: Request) -> None:
         key = req.caller

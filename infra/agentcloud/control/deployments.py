@@ -15,17 +15,23 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agentcloud.catalog import Catalog, Routing
-from agentcloud.control.errors import NotManaged, StackBusy
+from agentcloud.control.errors import GitOwned, NotManaged, StackBusy
 from agentcloud.control.jobs import Job, JobRunner
 from agentcloud.control.outputs import routes_from_outputs
 from agentcloud.control.secrets_push import ENGINE_KEY_ENV, PushSecrets
 from agentcloud.control.sla import SlaWatch
 from agentcloud.control.webhooks import WebhookSender
+from agentcloud.document import parse_document
 from agentcloud.errors import InfraError
 from agentcloud.gateway.routing import Deployment, deployment_from_record
-from agentcloud.lifecycle.operations import api_stack_name, validate_deployment, write_stack_file
+from agentcloud.lifecycle.operations import (
+    api_stack_name,
+    validate_deployment,
+    write_stack_file,
+    write_text_atomic,
+)
 from agentcloud.records import DeploymentRecord, Lifecycle, Reason, Status
-from agentcloud.spec import DeploymentSpec, Scaling, Sla, gpu_type_of
+from agentcloud.spec import DeploymentSpec, Scaling, Sla, gpu_type_of, parse_stack
 from agentcloud.store import Store
 from agentcloud.store.offload import StoreThread
 
@@ -37,7 +43,9 @@ HealthCheck = Callable[[list[str]], Awaitable[bool]]
 class StackOps(Protocol):
     """The port to a deployment's stack: `up`, `refresh` and `destroy` (the Automation API in production)."""
 
-    def up(self, stack: str, progress: Progress) -> dict[str, Any]: ...
+    def up(self, stack: str, progress: Progress, replicas: int | None = None) -> dict[str, Any]:
+        """``replicas``: the live count to run (a stack from git, whose file gives only where it starts)."""
+        ...
 
     def refresh(self, stack: str, progress: Progress) -> dict[str, Any]: ...
 
@@ -138,9 +146,10 @@ class Deployments:
         the webhook of the state it settled in (`state_event`)."""
         record = await self.get(dep_id)
         assert record is not None, dep_id
+        before = record.status
         record = dataclasses.replace(record, **changes).moved(target, time.time(), reason, healthy=healthy)
         record = await self.save(record)
-        event = state_event(record)
+        event = state_event(record) if record.status is not before else None
         if event is not None:
             data = {
                 "status": record.status.value,
@@ -154,6 +163,10 @@ class Deployments:
         """The reference API's deployment object, with the stack operation in progress if any."""
         spec = record.spec
         running = await self.jobs.running(record.stack) if record.stack else None
+        last = None
+        if running is None and record.stack:  # what the last operation did, once it has ended
+            ended = await self.db(self.store.stack_jobs, record.stack, 1)
+            last = ended[0].as_dict() if ended else None
         return {
             "id": record.id,
             "object": "deployment",
@@ -170,6 +183,7 @@ class Deployments:
             "endpoints": list(record.routes.get("endpoints") or []),
             "lifecycle": record.lifecycle.as_dict() if record.lifecycle else None,
             "job": running.as_dict() if running else None,
+            "last_job": last,
             "cost": {
                 "rate_usd_per_hour": round(record.meter.rate, 4),
                 "to_date_usd": round(record.meter.cost(0.0, time.time()), 4),
@@ -193,9 +207,19 @@ class Deployments:
         return await self.jobs.start(stack, operation, gated), go
 
     async def _converge(self, dep_id: str, job: Job, operation: str, stack: str) -> None:
-        """`up`, register the engines, then active if healthy, else degraded (with the webhook either way)."""
+        """`up`, register the engines, then active if healthy, else degraded (with the webhook either way).
+        A stack from git is upped with the live count the control plane owns (its file says only where it
+        starts); one just registered is not upped: its outputs are read (the GitOps workflow upped it)."""
         try:
-            outputs = await asyncio.to_thread(self.stack_ops.up, stack, job.log.append)
+            current = await self.get(dep_id)
+            assert current is not None
+            if operation == "register":
+                outputs = await asyncio.to_thread(self.stack_ops.refresh, stack, job.log.append)
+            elif current.git:
+                live = int(current.spec.get("replicas", 1))
+                outputs = await asyncio.to_thread(self.stack_ops.up, stack, job.log.append, live)
+            else:
+                outputs = await asyncio.to_thread(self.stack_ops.up, stack, job.log.append)
         except Exception as exc:
             await self.move(dep_id, Status.DEGRADED, f"{operation} failed: {exc}"[:300])
             raise
@@ -271,6 +295,8 @@ class Deployments:
 
     async def delete(self, record: DeploymentRecord, keep_model_cache: bool) -> DeploymentRecord:
         dep_id, stack = record.id, self.stack_of(record)
+        if record.git:
+            raise GitOwned(stack, "remove the stack (`pulumi destroy`, then the file)")
 
         async def work(job: Job) -> None:
             try:
@@ -290,7 +316,48 @@ class Deployments:
         finally:
             go.set()
 
+    async def register_git_stack(self, org_id: str, stack: str, text: str) -> DeploymentRecord:
+        """A stack the GitOps workflow applied, registered so that the gateway serves it and the autoscaler
+        owns its live count: the stack file is kept as a copy (git owns it; each apply registers it again),
+        the record follows it, keeping the live count within the file's bounds. Raises SpecError (the file),
+        GitOwned (another org's stack, or a name the org uses for another deployment)."""
+        spec = parse_stack(parse_document(text, f"stacks/Pulumi.{stack}.yaml"), self.catalog)
+        records = await self.all()
+        existing = next((r for r in records if r.stack == stack), None)
+        if existing is not None and (existing.org_id != org_id or not existing.git):
+            raise GitOwned(stack, "it is registered by another org or made through the API; rename it")
+        if existing is None and any(r.name == spec.name and r.org_id == org_id for r in records):
+            raise GitOwned(stack, f"your org has another deployment named {spec.name}; rename it")
+        declared = spec.model_dump(mode="json", exclude_defaults=True)
+        if existing is not None and spec.scaling is not None:  # the autoscaler's count, within the bounds
+            live = int(existing.spec.get("replicas", spec.replicas))
+            declared["replicas"] = min(max(live, spec.scaling.min_replicas), spec.scaling.max_replicas)
+        dep_id = existing.id if existing else f"dep_{secrets.token_hex(6)}"
+        _, go = await self._start(
+            stack, "register", lambda job: self._converge(dep_id, job, "register", stack)
+        )
+        try:
+            await asyncio.to_thread(write_text_atomic, self.stacks_dir / f"Pulumi.{stack}.yaml", text)
+            if existing is not None:
+                return await self.save(dataclasses.replace(existing, spec=declared, model_id=spec.model_id))
+            record = DeploymentRecord(
+                id=dep_id,
+                org_id=org_id,
+                name=spec.name,
+                model_id=spec.model_id,
+                status=Status.PROVISIONING,
+                spec=declared,
+                stack=stack,
+                lifecycle=Lifecycle.new(time.time(), "registered from git"),
+                git=True,
+            )
+            return await self.save(record)
+        finally:
+            go.set()
+
     async def set_scaling(self, record: DeploymentRecord, scaling: Scaling) -> DeploymentRecord:
+        if record.git:
+            raise GitOwned(self.stack_of(record), "set `scaling`")
         bounds = scaling.model_dump(mode="json")
         replicas = min(max(int(record.spec.get("replicas", 1)), scaling.min_replicas), scaling.max_replicas)
         new = {**record.spec, "scaling": bounds, "replicas": replicas}
@@ -315,7 +382,8 @@ class Deployments:
             stack, "scale", lambda job: self._converge(record.id, job, "scale", stack)
         )
         try:
-            await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, stack)
+            if not record.git:  # a git stack's file is git's: its live count goes to the up instead
+                await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, stack)
             return await self.move(record.id, Status.SCALING, f"{reason} (job {job.id})", spec=new)
         except BaseException:
             job.status = "cancelled"
@@ -380,7 +448,7 @@ class Deployments:
             if current is None:
                 raise NotManaged(dep_id)
             new = change(current)
-            if new.stack and new.spec:
+            if new.stack and new.spec and not new.git:
                 spec = validate_deployment(new.spec, self.catalog)
                 await asyncio.to_thread(write_stack_file, spec, self.stacks_dir, new.stack)
             return await self.save(new)

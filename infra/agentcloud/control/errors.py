@@ -30,5 +30,15 @@ class NotManaged(ControlError):
         )
 
 
+class GitOwned(ControlError):
+    """A change that belongs in git: the stack file of a deployment applied from git (answered 409)."""
+
+    def __init__(self, stack: str, what: str) -> None:
+        super().__init__(
+            f"stack {stack} comes from git: {what} in stacks/Pulumi.{stack}.yaml and let the GitOps workflow "
+            "apply it (the control plane owns only its live replica count)"
+        )
+
+
 class UnsafeURL(ControlError, ValueError):
     """A webhook URL the gateway refuses to call (scheme, address range, credentials)."""

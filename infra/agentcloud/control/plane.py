@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agentcloud.catalog import Catalog
-from agentcloud.control.api import ManagementApi, RoutingBody
+from agentcloud.control.api import GitStackBody, ManagementApi, RoutingBody
 from agentcloud.control.autoscaler import Autoscaler
 from agentcloud.control.deployments import Deployments, Publish, StackOps
 from agentcloud.control.jobs import JobRunner
@@ -132,6 +132,7 @@ class ControlPlane:
         for method, path, handler, body, ok, summary in (
             ("POST", f"{API}/deployments", a.create, DeploymentSpec, 202, "Create a deployment (stack `up`)"),
             ("GET", f"{API}/deployments", a.list, None, 200, "The deployments this key can see"),
+            ("POST", f"{API}/gitops/stacks", a.register_git_stack, GitStackBody, 202, "Register a git stack"),
             ("GET", dep, a.get, None, 200, "A deployment, its lifecycle and any stack operation running"),
             ("DELETE", dep, a.delete, None, 202, "Tear a deployment down (?keep_model_cache=false)"),
             ("PATCH", f"{dep}/scaling", a.scaling, Scaling, 202, "Autoscaling bounds (stack `up`)"),

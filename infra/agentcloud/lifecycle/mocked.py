@@ -222,8 +222,10 @@ class ProgramOps:
         return self.state_dir / f"{stack}.json"
 
     def _load(self, stack: str) -> None:
+        """The stack's state as the last operation left it, from any process (a CLI up and the gateway's
+        control plane share it, as they share a Pulumi backend)."""
         path = self._state_file(stack)
-        if stack in self.outputs or not path.exists():
+        if not path.exists():
             return
         saved = json.loads(path.read_text())
         self.placements[stack] = int(saved.get("placement", 0))

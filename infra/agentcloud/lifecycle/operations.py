@@ -91,11 +91,16 @@ def write_stack_file(spec: DeploymentSpec, directory: Path, stack: str | None = 
         data = yaml.safe_load(path.read_text()) or {}
     config = data.setdefault("config", {})
     config[DEPLOYMENT_KEY] = spec.model_dump(mode="json", exclude_defaults=True)
-    # a temporary file of its own: two writers never share one, and readers see the old or the new file
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    return write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """A temporary file of its own (two writers never share one), then renamed: readers see the old or the
+    new file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(yaml.safe_dump(data, sort_keys=False))
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
