@@ -57,3 +57,39 @@ def test_the_readme_local_engine_path_runs_as_written(tmp_path: Path) -> None:
     assert answer["object"] == "chat.completion" and answer["model"] == "tiny", answer
     assert answer["usage"]["completion_tokens"] > 0
     assert (tmp_path / "tiny.gguf").stat().st_size > 100_000
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_readme_local_cloud_runs_as_written(tmp_path: Path) -> None:
+    """`agentcloud local up` as the README's "without a cloud account" block uses it: the twin and the
+    gateway, a deployment created from the example stack reaches active through droplets that are network
+    namespaces, and chat is answered; killing it leaves no namespace behind."""
+    from tests.test_twin_hosts import pytestmark as needs_hosts
+
+    if needs_hosts.args[0]:
+        pytest.skip(needs_hosts.kwargs["reason"])
+    block = readme_block("local-up")
+    port = free_port()
+    script = block.replace("8080", str(port))
+    assert script.count(str(port)) == 2, "the port the README uses moved"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCLOUD_")}
+    env["PATH"] = f"{LLAMA_SERVER.parent}:{Path(sys.executable).parent}:{env['PATH']}"
+    before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    done = subprocess.run(
+        ["bash", "-c", f"set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n{script}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    log = tmp_path / "demo" / "local.log"
+    shown = done.stdout + done.stderr + (log.read_text()[-3000:] if log.exists() else "")
+    assert done.returncode == 0, shown
+    answer = json.loads(done.stdout.splitlines()[-1])
+    assert answer["object"] == "chat.completion" and answer["usage"]["completion_tokens"] > 0, answer
+    assert "active" in done.stdout and "admin key (org_local)" in log.read_text()
+    after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    assert not {n for n in after - before if n.startswith("acl")}, "local up left namespaces behind"

@@ -456,6 +456,42 @@ def cmd_local_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_local_up(args: argparse.Namespace) -> int:
+    """The twin of DigitalOcean and a gateway on this machine: prints the endpoint and an admin key, serves
+    until Ctrl-C, then removes every droplet."""
+    import signal
+
+    from agentcloud.compose import build
+    from agentcloud.gateway.config import GatewayConfig
+    from agentcloud.gateway.server import limits_of, serve
+    from agentcloud.twin.local import admin_key, find_llama_server, local_cloud, preflight
+
+    preflight()
+    server = find_llama_server(args.llama_server)
+    catalog = load_catalog(args.catalog)
+    with local_cloud(Path(args.dir).resolve(), server, catalog) as cloud:
+        config = GatewayConfig.from_env()
+        key = admin_key(config, catalog, cloud.admin_key_file)
+        gateway = build(config, catalog=catalog)
+        url = f"http://127.0.0.1:{args.port}"
+        lines = [
+            f"a local cloud: the twin of DigitalOcean at {cloud.twin_url} (its droplets are network",
+            f"namespaces; llama.cpp on a tiny model stands in for the engines) and the gateway at {url}",
+            f"  OpenAI-compatible: {url}/v1   Anthropic: {url}/v1/messages",
+            f"  management API:    {url}/api/v1/public   console: {url}/console",
+            f"  admin key (org_local): {key}   (also in {cloud.admin_key_file})",
+            "  create a deployment from a stack file (`agentcloud init` makes one):",
+            f"    AGENTCLOUD_URL={url} AGENTCLOUD_API_KEY=$(cat {cloud.admin_key_file}) \\",
+            "      agentcloud deployments create stacks/Pulumi.example.yaml",
+            "Ctrl-C stops it and removes every droplet.",
+        ]
+        print("\n".join(lines), flush=True)
+        # the server hands SIGTERM back once it has stopped: leave through the cleanup, as Ctrl-C does
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        serve(gateway, "127.0.0.1", args.port, limits_of(gateway.config))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentcloud", description="Dedicated-GPU LLM deployments as code")
     parser.add_argument(
@@ -478,6 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--name", default="tiny", help="the model name in its metadata (default: tiny)")
     tm.add_argument("--force", action="store_true", help="replace an existing file")
     tm.set_defaults(func=cmd_local_tiny_model)
+    lu = loc_sub.add_parser(
+        "up", help="the twin of DigitalOcean and a gateway on this machine (root): endpoint and admin key"
+    )
+    lu.add_argument("--port", type=int, default=8080, help="the gateway's port on 127.0.0.1 (default 8080)")
+    lu.add_argument("--dir", default="agentcloud-local", help="its folder, wiped at each start")
+    lu.add_argument("--llama-server", help="the llama-server binary (default: PATH, AGENTCLOUD_LLAMA_SERVER)")
+    lu.set_defaults(func=cmd_local_up)
 
     p = sub.add_parser("plan", help="plan stacks offline: gpu, engine, fit, cost")
     p.add_argument("stacks", nargs="*", help="stack names or files (default: every stack in stacks/)")

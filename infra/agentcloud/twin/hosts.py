@@ -18,10 +18,13 @@ process it makes is removed by `close`. 127.0.0.1 is never used: everything live
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import ipaddress
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +37,7 @@ import yaml
 
 ENGINE_ENV = "/etc/agentcloud/engine.env"
 ENGINE_SCRIPT = "/usr/local/bin/agentcloud-engine"
+BRIDGES = "bridges"  # the bridges a Hosts folder's droplets were on, one per line
 
 
 def _ip(*args: str, ns: str | None = None) -> None:
@@ -125,6 +129,27 @@ class Hosts:
         subprocess.run(["ip", "neigh", "flush", "to", host.address], capture_output=True, timeout=15)
         shutil.rmtree(Path("/etc/netns") / host.ns, ignore_errors=True)
 
+    @staticmethod
+    def sweep(folder: Path) -> list[str]:
+        """Remove what a Hosts on ``folder`` left behind when its process died before `close` (killed):
+        the namespaces named by its droplet folders, their /etc/netns folders, its bridges. Returns their
+        names."""
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=15).stdout
+        alive = {line.split()[0] for line in listed.splitlines() if line.strip()}
+        gone = [p.name for p in folder.iterdir() if p.is_dir() and p.name in alive] if folder.is_dir() else []
+        for ns in gone:
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=15)
+            for pid in pids.stdout.split():  # its sshd and engine outlived the process that started them
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=15)
+            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+        bridges = folder / BRIDGES
+        for bridge in bridges.read_text().split() if bridges.exists() else []:
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=15)
+            gone.append(bridge)
+        return gone
+
     def close(self) -> None:
         self._stop.set()
         for n in list(self.hosts):
@@ -147,7 +172,11 @@ class Hosts:
             _ip("link", "add", bridge, "type", "bridge")
             # a bridge takes the lowest MAC of its ports unless given one: each droplet added or removed would
             # change the gateway's MAC under every other droplet's neighbour cache
-            _ip("link", "set", bridge, "address", f"02:ac:00:00:00:{len(self.bridges):02x}")
+            mac = hashlib.sha256(bridge.encode()).digest()[:4].hex(":")
+            _ip("link", "set", bridge, "address", f"02:ac:{mac}")
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with (self.folder / BRIDGES).open("a") as f:  # for `sweep`, should this process die first
+                f.write(bridge + "\n")
             _ip("addr", "add", f"{gateway}/{network.prefixlen}", "dev", bridge)
             _ip("link", "set", bridge, "up")
             self.bridges[vpc_range] = bridge
