@@ -11,6 +11,20 @@ ROOT = Path(__file__).resolve().parent.parent
 STACKS = ROOT / "stacks"  # this repository's own stack files
 
 
+E2E_REQUIRED = ROOT / ".venv" / "e2e-required"  # scripts/setup.sh writes it where it had root and every tool
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On a machine that setup prepared for them, an end-to-end test that skips fails instead: CI runs them,
+    never skips them."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and item.get_closest_marker("e2e") and E2E_REQUIRED.exists():
+        report.outcome = "failed"
+        report.longrepr = f"e2e test skipped on a machine set up for it ({E2E_REQUIRED}): {report.longrepr}"
+
+
 @pytest.fixture(autouse=True)
 def own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test writes what lands in the data directory (stores, journals, the program's state) into a
