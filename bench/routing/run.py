@@ -392,6 +392,9 @@ def main() -> int:
             "sglang round_robin",
         ],
     )
+    parser.add_argument(
+        "--layers", type=int, default=4, help="layers of the generated model: its prefill time (4: ~350 ms)"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer requests, 2 slots only")
     args = parser.parse_args()
     if args.quick:
@@ -414,7 +417,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="agentcloud-routing-") as tmp:
         work = Path(tmp)
         model = write_tiny_gguf(
-            work / "bench.gguf", n_embd=256, n_layers=4, n_head=8, n_head_kv=4, context=8192, name=MODEL
+            work / "bench.gguf", n_embd=256, n_layers=args.layers, n_head=8, n_head_kv=4, context=8192, name=MODEL
         )
         for kind in args.workloads:
             for slots in args.slots:
@@ -433,6 +436,7 @@ def main() -> int:
         "warmup": args.warmup,
         "sglang_router": ROUTER_VERSION,
         "cpus": os.cpu_count(),
+        "layers": args.layers,
     }
     text_out = summary(results)
     (out / "summary.md").write_text(f"Setup: {json.dumps(meta)}\n\n{text_out}\n")

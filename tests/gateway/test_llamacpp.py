@@ -17,6 +17,7 @@ from agentcloud.catalog import Catalog
 from agentcloud.gateway.routing import RouteTable
 from agentcloud.store import Store
 from agentcloud.tiny_gguf import write_tiny_gguf
+from agentcloud.upstream.engine import EngineState
 from tests.gateway.conftest import assert_counters_released
 from tests.gateway.harness import Keys, Running, make_gateway, running, target, wait_for
 from tests.sshd import free_port
@@ -159,3 +160,26 @@ def test_engine_rejecting_the_gateway_key_is_a_502(llama_gw: Running, keys: Keys
             model="tiny-wrong-key", messages=[{"role": "user", "content": "x"}], max_tokens=2
         )
     assert err.value.status_code == 502 and "rejected the gateway's credentials" in err.value.message
+
+
+def test_the_probe_reads_a_real_llama_server_s_queue_and_slots(llama: str) -> None:
+    """What the routing's slot model and the autoscaler read from llama.cpp itself: healthy, its queue, and
+    its slot count from /props (asked only when wanted)."""
+    import asyncio
+
+    from agentcloud.upstream.engine import probe
+    from agentcloud.upstream.http_client import HttpPool
+
+    async def both() -> tuple[object, object]:
+        pool = HttpPool(connect_timeout_s=2)
+        try:
+            return (
+                await probe(pool, llama, ENGINE_KEY, with_slots=True),
+                await probe(pool, llama, ENGINE_KEY),
+            )
+        finally:
+            pool.close()
+
+    with_slots, plain = asyncio.run(both())
+    assert with_slots == EngineState(True, 0, 0, 2)  # -np 2
+    assert plain == EngineState(True, 0, 0, None)

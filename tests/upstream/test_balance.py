@@ -131,3 +131,39 @@ def test_a_second_request_of_a_key_waits_its_turn_at_home() -> None:
         return events
 
     assert asyncio.run(scenario()) == ["third goes at once", "held request goes"]
+
+
+def test_with_slots_known_a_request_meets_its_prefix_or_a_free_slot_not_a_queue() -> None:
+    """llama.cpp replicas of 2 slots: a key whose prefix a replica's free slot holds goes there; a known key
+    whose prefix its home's slots no longer hold, while they are all busy, goes to a replica with a free slot
+    instead of queueing (it misses either way); without slot counts (vLLM, or not probed yet) it goes home."""
+    from agentcloud.upstream.balance import point
+
+    def known_key_evicted_at_a_full_home(b: Balancer) -> tuple[bytes, Target]:
+        key = b"tenant system prompt"
+        home = b.order(REPLICAS, Routing.PREFIX_AWARE, key)[0]
+        b.acquire(home, point(key))
+        b.release(home, point(key))
+        b.acquire(home, 1)  # two other keys take home's two slots, and stay in flight
+        b.acquire(home, 2)
+        for other in (t for t in REPLICAS if t is not home):  # one each elsewhere: home is within its bound
+            b.acquire(other, 3)
+        return key, home
+
+    def without_slots_goes_home(key: bytes, home: Target) -> bool:  # the same, no slot counts (vLLM)
+        without = Balancer()
+        assert known_key_evicted_at_a_full_home(without) == (key, home)
+        return without.order(REPLICAS, Routing.PREFIX_AWARE, key)[0] is home
+
+    b = Balancer()
+    b.slots = {t.base_url: 2 for t in REPLICAS}
+    key, home = known_key_evicted_at_a_full_home(b)
+    assert list(b.resident[home.base_url]) == [1, 2]  # the key's prefix was pushed out of home's slots
+    assert without_slots_goes_home(key, home)
+    spilled = b.order(REPLICAS, Routing.PREFIX_AWARE, key)[0]
+    assert spilled is not home
+    b.acquire(spilled, point(key))
+    b.release(spilled, point(key))
+    assert b.order(REPLICAS, Routing.PREFIX_AWARE, key)[0] is spilled  # its free slot holds the key: a hit
+    b.release(home, 1)
+    assert b.order(REPLICAS, Routing.PREFIX_AWARE, key)[0] is spilled  # still: home would miss

@@ -40,13 +40,19 @@ class ReplicaProbe:
         targets = self.replicas()
         if pool is None or not targets:
             return
-        states = await asyncio.gather(*(probe(pool, t.base_url, t.api_key) for t in targets))
+        known = self.balancer.slots
+        states = await asyncio.gather(
+            *(probe(pool, t.base_url, t.api_key, with_slots=t.base_url not in known) for t in targets)
+        )
         unhealthy, waiting = set(), {}
         for target, state in zip(targets, states, strict=True):
             if not state.healthy:
                 unhealthy.add(target.base_url)
+                known.pop(target.base_url, None)  # a restarted engine may come back with other settings
             elif state.waiting:
                 waiting[target.base_url] = state.waiting
+            if state.slots:
+                known[target.base_url] = state.slots
         self.balancer.unhealthy, self.balancer.waiting = unhealthy, waiting
 
     async def run(self) -> None:

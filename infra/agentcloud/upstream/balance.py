@@ -119,6 +119,10 @@ class Balancer:
         self.unhealthy: set[str] = set()
         self.turns: dict[tuple[str, ...], int] = {}
         self.rings: dict[tuple[str, ...], Ring] = {}
+        self.slots: dict[str, int] = {}  # base URL -> llama.cpp slots (the probe reads /props)
+        # base URL -> the keys whose prefix its slots hold, as this process's requests left them (most recent
+        # last): llama.cpp gives a request the idle slot holding its prefix, else the least recently used one
+        self.resident: dict[str, OrderedDict[int, None]] = {}
 
     def load(self, url: str) -> int:
         return self.in_flight.get(url, 0) + self.waiting.get(url, 0)
@@ -128,6 +132,13 @@ class Balancer:
         if key is not None:
             slot = (target.base_url, key)
             self.key_busy[slot] = self.key_busy.get(slot, 0) + 1
+            slots = self.slots.get(target.base_url)
+            if slots:
+                held = self.resident.setdefault(target.base_url, OrderedDict())
+                held[key] = None
+                held.move_to_end(key)
+                while len(held) > slots:
+                    held.popitem(last=False)
 
     def release(self, target: Target, key: int | None = None) -> None:
         left = self.in_flight.get(target.base_url, 0) - 1
@@ -197,11 +208,30 @@ class Balancer:
             ring = self.rings[urls] = Ring(urls)
         loads = [self.load(u) for u in urls]
         home, known = ring.home(key, loads)
+        home = self._slot_for(urls, key, home, loads)
         rest = sorted((i for i in range(len(urls)) if i != home), key=lambda i: loads[i])
         bound = math.ceil(self.load_factor * (sum(loads) + 1) / len(urls))
         if known and loads[home] >= bound:  # home is past its share: the least loaded replica goes first
             return [targets[i] for i in rest[:1]] + [targets[home]] + [targets[i] for i in rest[1:]]
         return [targets[home]] + [targets[i] for i in rest]
+
+    def _slot_for(self, urls: Sequence[str], key: int, home: int, loads: list[int]) -> int:
+        """On engines with slots (llama.cpp), where a request meets its prefix without waiting: home when
+        home's slots hold the key (a busy one is waited for: `turn`); else a replica whose free slot holds it;
+        else, since it misses anyway, a replica with a free slot rather than a queue behind home's full ones
+        (a queued request would take whichever slot frees first, evicting a prefix home is using)."""
+        slots = [self.slots.get(u, 0) for u in urls]
+        if not all(slots) or key in self.resident.get(urls[home], ()):
+            return home
+        free = [
+            i for i, u in enumerate(urls) if self.in_flight.get(u, 0) < slots[i] and u not in self.unhealthy
+        ]
+        holding = [i for i in free if key in self.resident.get(urls[i], ())]
+        if holding:
+            return holding[0]
+        if home in free or not free:
+            return home
+        return min(free, key=lambda i: loads[i])
 
 
 def affinity_key(messages: object, system: object = None) -> bytes | None:

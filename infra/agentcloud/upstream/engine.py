@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from dataclasses import dataclass
 
@@ -35,10 +36,14 @@ class EngineState:
     healthy: bool
     waiting: int = 0
     running: int = 0
+    slots: int | None = None  # llama.cpp's parallel slots (its /props), each holding one prompt's cache
 
 
-async def probe(pool: HttpPool, base_url: str, api_key: str | None, timeout_s: float = 5.0) -> EngineState:
-    """GET /health, then /metrics (behind the engine's API key on llama.cpp) for its queue."""
+async def probe(
+    pool: HttpPool, base_url: str, api_key: str | None, timeout_s: float = 5.0, with_slots: bool = False
+) -> EngineState:
+    """GET /health, then /metrics (behind the engine's API key on llama.cpp) for its queue; ``with_slots``:
+    and a llama.cpp engine's slot count (/props)."""
     root = base_url.removesuffix("/v1")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
@@ -51,7 +56,22 @@ async def probe(pool: HttpPool, base_url: str, api_key: str | None, timeout_s: f
             response = await pool.request(root + "/metrics", b"", headers, method="GET")
             body = await response.read()
             response.release()
+            text = body.decode("utf-8", "replace") if response.status == 200 else ""
+            slots = None
+            if "llamacpp:" in text and with_slots:
+                response = await pool.request(root + "/props", b"", headers, method="GET")
+                props = await response.read()
+                response.release()
+                slots = _total_slots(props) if response.status == 200 else None
     except (OSError, TimeoutError):
         return EngineState(False)
-    waiting, running = parse_queue(body.decode("utf-8", "replace")) if response.status == 200 else (0, 0)
-    return EngineState(True, waiting, running)
+    waiting, running = parse_queue(text)
+    return EngineState(True, waiting, running, slots)
+
+
+def _total_slots(props: bytes) -> int | None:
+    try:
+        value = json.loads(props).get("total_slots")
+    except (ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
