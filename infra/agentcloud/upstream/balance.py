@@ -208,30 +208,56 @@ class Balancer:
             ring = self.rings[urls] = Ring(urls)
         loads = [self.load(u) for u in urls]
         home, known = ring.home(key, loads)
-        home = self._slot_for(urls, key, home, loads)
+        home = self._slot_for(urls, key, home, loads, ring)
         rest = sorted((i for i in range(len(urls)) if i != home), key=lambda i: loads[i])
         bound = math.ceil(self.load_factor * (sum(loads) + 1) / len(urls))
-        if known and loads[home] >= bound:  # home is past its share: the least loaded replica goes first
+        if known and loads[home] >= bound and not self._waits_its_turn(urls[home], key):
+            # home is past its share: the least loaded replica goes first
             return [targets[i] for i in rest[:1]] + [targets[home]] + [targets[i] for i in rest[1:]]
         return [targets[home]] + [targets[i] for i in rest]
 
-    def _slot_for(self, urls: Sequence[str], key: int, home: int, loads: list[int]) -> int:
-        """On engines with slots (llama.cpp), where a request meets its prefix without waiting: home when
-        home's slots hold the key (a busy one is waited for: `turn`); else a replica whose free slot holds it;
-        else, since it misses anyway, a replica with a free slot rather than a queue behind home's full ones
-        (a queued request would take whichever slot frees first, evicting a prefix home is using)."""
+    def _waits_its_turn(self, url: str, key: int) -> bool:
+        """On a replica with slots, a request whose key is in flight there and not yet waited for is held
+        (`turn`) and then meets its prefix: the bound need not send it elsewhere, to a certain miss that
+        would evict another key's prefix there. One request per key waits; the others are bounded."""
+        return (
+            bool(self.slots.get(url))
+            and bool(self.key_busy.get((url, key)))
+            and (url, key) not in self.key_idle
+        )
+
+    def _slot_for(self, urls: Sequence[str], key: int, home: int, loads: list[int], ring: Ring) -> int:
+        """On engines with slots (llama.cpp), where a request meets its prefix, or evicts the least: where
+        the slots hold the key (home first; a busy slot is waited for, `turn`), else, since it misses
+        anyway, the free slot whose prefix is worth least (an empty slot, a prefix also held elsewhere, the
+        prefix requested longest ago), rather than a queue behind full slots (a queued request takes
+        whichever slot frees first, evicting a prefix in use). Without slot counts: home."""
         slots = [self.slots.get(u, 0) for u in urls]
-        if not all(slots) or key in self.resident.get(urls[home], ()):
+        if not all(slots):
             return home
         free = [
             i for i, u in enumerate(urls) if self.in_flight.get(u, 0) < slots[i] and u not in self.unhealthy
         ]
-        holding = [i for i in free if key in self.resident.get(urls[i], ())]
+        holding = [i for i, u in enumerate(urls) if key in self.resident.get(u, ())]
         if holding:
-            return holding[0]
-        if home in free or not free:
+            holding_free = [i for i in holding if i in free]
+            if home in holding and (home in free or not holding_free):
+                return home
+            return (holding_free or holding)[0]
+        if not free:
             return home
-        return min(free, key=lambda i: loads[i])
+
+        def cost(i: int) -> tuple[float, bool]:
+            held = self.resident.get(urls[i]) or OrderedDict()
+            if len(held) < slots[i]:
+                return -1.0, i != home  # an empty slot
+            victim = next(iter(held))
+            if any(victim in self.resident.get(u, ()) for j, u in enumerate(urls) if j != i):
+                return 0.0, i != home  # a copy: still held elsewhere
+            seen = ring.homes.get(victim)
+            return (seen[1] if seen else 0.0), i != home
+
+        return min(free, key=cost)
 
 
 def affinity_key(messages: object, system: object = None) -> bytes | None:
