@@ -208,13 +208,25 @@ class Balancer:
             ring = self.rings[urls] = Ring(urls)
         loads = [self.load(u) for u in urls]
         home, known = ring.home(key, loads)
-        home = self._slot_for(urls, key, home, loads, ring)
+        home = self._slot_for(urls, key, home, loads, ring) if known else self._first(urls, home, loads)
         rest = sorted((i for i in range(len(urls)) if i != home), key=lambda i: loads[i])
         bound = math.ceil(self.load_factor * (sum(loads) + 1) / len(urls))
         if known and loads[home] >= bound and not self._waits_its_turn(urls[home], key):
             # home is past its share: the least loaded replica goes first
             return [targets[i] for i in rest[:1]] + [targets[home]] + [targets[i] for i in rest[1:]]
         return [targets[home]] + [targets[i] for i in rest]
+
+    def _first(self, urls: Sequence[str], home: int, loads: list[int]) -> int:
+        """A key seen for the first time is cached nowhere and may never come back (prompts that share
+        nothing): placed by load alone, as `least_load` places it, home (the least loaded) unless its slots
+        are all busy while another replica has a free one."""
+        if (
+            not all(self.slots.get(u) for u in urls)
+            or self.in_flight.get(urls[home], 0) < self.slots[urls[home]]
+        ):
+            return home
+        free = [i for i, u in enumerate(urls) if self.in_flight.get(u, 0) < self.slots[u]]
+        return min(free, key=lambda i: loads[i]) if free else home
 
     def _waits_its_turn(self, url: str, key: int) -> bool:
         """On a replica with slots, a request whose key is in flight there and not yet waited for is held
