@@ -208,7 +208,10 @@ class Balancer:
             ring = self.rings[urls] = Ring(urls)
         loads = [self.load(u) for u in urls]
         home, known = ring.home(key, loads)
-        home = self._slot_for(urls, key, home, loads, ring) if known else self._first(urls, home, loads)
+        if known:
+            home = self._slot_for(urls, key, home, loads, ring)
+        elif ring.homes[key][2] == 1:  # seen for the first time: placed as `least_load` places it
+            home = ring.homes[key][0] = self._first(urls, loads)
         rest = sorted((i for i in range(len(urls)) if i != home), key=lambda i: loads[i])
         bound = math.ceil(self.load_factor * (sum(loads) + 1) / len(urls))
         if known and loads[home] >= bound and not self._waits_its_turn(urls[home], key):
@@ -216,17 +219,18 @@ class Balancer:
             return [targets[i] for i in rest[:1]] + [targets[home]] + [targets[i] for i in rest[1:]]
         return [targets[home]] + [targets[i] for i in rest]
 
-    def _first(self, urls: Sequence[str], home: int, loads: list[int]) -> int:
-        """A key seen for the first time is cached nowhere and may never come back (prompts that share
-        nothing): placed by load alone, as `least_load` places it, home (the least loaded) unless its slots
-        are all busy while another replica has a free one."""
-        if (
-            not all(self.slots.get(u) for u in urls)
-            or self.in_flight.get(urls[home], 0) < self.slots[urls[home]]
-        ):
-            return home
-        free = [i for i, u in enumerate(urls) if self.in_flight.get(u, 0) < self.slots[u]]
-        return min(free, key=lambda i: loads[i]) if free else home
+    def _first(self, urls: Sequence[str], loads: list[int]) -> int:
+        """Where a key seen for the first time goes: it is cached nowhere and may never come back (prompts
+        that share nothing), so by load alone, ties in turn, as `least_load` places it; on replicas with
+        slots, one with a free slot first."""
+        turn = self.turns.get(tuple(urls), 0)
+        self.turns[tuple(urls)] = (turn + 1) % len(urls)
+
+        def full(i: int) -> bool:
+            slots = self.slots.get(urls[i], 0)
+            return slots > 0 and self.in_flight.get(urls[i], 0) >= slots
+
+        return min(range(len(urls)), key=lambda i: (full(i), loads[i], (i - turn) % len(urls)))
 
     def _waits_its_turn(self, url: str, key: int) -> bool:
         """On a replica with slots, a request whose key is in flight there and not yet waited for is held
