@@ -343,6 +343,22 @@ def measure(
     return result
 
 
+def medians(results: list[Result]) -> list[Result]:
+    """One row per (workload, slots, target): each figure the median of its runs (``--repeat``)."""
+    groups: dict[tuple[str, int, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.workload, r.slots, r.target), []).append(r)
+    out = []
+    for (kind, slots, target), runs in groups.items():
+        figures = {
+            name: sorted(getattr(r, name) for r in runs)[len(runs) // 2]
+            for name in Result.__dataclass_fields__
+            if name not in ("workload", "slots", "target")
+        }
+        out.append(Result(kind, slots, target, **figures))
+    return out
+
+
 def summary(results: list[Result]) -> str:
     lines = []
     for kind in ("shared_prefix", "no_shared_prefix"):
@@ -395,6 +411,9 @@ def main() -> int:
     parser.add_argument(
         "--layers", type=int, default=4, help="layers of the generated model: its prefill time (4: ~350 ms)"
     )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per target; the summary gives each figure's median"
+    )
     parser.add_argument("--quick", action="store_true", help="fewer requests, 2 slots only")
     args = parser.parse_args()
     if args.quick:
@@ -417,16 +436,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="agentcloud-routing-") as tmp:
         work = Path(tmp)
         model = write_tiny_gguf(
-            work / "bench.gguf", n_embd=256, n_layers=args.layers, n_head=8, n_head_kv=4, context=8192, name=MODEL
+            work / "bench.gguf",
+            n_embd=256,
+            n_layers=args.layers,
+            n_head=8,
+            n_head_kv=4,
+            context=8192,
+            name=MODEL,
         )
         for kind in args.workloads:
             for slots in args.slots:
                 replicas = Replicas(model, args.replicas, slots, work)
-                for target in args.targets:
-                    side, policy = target.split()
-                    start = start_gateway if side == "gateway" else start_sglang
-                    results.append(measure(target, start, policy, replicas, kind, slots, args, work))
+                for _ in range(args.repeat):  # rounds over every target: drift touches each alike
+                    for target in args.targets:
+                        side, policy = target.split()
+                        start = start_gateway if side == "gateway" else start_sglang
+                        results.append(measure(target, start, policy, replicas, kind, slots, args, work))
     (out / "results.jsonl").write_text("".join(json.dumps(asdict(r)) + "\n" for r in results))
+    results = medians(results)
     meta = {
         "replicas": args.replicas,
         "tenants": args.tenants,
@@ -437,6 +464,7 @@ def main() -> int:
         "sglang_router": ROUTER_VERSION,
         "cpus": os.cpu_count(),
         "layers": args.layers,
+        "repeat": args.repeat,
     }
     text_out = summary(results)
     (out / "summary.md").write_text(f"Setup: {json.dumps(meta)}\n\n{text_out}\n")
