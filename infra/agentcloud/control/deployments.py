@@ -79,6 +79,25 @@ def state_event(record: DeploymentRecord) -> str | None:
     return "deployment.active" if came_from is Status.PROVISIONING else "deployment.scaled"
 
 
+def _provisioning(
+    dep_id: str, org_id: str, spec: DeploymentSpec, declared: dict[str, Any], stack: str, git: bool = False
+) -> DeploymentRecord:
+    """A new deployment's record, before its first operation (made through the API, or registered from
+    git)."""
+    reason = "registered from git" if git else "created"
+    return DeploymentRecord(
+        id=dep_id,
+        org_id=org_id,
+        name=spec.name,
+        model_id=spec.model_id,
+        status=Status.PROVISIONING,
+        spec=declared,
+        stack=stack,
+        lifecycle=Lifecycle.new(time.time(), reason),
+        git=git,
+    )
+
+
 class Deployments:
     """The control plane's deployments: the only writer of deployment records."""
 
@@ -275,15 +294,8 @@ class Deployments:
     async def create(self, org_id: str, spec: DeploymentSpec) -> DeploymentRecord:
         dep_id = f"dep_{secrets.token_hex(6)}"
         stack = api_stack_name(org_id, spec.name)
-        record = DeploymentRecord(
-            id=dep_id,
-            org_id=org_id,
-            name=spec.name,
-            model_id=spec.model_id,
-            status=Status.PROVISIONING,
-            spec=spec.model_dump(mode="json", exclude_defaults=True),
-            stack=stack,
-            lifecycle=Lifecycle.new(time.time()),
+        record = _provisioning(
+            dep_id, org_id, spec, spec.model_dump(mode="json", exclude_defaults=True), stack
         )
         _, go = await self._start(stack, "create", lambda job: self._converge(dep_id, job, "create", stack))
         try:
@@ -340,18 +352,7 @@ class Deployments:
             await asyncio.to_thread(write_text_atomic, self.stacks_dir / f"Pulumi.{stack}.yaml", text)
             if existing is not None:
                 return await self.save(dataclasses.replace(existing, spec=declared, model_id=spec.model_id))
-            record = DeploymentRecord(
-                id=dep_id,
-                org_id=org_id,
-                name=spec.name,
-                model_id=spec.model_id,
-                status=Status.PROVISIONING,
-                spec=declared,
-                stack=stack,
-                lifecycle=Lifecycle.new(time.time(), "registered from git"),
-                git=True,
-            )
-            return await self.save(record)
+            return await self.save(_provisioning(dep_id, org_id, spec, declared, stack, git=True))
         finally:
             go.set()
 

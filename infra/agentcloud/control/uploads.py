@@ -216,12 +216,7 @@ class Uploads:
         self, upload_id: str, path: Path, dep: Deployment, name: str, settings: dict[str, str], digest: str
     ) -> None:
         try:
-            for host in dep.hosts:
-                remote = await asyncio.to_thread(
-                    self.deliver, host, str(path), f"{name}.gguf", settings, self.delivery
-                )
-                if remote != digest:
-                    raise RuntimeError(f"{host.host} holds sha256 {remote}, expected {digest}")
+            await self._to_every_host(dep, path, name, settings, digest)
             await self._wait_healthy(dep)
         except Exception as exc:  # any failure: recorded for the poller, never raised into the loop
             reason = f"delivery failed: {exc}"
@@ -251,16 +246,35 @@ class Uploads:
             return None, f"byom:{name} is not on this gateway's disk ({path}): upload it again"
         try:
             _, settings = await asyncio.to_thread(self._validate, path, dep, name)
-            for host in dep.hosts:
-                remote = await asyncio.to_thread(
-                    self.deliver, host, str(path), f"{name}.gguf", settings, self.delivery, upload["sha256"]
-                )
-                if remote != upload["sha256"]:
-                    raise RuntimeError(f"{host.host} holds sha256 {remote}, expected {upload['sha256']}")
+            await self._to_every_host(dep, path, name, settings, upload["sha256"], skip_held=True)
         except Exception as exc:  # the reason, for the deployment's history
             message = exc.message if isinstance(exc, GatewayError) else str(exc)
             return None, f"{type(exc).__name__}: {message}"[:200]
         return f"byom:{name}", None
+
+    async def _to_every_host(
+        self,
+        dep: Deployment,
+        path: Path,
+        name: str,
+        settings: dict[str, str],
+        digest: str,
+        skip_held: bool = False,
+    ) -> None:
+        """The GGUF and its settings onto each droplet over SFTP, checked by the sum the droplet computes;
+        ``skip_held``: a droplet already holding the file (its marker says so) gets only the settings."""
+        for host in dep.hosts:
+            remote = await asyncio.to_thread(
+                self.deliver,
+                host,
+                str(path),
+                f"{name}.gguf",
+                settings,
+                self.delivery,
+                digest if skip_held else None,
+            )
+            if remote != digest:
+                raise RuntimeError(f"{host.host} holds sha256 {remote}, expected {digest}")
 
     async def _wait_healthy(self, dep: Deployment) -> None:
         if not await self.healthy([t.base_url for t in dep.targets]):
