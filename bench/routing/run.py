@@ -96,15 +96,20 @@ def cpu_s(pid: int) -> float:
 
 
 def text(rng: random.Random, tokens: int) -> str:
-    """About ``tokens`` tokens of the generated model's byte-level vocabulary (one per character)."""
+    """About ``tokens`` tokens of the generated model's vocabulary. Its tokenizer (SentencePiece with byte
+    fallback) has no piece for a word or for the space marker, so each character is a token and each space
+    three (the UTF-8 bytes of the space marker)."""
     out: list[str] = []
-    while sum(len(w) + 1 for w in out) < tokens:
-        out.append(
+    count = 0
+    while count < tokens:
+        word = (
             rng.choice(WORDS)
             if rng.random() < 0.3
             else "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=5))
         )
-    return " ".join(out)[:tokens]
+        out.append(word)
+        count += len(word) + 3
+    return " ".join(out)
 
 
 def workload(kind: str, n: int, tenants: int, prefix_tokens: int, seed: int) -> list[list[dict[str, str]]]:

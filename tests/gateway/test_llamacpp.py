@@ -3,11 +3,13 @@ GGUF that the tests generate: chat, streaming, the Anthropic translation, and th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -34,7 +36,7 @@ MODEL = "tiny-llama"
 
 
 def start_llama_server(
-    gguf: Path, api_key: str = ENGINE_KEY, alias: str = MODEL
+    gguf: Path, api_key: str = ENGINE_KEY, alias: str = MODEL, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], str]:
     if not LLAMA_SERVER.exists():
         pytest.skip(
@@ -62,6 +64,7 @@ def start_llama_server(
             api_key,
             "-t",
             "1",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -183,3 +186,81 @@ def test_the_probe_reads_a_real_llama_server_s_queue_and_slots(llama: str) -> No
     with_slots, plain = asyncio.run(both())
     assert with_slots == EngineState(True, 0, 0, 2)  # -np 2
     assert plain == EngineState(True, 0, 0, None)
+
+
+def test_the_slot_model_predicts_a_real_llama_server_s_prefix_hits(tmp_path: Path) -> None:
+    """The balancer's model of llama.cpp's slots (which prefix each holds, busy or idle, least recently
+    used) against the engine itself: before each request the model says hit or miss, and llama.cpp's own
+    `cache_n` says what happened. 2 slots, the host-memory prompt cache off, so only slots hold prefixes."""
+    import threading
+
+    from agentcloud.upstream.balance import Balancer
+
+    proc, base_url = start_llama_server(
+        write_tiny_gguf(tmp_path / "tiny.gguf"), extra=("--cache-ram", "0", "-c", "4096")
+    )
+    prompts = {k: " ".join(f"{k}{i}" for i in range(25)) for k in (1, 2, 3)}  # ~150 tokens each
+    balancer = Balancer()
+    balancer.slots = {base_url: 2}
+    engine = target(base_url, name="llama.cpp", upstream_model=MODEL)
+    seen: list[tuple[int, bool, bool]] = []
+
+    def send(key: int, max_tokens: int = 2, started: threading.Event | None = None) -> None:
+        state = balancer._slots(base_url)
+        assert state is not None
+        predicted = state.holds(key, idle=True)
+        balancer.acquire(engine, key)
+        body: dict[str, Any] = {
+            "model": MODEL,
+            "messages": [{"role": "system", "content": prompts[key]}, {"role": "user", "content": "q"}],
+            "max_tokens": max_tokens,
+            "ignore_eos": True,  # llama.cpp's own option: exactly max_tokens, so the long ones stay busy
+            "stream": started is not None,
+        }
+        headers = {"Authorization": f"Bearer {ENGINE_KEY}"}
+        with requests.post(
+            f"{base_url}/chat/completions", json=body, headers=headers, timeout=60, stream=True
+        ) as resp:
+            assert resp.status_code == 200, resp.text
+            if started is None:
+                cached = resp.json()["timings"]["cache_n"]
+            else:
+                cached = -1
+                for line in resp.iter_lines():
+                    started.set()
+                    if b'"timings"' in line:
+                        cached = json.loads(line[5:])["timings"]["cache_n"]
+        balancer.release(engine, key)
+        seen.append((key, predicted, cached > 100))
+
+    try:
+        for key in (1, 2, 1, 3, 2, 1, 1):  # empty slots, a hit, then least recently used evictions
+            send(key)
+        # both slots busy (key 1 a hit, key 3 evicting key 2), then key 2 waits in the engine's queue and
+        # takes the first slot to free: key 3's, the shorter
+        first, second = threading.Event(), threading.Event()
+        long = [
+            threading.Thread(target=send, args=(k, n, e)) for k, n, e in ((1, 1500, first), (3, 200, second))
+        ]
+        long[0].start()
+        assert first.wait(30)
+        long[1].start()
+        assert second.wait(30)
+        send(2)
+        for thread in long:
+            thread.join(60)
+        send(3)
+        send(1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert [s[2] for s in seen] == [s[1] for s in seen], seen  # the model predicted every hit and miss
+    assert [s[0] for s in seen] == [1, 2, 1, 3, 2, 1, 1, 3, 2, 1, 3, 1], f"{seen}"
+    assert [s[2] for s in seen] == [
+        *(False, False, True, False, False, False, True),
+        False,  # 3, evicting 2
+        False,  # 2, queued, then in 3's slot
+        True,  # 1, the long one
+        False,  # 3: evicted by 2
+        True,  # 1
+    ], f"{seen}"

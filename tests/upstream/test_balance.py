@@ -158,7 +158,7 @@ def test_with_slots_known_a_request_meets_its_prefix_or_a_free_slot_not_a_queue(
     b = Balancer()
     b.slots = {t.base_url: 2 for t in REPLICAS}
     key, home = known_key_evicted_at_a_full_home(b)
-    assert list(b.resident[home.base_url]) == [1, 2]  # the key's prefix was pushed out of home's slots
+    assert set(b.slot_state[home.base_url].keys) == {1, 2}  # the key's prefix was pushed out of home's slots
     assert without_slots_goes_home(key, home)
     spilled = b.order(REPLICAS, Routing.PREFIX_AWARE, key)[0]
     assert spilled is not home
@@ -167,3 +167,59 @@ def test_with_slots_known_a_request_meets_its_prefix_or_a_free_slot_not_a_queue(
     assert b.order(REPLICAS, Routing.PREFIX_AWARE, key)[0] is spilled  # its free slot holds the key: a hit
     b.release(home, 1)
     assert b.order(REPLICAS, Routing.PREFIX_AWARE, key)[0] is spilled  # still: home would miss
+
+
+def llama_replicas(busy: dict[int, list[int]]) -> Balancer:
+    """A balancer over 2-slot llama.cpp replicas with these keys in flight (replica index -> keys)."""
+    b = Balancer()
+    b.slots = {t.base_url: 2 for t in REPLICAS}
+    for i, keys in busy.items():
+        for key in keys:
+            b.acquire(REPLICAS[i], key)
+    return b
+
+
+def test_a_request_waits_for_the_busy_slot_holding_its_prefix_and_no_miss_takes_that_slot() -> None:
+    """Every slot busy; a miss waits for a slot it may take, a request whose prefix is in flight waits for
+    that slot; when that slot frees, the miss (waiting longer) must not take it: it waits on for the next."""
+
+    async def scenario() -> list[tuple[int, str]]:
+        b = llama_replicas({0: [11, 22], 1: [1, 2], 2: [3, 4]})
+        went: list[tuple[int, str]] = []
+
+        async def request(key: int) -> None:
+            target = (await b.admit(REPLICAS, key, hold_s=5))[0]
+            b.acquire(target, key)
+            went.append((key, target.name))
+
+        miss = asyncio.create_task(request(33))
+        await asyncio.sleep(0.01)
+        hit = asyncio.create_task(request(11))
+        await asyncio.sleep(0.01)
+        assert went == []  # both wait
+        b.release(REPLICAS[0], 11)
+        await asyncio.wait_for(hit, 1)
+        assert went == [(11, "r0")] and not miss.done()  # the freed slot held 11's prefix: 11 took it
+        b.release(REPLICAS[2], 3)
+        await asyncio.wait_for(miss, 1)
+        return went
+
+    assert asyncio.run(scenario()) == [(11, "r0"), (33, "r2")]
+
+
+def test_past_its_hold_a_request_takes_a_free_slot_elsewhere() -> None:
+    async def scenario() -> tuple[str, str, str]:
+        b = llama_replicas({0: [11, 22], 1: [1]})
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        patient = (await b.admit(REPLICAS, 11, hold_s=0.05))[0].name  # 11's slot stays busy: a copy elsewhere
+        waited = loop.time() - started
+        assert 0.04 <= waited < 1
+        at_once = (await b.admit(REPLICAS, 11, hold_s=0))[0].name
+        b.acquire(REPLICAS[2], 5)
+        b.acquire(REPLICAS[2], 6)
+        b.acquire(REPLICAS[1], 2)
+        full = (await b.admit(REPLICAS, 99, hold_s=0.01))[0].name  # nothing free: the first target's queue
+        return patient, at_once, full
+
+    assert asyncio.run(scenario()) == ("r2", "r2", "r0")  # r2's slots are empty, r1's hold key 1

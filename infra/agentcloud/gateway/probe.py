@@ -56,9 +56,9 @@ class ReplicaProbe:
         self.balancer.unhealthy, self.balancer.waiting = unhealthy, waiting
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
+        while True:  # a first round at once: slot counts and health before the first requests, where possible
             try:
                 await self.round()
             except Exception:
                 log.exception("replica probe failed")
+            await asyncio.sleep(self.interval_s)

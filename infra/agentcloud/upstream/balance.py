@@ -106,6 +106,51 @@ class Ring:
         return replica, True
 
 
+class Slots:
+    """A llama.cpp replica's slots as this process's requests left them: the key whose prefix each slot holds
+    (None: empty, or a request without a key), whether it is busy, and when it was last used; plus the
+    requests sent while every slot was busy, which the engine queues and hands the first slot that frees.
+    llama.cpp gives a request the idle slot holding its prompt's prefix, else the least recently used one."""
+
+    def __init__(self, count: int, clock: list[int]) -> None:
+        self.keys: list[int | None] = [None] * count
+        self.busy = [False] * count
+        self.used = [0] * count
+        self.queued: list[int | None] = []
+        self.clock = clock  # shared by every replica's slots: last uses compare across replicas
+
+    def _use(self, slot: int, key: int | None) -> None:
+        self.clock[0] += 1
+        self.keys[slot], self.busy[slot], self.used[slot] = key, True, self.clock[0]
+
+    def holds(self, key: int, idle: bool) -> bool:
+        return any(k == key and not (idle and b) for k, b in zip(self.keys, self.busy, strict=True))
+
+    def victim(self) -> int | None:
+        """The slot a request whose prefix no idle slot holds would take (None: every slot is busy)."""
+        idle = [i for i, b in enumerate(self.busy) if not b]
+        return min(idle, key=lambda i: self.used[i]) if idle else None
+
+    def take(self, key: int | None) -> None:
+        idle = [i for i, b in enumerate(self.busy) if not b]
+        if not idle:
+            self.queued.append(key)
+            return
+        slot = next((i for i in idle if key is not None and self.keys[i] == key), None)
+        self._use(min(idle, key=lambda i: self.used[i]) if slot is None else slot, key)
+
+    def give_back(self, key: int | None) -> None:
+        slot = next((i for i, b in enumerate(self.busy) if b and self.keys[i] == key), None)
+        if slot is None:  # still queued in the engine (or sent before the slots were known)
+            if key in self.queued:
+                self.queued.remove(key)
+            return
+        self.clock[0] += 1
+        self.busy[slot], self.used[slot] = False, self.clock[0]
+        if self.queued:
+            self._use(slot, self.queued.pop(0))
+
+
 class Balancer:
     """Orders the replicas for one request (best first; the rest are the fallback order) and tracks their
     load."""
@@ -120,25 +165,31 @@ class Balancer:
         self.turns: dict[tuple[str, ...], int] = {}
         self.rings: dict[tuple[str, ...], Ring] = {}
         self.slots: dict[str, int] = {}  # base URL -> llama.cpp slots (the probe reads /props)
-        # base URL -> the keys whose prefix its slots hold, as this process's requests left them (most recent
-        # last): llama.cpp gives a request the idle slot holding its prefix, else the least recently used one
-        self.resident: dict[str, OrderedDict[int, None]] = {}
+        self.slot_state: dict[str, Slots] = {}  # base URL -> its slots as this process's requests left them
+        self.clock = [0]
+        self.wanted: dict[int, int] = {}  # affinity key -> requests waiting in `admit` for a slot
+        self.freed = asyncio.Event()  # set (and replaced) whenever a request ends
 
     def load(self, url: str) -> int:
         return self.in_flight.get(url, 0) + self.waiting.get(url, 0)
 
+    def _slots(self, url: str) -> Slots | None:
+        count = self.slots.get(url)
+        if not count:
+            return None
+        state = self.slot_state.get(url)
+        if state is None or len(state.keys) != count:  # new, or the engine came back with other settings
+            state = self.slot_state[url] = Slots(count, self.clock)
+        return state
+
     def acquire(self, target: Target, key: int | None = None) -> None:
         self.in_flight[target.base_url] = self.in_flight.get(target.base_url, 0) + 1
+        state = self._slots(target.base_url)
+        if state is not None:
+            state.take(key)
         if key is not None:
             slot = (target.base_url, key)
             self.key_busy[slot] = self.key_busy.get(slot, 0) + 1
-            slots = self.slots.get(target.base_url)
-            if slots:
-                held = self.resident.setdefault(target.base_url, OrderedDict())
-                held[key] = None
-                held.move_to_end(key)
-                while len(held) > slots:
-                    held.popitem(last=False)
 
     def release(self, target: Target, key: int | None = None) -> None:
         left = self.in_flight.get(target.base_url, 0) - 1
@@ -146,6 +197,11 @@ class Balancer:
             self.in_flight[target.base_url] = left
         else:
             self.in_flight.pop(target.base_url, None)
+        state = self.slot_state.get(target.base_url)
+        if state is not None:
+            state.give_back(key)
+        self.freed.set()
+        self.freed = asyncio.Event()
         if key is not None:
             slot = (target.base_url, key)
             busy = self.key_busy.get(slot, 0) - 1
@@ -156,6 +212,49 @@ class Balancer:
                 idle = self.key_idle.pop(slot, None)
                 if idle is not None:
                     idle.set()
+
+    async def admit(self, targets: Sequence[Target], key: int, hold_s: float) -> list[Target]:
+        """The order to send a prefix-aware request in, once it may go (``targets`` as `order` gave them).
+
+        On llama.cpp replicas (slot counts known: the leading targets) the request waits here, up to
+        ``hold_s``, while the slots holding its prefix are busy (sent now, it would take another slot, evict
+        another key's prefix there and prefill again), and a request that misses everywhere waits while no
+        replica has a slot it may take; the choice is made again whenever a request ends. Past ``hold_s`` a
+        request whose prefix is busy takes a free slot elsewhere (a hot key gets a second copy), and one
+        that still finds none goes to the first target, whose engine queues it. Elsewhere (no slot counts)
+        a request whose key is in flight at the first target waits for it (`turn`)."""
+        n = 0
+        while n < len(targets) and self._slots(targets[n].base_url) is not None:
+            n += 1
+        if n == 0:
+            if targets:
+                await self.turn(targets[0], key, hold_s)
+            return list(targets)
+        urls = [t.base_url for t in targets[:n]]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + hold_s
+        patient = True
+        while True:
+            chosen, wait = self._slot_for(urls, key, 0, patient)
+            left = deadline - loop.time()
+            if not wait:
+                break
+            if left <= 0:
+                if not patient:
+                    break
+                patient = False
+                continue
+            self.wanted[key] = self.wanted.get(key, 0) + 1
+            try:
+                await asyncio.wait_for(self.freed.wait(), left)
+            except TimeoutError:
+                pass
+            finally:
+                if self.wanted[key] > 1:
+                    self.wanted[key] -= 1
+                else:
+                    del self.wanted[key]
+        return [targets[chosen]] + [t for i, t in enumerate(targets) if i != chosen]
 
     async def turn(self, target: Target, key: int, hold_s: float) -> None:
         """Hold a request while its key already has one in flight at ``target`` (up to ``hold_s``, one held
@@ -208,72 +307,62 @@ class Balancer:
             ring = self.rings[urls] = Ring(urls)
         loads = [self.load(u) for u in urls]
         home, known = ring.home(key, loads)
-        if known:
-            home = self._slot_for(urls, key, home, loads, ring)
-        elif ring.homes[key][2] == 1:  # seen for the first time: placed as `least_load` places it
+        if not known and ring.homes[key][2] == 1:  # seen for the first time: placed as `least_load` places it
             home = ring.homes[key][0] = self._first(urls, loads)
         rest = sorted((i for i in range(len(urls)) if i != home), key=lambda i: loads[i])
+        if all(self._slots(u) for u in urls):  # llama.cpp: where a slot holds the prefix, or evicts least
+            home = self._slot_for(urls, key, home, True)[0]
+            rest = sorted((i for i in range(len(urls)) if i != home), key=lambda i: loads[i])
+            return [targets[home]] + [targets[i] for i in rest]
         bound = math.ceil(self.load_factor * (sum(loads) + 1) / len(urls))
-        if known and loads[home] >= bound and not self._waits_its_turn(urls[home], key):
-            # home is past its share: the least loaded replica goes first
+        if known and loads[home] >= bound:  # home is past its share: the least loaded replica goes first
             return [targets[i] for i in rest[:1]] + [targets[home]] + [targets[i] for i in rest[1:]]
         return [targets[home]] + [targets[i] for i in rest]
 
     def _first(self, urls: Sequence[str], loads: list[int]) -> int:
         """Where a key seen for the first time goes: it is cached nowhere and may never come back (prompts
-        that share nothing), so by load alone, ties in turn, as `least_load` places it; on replicas with
-        slots, one with a free slot first."""
+        that share nothing), so by load alone, ties in turn, as `least_load` places it."""
         turn = self.turns.get(tuple(urls), 0)
         self.turns[tuple(urls)] = (turn + 1) % len(urls)
+        return min(range(len(urls)), key=lambda i: (loads[i], (i - turn) % len(urls)))
 
-        def full(i: int) -> bool:
-            slots = self.slots.get(urls[i], 0)
-            return slots > 0 and self.in_flight.get(urls[i], 0) >= slots
+    def _slot_for(self, urls: Sequence[str], key: int, home: int, patient: bool) -> tuple[int, bool]:
+        """On llama.cpp replicas: where the request goes, and whether it should wait for a slot there first.
 
-        return min(range(len(urls)), key=lambda i: (full(i), loads[i], (i - turn) % len(urls)))
+        Where an idle slot holds its prefix (home first): a hit. Where a busy one does: wait for it
+        (``patient``). Else it misses wherever it goes, so it takes the idle slot whose prefix is worth least:
+        an empty slot, then a prefix also held elsewhere, then (the least loaded replica first) the prefix
+        used longest ago, never one a waiting request wants; with none to take, it waits for one."""
+        states = [self._slots(u) for u in urls]
+        up = [i for i, u in enumerate(urls) if u not in self.unhealthy and states[i] is not None]
+        for idle in (True, False) if patient else (True,):
+            holding = [i for i in up if states[i].holds(key, idle)]  # type: ignore[union-attr]
+            if holding:
+                return (home if home in holding else holding[0]), not idle
 
-    def _waits_its_turn(self, url: str, key: int) -> bool:
-        """On a replica with slots, a request whose key is in flight there and not yet waited for is held
-        (`turn`) and then meets its prefix: the bound need not send it elsewhere, to a certain miss that
-        would evict another key's prefix there. One request per key waits; the others are bounded."""
-        return (
-            bool(self.slots.get(url))
-            and bool(self.key_busy.get((url, key)))
-            and (url, key) not in self.key_idle
-        )
+        def cost(i: int) -> tuple[int, int, int, bool]:
+            state = states[i]
+            assert state is not None
+            slot = state.victim()
+            assert slot is not None
+            victim = state.keys[slot]
+            if victim is None:
+                kind = 0
+            elif any(states[j].holds(victim, False) for j in up if j != i):  # type: ignore[union-attr]
+                kind = 1
+            else:
+                kind = 2
+            return kind, self.load(urls[i]), state.used[slot], i != home
 
-    def _slot_for(self, urls: Sequence[str], key: int, home: int, loads: list[int], ring: Ring) -> int:
-        """On engines with slots (llama.cpp), where a request meets its prefix, or evicts the least: where
-        the slots hold the key (home first; a busy slot is waited for, `turn`), else, since it misses
-        anyway, the free slot whose prefix is worth least (an empty slot, a prefix also held elsewhere, the
-        prefix requested longest ago), rather than a queue behind full slots (a queued request takes
-        whichever slot frees first, evicting a prefix in use). Without slot counts: home."""
-        slots = [self.slots.get(u, 0) for u in urls]
-        if not all(slots):
-            return home
-        free = [
-            i for i, u in enumerate(urls) if self.in_flight.get(u, 0) < slots[i] and u not in self.unhealthy
-        ]
-        holding = [i for i, u in enumerate(urls) if key in self.resident.get(u, ())]
-        if holding:
-            holding_free = [i for i in holding if i in free]
-            if home in holding and (home in free or not holding_free):
-                return home
-            return (holding_free or holding)[0]
-        if not free:
-            return home
-
-        def cost(i: int) -> tuple[float, bool]:
-            held = self.resident.get(urls[i]) or OrderedDict()
-            if len(held) < slots[i]:
-                return -1.0, i != home  # an empty slot
-            victim = next(iter(held))
-            if any(victim in self.resident.get(u, ()) for j, u in enumerate(urls) if j != i):
-                return 0.0, i != home  # a copy: still held elsewhere
-            seen = ring.homes.get(victim)
-            return (seen[1] if seen else 0.0), i != home
-
-        return min(free, key=cost)
+        choices = []
+        for i in up:
+            slot = states[i].victim()  # type: ignore[union-attr]
+            victim = None if slot is None else states[i].keys[slot]  # type: ignore[union-attr]
+            if slot is not None and not (victim is not None and self.wanted.get(victim)):
+                choices.append(i)
+        if not choices:
+            return home, True
+        return min(choices, key=cost), False
 
 
 def affinity_key(messages: object, system: object = None) -> bytes | None:

@@ -77,12 +77,11 @@ class Upstreams:
         hold_s: float = 0.0,
     ) -> Opened:
         """The first target that answers usefully; raises 502/503/504 naming what each target did. With an
-        ``affinity`` key, a request whose key is already in flight at the first target waits its turn there
-        (up to ``hold_s``; see `Balancer.turn`)."""
+        ``affinity`` key, a request may first wait for its turn, up to ``hold_s`` (see `Balancer.admit`)."""
         assert self.pool is not None, "gateway not started"
         key = point(affinity) if affinity else None
         if key is not None and targets:
-            await self.balancer.turn(targets[0], key, hold_s)
+            targets = await self.balancer.admit(targets, key, hold_s)
         if not targets:
             raise UpstreamUnavailable(
                 "no upstream serves this model right now",
