@@ -200,8 +200,9 @@ class Balancer:
         state = self.slot_state.get(target.base_url)
         if state is not None:
             state.give_back(key)
-        self.freed.set()
-        self.freed = asyncio.Event()
+        if self.wanted:  # requests wait in `admit`: they look again
+            self.freed.set()
+            self.freed = asyncio.Event()
         if key is not None:
             slot = (target.base_url, key)
             busy = self.key_busy.get(slot, 0) - 1
