@@ -223,3 +223,29 @@ def test_past_its_hold_a_request_takes_a_free_slot_elsewhere() -> None:
         return patient, at_once, full
 
     assert asyncio.run(scenario()) == ("r2", "r2", "r0")  # r2's slots are empty, r1's hold key 1
+
+
+def test_a_hot_key_on_slots_spreads_as_copies_instead_of_piling_on_one_replica() -> None:
+    """One tenant sends 6 requests at once to 3 replicas of 2 slots: the first takes a slot, the rest wait
+    for it up to the hold, then make copies of the prefix in free slots elsewhere; no replica is sent more
+    requests than it has slots, and later requests find an idle copy (a hit) on any replica."""
+
+    async def scenario() -> tuple[dict[str, int], set[str]]:
+        b = llama_replicas({})
+        key = 7
+        most: dict[str, int] = {}
+
+        async def request() -> None:
+            target = (await b.admit(REPLICAS, key, hold_s=0.05))[0]
+            b.acquire(target, key)
+            most[target.name] = max(most.get(target.name, 0), b.in_flight[target.base_url])
+            await asyncio.sleep(0.2)
+            b.release(target, key)
+
+        await asyncio.gather(*(request() for _ in range(6)))
+        holding = {t.name for t in REPLICAS if b.slot_state[t.base_url].holds(key, idle=True)}
+        return most, holding
+
+    most, holding = asyncio.run(scenario())
+    assert set(most) == {"r0", "r1", "r2"} and max(most.values()) <= 2, most
+    assert holding == {"r0", "r1", "r2"}
