@@ -112,12 +112,22 @@ def text(rng: random.Random, tokens: int) -> str:
     return " ".join(out)
 
 
-def workload(kind: str, n: int, tenants: int, prefix_tokens: int, seed: int) -> list[list[dict[str, str]]]:
+def workload(
+    kind: str, n: int, tenants: int, prefix_tokens: int, seed: int, warmup: bool = False
+) -> list[list[dict[str, str]]]:
+    """``n`` requests: each tenant's system prompt (shared_prefix; tenants picked at random) or a prompt of
+    its own (no_shared_prefix), and a short user turn. The warm-up of a seed has its tenants in turn, each
+    once per round, with other user turns."""
     rng = random.Random(seed)
     prompts = [text(rng, prefix_tokens) for _ in range(tenants)]
+    if warmup:
+        rng = random.Random(seed + 1000)
     out = []
     for i in range(n):
-        system = prompts[rng.randrange(tenants)] if kind == "shared_prefix" else text(rng, prefix_tokens)
+        if kind != "shared_prefix":
+            system = text(rng, prefix_tokens)
+        else:
+            system = prompts[i % tenants] if warmup else prompts[rng.randrange(tenants)]
         out.append(
             [
                 {"role": "system", "content": system},
@@ -317,7 +327,7 @@ def measure(
     replicas.start()
     proc, url, key = start(policy, replicas.urls, work)
     try:
-        warm = workload(kind, args.warmup, args.tenants, args.prefix_tokens, seed=1)
+        warm = workload(kind, args.warmup, args.tenants, args.prefix_tokens, seed=2, warmup=True)
         asyncio.run(drive(url, key, warm, args.clients))
         before_tokens = replicas.counters()
         before_cpu = cpu_s(proc.pid)
@@ -400,7 +410,9 @@ def main() -> int:
     parser.add_argument("--prefix-tokens", type=int, default=1200)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument(
+        "--warmup", type=int, default=8, help="requests before measuring (shared_prefix: tenants in turn)"
+    )
     parser.add_argument("--workloads", nargs="+", default=["shared_prefix", "no_shared_prefix"])
     parser.add_argument(
         "--targets",

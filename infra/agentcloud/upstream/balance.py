@@ -310,13 +310,12 @@ class Balancer:
         home, known = ring.home(key, loads)
         if not known and ring.homes[key][2] == 1:  # seen for the first time: placed as `least_load` places it
             home = ring.homes[key][0] = self._first(urls, loads)
-        rest = sorted((i for i in range(len(urls)) if i != home), key=lambda i: loads[i])
-        if all(self._slots(u) for u in urls):  # llama.cpp: where a slot holds the prefix, or evicts least
+        slotted = all(self._slots(u) for u in urls)
+        if slotted:  # llama.cpp: where a slot holds the prefix, or the slot worth least (`admit` decides)
             home = self._slot_for(urls, key, home, True)[0]
-            rest = sorted((i for i in range(len(urls)) if i != home), key=lambda i: loads[i])
-            return [targets[home]] + [targets[i] for i in rest]
+        rest = sorted((i for i in range(len(urls)) if i != home), key=lambda i: loads[i])
         bound = math.ceil(self.load_factor * (sum(loads) + 1) / len(urls))
-        if known and loads[home] >= bound:  # home is past its share: the least loaded replica goes first
+        if known and not slotted and loads[home] >= bound:  # past its share: the least loaded goes first
             return [targets[i] for i in rest[:1]] + [targets[home]] + [targets[i] for i in rest[1:]]
         return [targets[home]] + [targets[i] for i in rest]
 
@@ -334,36 +333,36 @@ class Balancer:
         (``patient``). Else it misses wherever it goes, so it takes the idle slot whose prefix is worth least:
         an empty slot, then a prefix also held elsewhere, then (the least loaded replica first) the prefix
         used longest ago, never one a waiting request wants; with none to take, it waits for one."""
-        states = [self._slots(u) for u in urls]
-        up = [i for i, u in enumerate(urls) if u not in self.unhealthy and states[i] is not None]
+        live = {
+            i: state
+            for i, url in enumerate(urls)
+            if url not in self.unhealthy and (state := self._slots(url)) is not None
+        }
         for idle in (True, False) if patient else (True,):
-            holding = [i for i in up if states[i].holds(key, idle)]  # type: ignore[union-attr]
+            holding = [i for i, state in live.items() if state.holds(key, idle)]
             if holding:
                 return (home if home in holding else holding[0]), not idle
+        victims: dict[int, int] = {}  # replica -> the slot a miss would take there
+        for i, state in live.items():
+            slot = state.victim()
+            prefix = None if slot is None else state.keys[slot]
+            if slot is not None and (prefix is None or not self.wanted.get(prefix)):
+                victims[i] = slot
+        if not victims:
+            return home, True
 
         def cost(i: int) -> tuple[int, int, int, bool]:
-            state = states[i]
-            assert state is not None
-            slot = state.victim()
-            assert slot is not None
-            victim = state.keys[slot]
-            if victim is None:
-                kind = 0
-            elif any(states[j].holds(victim, False) for j in up if j != i):  # type: ignore[union-attr]
-                kind = 1
+            state, slot = live[i], victims[i]
+            prefix = state.keys[slot]
+            if prefix is None:
+                kind = 0  # an empty slot
+            elif any(other.holds(prefix, False) for j, other in live.items() if j != i):
+                kind = 1  # a copy: still held elsewhere
             else:
                 kind = 2
             return kind, self.load(urls[i]), state.used[slot], i != home
 
-        choices = []
-        for i in up:
-            slot = states[i].victim()  # type: ignore[union-attr]
-            victim = None if slot is None else states[i].keys[slot]  # type: ignore[union-attr]
-            if slot is not None and not (victim is not None and self.wanted.get(victim)):
-                choices.append(i)
-        if not choices:
-            return home, True
-        return min(choices, key=cost), False
+        return min(victims, key=cost), False
 
 
 def affinity_key(messages: object, system: object = None) -> bytes | None:
