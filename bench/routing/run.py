@@ -2,8 +2,9 @@
 replicas, through each of the gateway's routing policies and, in the same run, sglang-router (cache_aware and
 round_robin), the open-source router users would pick instead.
 
-    .venv/bin/python bench/routing/run.py                 # ~10 minutes on 2 cores
-    .venv/bin/python bench/routing/run.py --quick         # a smoke run (~2 minutes)
+    .venv/bin/python bench/routing/run.py                 # ~4 minutes on 2 cores
+    .venv/bin/python bench/routing/run.py --requests 96 --repeat 3   # medians of three, ~11 minutes
+    .venv/bin/python bench/routing/run.py --quick         # a smoke run (~1 minute)
 
 Setup (docs/routing.md says why): a generated GGUF with random weights sized so that a ~1,500-token prefill
 takes about 350 ms on one thread; each replica is `llama-server -t 1 -np SLOTS --cache-ram 0`, so only what
