@@ -15,11 +15,12 @@ import openai
 import pytest
 import requests
 
-from agentcloud.catalog import Catalog
+from agentcloud.catalog import ApiFormat, Catalog
 from agentcloud.gateway.routing import RouteTable
 from agentcloud.store import Store
 from agentcloud.tiny_gguf import write_tiny_gguf
 from agentcloud.upstream.engine import EngineState
+from agentcloud.upstream.target import Target
 from tests.gateway.conftest import assert_counters_released
 from tests.gateway.harness import Keys, Running, make_gateway, running, target, wait_for
 from tests.sshd import free_port
@@ -264,3 +265,58 @@ def test_the_slot_model_predicts_a_real_llama_server_s_prefix_hits(tmp_path: Pat
         False,  # 3: evicted by 2
         True,  # 1
     ], f"{seen}"
+
+
+def test_prefix_aware_requests_meet_their_prefix_on_real_llama_servers(
+    tmp_path: Path, catalog: Catalog, store: Store, keys: Keys
+) -> None:
+    """The whole path on two real llama-servers of 2 slots (host prompt cache off): the gateway's probe reads
+    their slot counts, 4 tenants take the 4 slots, and then two concurrent requests of each tenant both meet
+    its prefix (llama.cpp's own `cache_n`): the second waits in the gateway for the first's slot instead of
+    taking another tenant's."""
+    import concurrent.futures
+
+    from agentcloud.catalog import Routing
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    servers = [start_llama_server(gguf, extra=("--cache-ram", "0", "-c", "4096")) for _ in range(2)]
+    try:
+        table = RouteTable()
+        table.models[MODEL] = [
+            Target(f"llama#{i}", url, ApiFormat.OPENAI, MODEL, ENGINE_KEY)
+            for i, (_, url) in enumerate(servers)
+        ]
+        table.policies[MODEL] = (Routing.PREFIX_AWARE, 2)
+        tenants = [" ".join(f"t{t}w{i}" for i in range(25)) for t in range(4)]
+
+        with running(make_gateway(catalog, store, table, probe_interval_s=0.2, routing_hold_s=5)) as r:
+            assert wait_for(lambda: len(r.gateway.data.upstreams.balancer.slots) == 2, 10)
+
+            def cached(tenant: int, max_tokens: int = 2) -> int:
+                body: dict[str, Any] = {
+                    "model": MODEL,
+                    "messages": [
+                        {"role": "system", "content": tenants[tenant]},
+                        {"role": "user", "content": "q"},
+                    ],
+                    "max_tokens": max_tokens,
+                    "logit_bias": {"2": -100},  # never </s>: the pair's requests overlap
+                }
+                resp = requests.post(
+                    f"{r.url}/v1/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {keys.admin}"},
+                    timeout=60,
+                )
+                assert resp.status_code == 200, resp.text
+                return int(resp.json()["timings"]["cache_n"])
+
+            first = [cached(t) for t in range(4)]
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                pairs = [list(pool.map(lambda t: cached(t, 40), [t, t])) for t in range(4)]
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+            proc.wait(timeout=15)
+    assert all(c < 50 for c in first), first  # cold
+    assert all(c > 100 for pair in pairs for c in pair), pairs  # every one met its tenant's prefix

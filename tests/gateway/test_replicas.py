@@ -133,3 +133,34 @@ def test_a_routes_file_model_with_endpoints_spreads(
                 model="my-replicated", messages=[{"role": "user", "content": f"{i}"}]
             )
     assert _served(replicas) == [3, 3, 3]
+
+
+def test_the_probe_forgets_the_slots_of_replicas_scaled_away(replicas: list[FakeUpstream]) -> None:
+    import asyncio
+
+    from agentcloud.gateway.probe import ReplicaProbe
+    from agentcloud.upstream.proxy import Timeouts, Upstreams
+    from agentcloud.upstream.target import Breakers
+
+    table = RouteTable()
+    targets = tuple(
+        target(u.base_url, f"dep_r#{i}", deployment_id="dep_r") for i, u in enumerate(replicas[:2])
+    )
+    table.add_deployment(Deployment("dep_r", "org_a", "dep_r", CHAT_MODEL, targets))
+    upstreams = Upstreams(Breakers(), Timeouts())
+    balancer = upstreams.balancer
+    gone = "http://10.9.9.9:8000/v1"  # a droplet removed by a scale-down
+    balancer.slots = {gone: 2, targets[0].base_url: 2}
+    balancer.acquire(target(gone), 7)
+    assert gone in balancer.slot_state
+
+    async def one_round() -> None:
+        await upstreams.start()
+        try:
+            await ReplicaProbe(table, upstreams, 1.0).round()
+        finally:
+            await upstreams.close()
+
+    asyncio.run(one_round())
+    assert gone not in balancer.slots and gone not in balancer.slot_state
+    assert balancer.slots == {targets[0].base_url: 2}  # a replica still there keeps what was read

@@ -38,9 +38,13 @@ class ReplicaProbe:
     async def round(self) -> None:
         pool = self.upstreams.pool
         targets = self.replicas()
+        known = self.balancer.slots
+        current = {t.base_url for t in targets}
+        for gone in [url for url in known if url not in current]:  # scaled away: forget its slots
+            del known[gone]
+            self.balancer.slot_state.pop(gone, None)
         if pool is None or not targets:
             return
-        known = self.balancer.slots
         states = await asyncio.gather(
             *(probe(pool, t.base_url, t.api_key, with_slots=t.base_url not in known) for t in targets)
         )
