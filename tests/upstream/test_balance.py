@@ -202,6 +202,7 @@ def test_a_request_waits_for_the_busy_slot_holding_its_prefix_and_no_miss_takes_
         assert went == [(11, "r0")] and not miss.done()  # the freed slot held 11's prefix: 11 took it
         b.release(REPLICAS[2], 3)
         await asyncio.wait_for(miss, 1)
+        assert b.waiters == {}  # nobody left waiting, nothing kept
         return went
 
     assert asyncio.run(scenario()) == [(11, "r0"), (33, "r2")]
@@ -220,6 +221,7 @@ def test_past_its_hold_a_request_takes_a_free_slot_elsewhere() -> None:
         b.acquire(REPLICAS[2], 6)
         b.acquire(REPLICAS[1], 2)
         full = (await b.admit(REPLICAS, 99, hold_s=0.01))[0].name  # nothing free: the first target's queue
+        assert b.waiters == {}
         return patient, at_once, full
 
     assert asyncio.run(scenario()) == ("r2", "r2", "r0")  # r2's slots are empty, r1's hold key 1

@@ -20,7 +20,7 @@ import bisect
 import hashlib
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 from agentcloud.catalog import Routing
@@ -167,8 +167,9 @@ class Balancer:
         self.slots: dict[str, int] = {}  # base URL -> llama.cpp slots (the probe reads /props)
         self.slot_state: dict[str, Slots] = {}  # base URL -> its slots as this process's requests left them
         self.clock = [0]
-        self.wanted: dict[int, int] = {}  # affinity key -> requests waiting in `admit` for a slot
-        self.freed = asyncio.Event()  # set (and replaced) whenever a request ends
+        # requests waiting in `admit`, in arrival order: per key, for a busy slot holding its prefix; under
+        # None, misses for any slot they may take
+        self.waiters: dict[int | None, deque[asyncio.Future[None]]] = {}
 
     def load(self, url: str) -> int:
         return self.in_flight.get(url, 0) + self.waiting.get(url, 0)
@@ -200,9 +201,14 @@ class Balancer:
         state = self.slot_state.get(target.base_url)
         if state is not None:
             state.give_back(key)
-        if self.wanted:  # requests wait in `admit`: they look again
-            self.freed.set()
-            self.freed = asyncio.Event()
+        if self.waiters:  # the requests waiting for this key's slot look again, and the first miss waiting
+            for waiter in self.waiters.get(key, ()) if key is not None else ():
+                if not waiter.done():
+                    waiter.set_result(None)
+            for waiter in self.waiters.get(None, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
         if key is not None:
             slot = (target.base_url, key)
             busy = self.key_busy.get(slot, 0) - 1
@@ -234,27 +240,33 @@ class Balancer:
         urls = [t.base_url for t in targets[:n]]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + hold_s
-        patient = True
+        patient, again = True, False
         while True:
-            chosen, wait = self._slot_for(urls, key, 0, patient)
+            chosen, why = self._slot_for(urls, key, 0, patient)
             left = deadline - loop.time()
-            if not wait:
+            if why is None:
                 break
             if left <= 0:
                 if not patient:
                     break
                 patient = False
                 continue
-            self.wanted[key] = self.wanted.get(key, 0) + 1
+            kind = key if why == "turn" else None
+            queue = self.waiters.setdefault(kind, deque())
+            waiter: asyncio.Future[None] = loop.create_future()
+            if again:  # looked at again and must wait on: it keeps its place
+                queue.appendleft(waiter)
+            else:
+                queue.append(waiter)
+            again = True
             try:
-                await asyncio.wait_for(self.freed.wait(), left)
+                await asyncio.wait_for(waiter, left)
             except TimeoutError:
                 pass
             finally:
-                if self.wanted[key] > 1:
-                    self.wanted[key] -= 1
-                else:
-                    del self.wanted[key]
+                queue.remove(waiter)
+                if not queue and self.waiters.get(kind) is queue:
+                    del self.waiters[kind]
         return [targets[chosen]] + [t for i, t in enumerate(targets) if i != chosen]
 
     async def turn(self, target: Target, key: int, hold_s: float) -> None:
@@ -326,8 +338,9 @@ class Balancer:
         self.turns[tuple(urls)] = (turn + 1) % len(urls)
         return min(range(len(urls)), key=lambda i: (loads[i], (i - turn) % len(urls)))
 
-    def _slot_for(self, urls: Sequence[str], key: int, home: int, patient: bool) -> tuple[int, bool]:
-        """On llama.cpp replicas: where the request goes, and whether it should wait for a slot there first.
+    def _slot_for(self, urls: Sequence[str], key: int, home: int, patient: bool) -> tuple[int, str | None]:
+        """On llama.cpp replicas: where the request goes, and why it should wait first, if it should
+        ("turn": for the busy slot holding its prefix; "full": no slot it may take).
 
         Where an idle slot holds its prefix (home first): a hit. Where a busy one does: wait for it
         (``patient``). Else it misses wherever it goes, so it takes the idle slot whose prefix is worth least:
@@ -341,15 +354,15 @@ class Balancer:
         for idle in (True, False) if patient else (True,):
             holding = [i for i, state in live.items() if state.holds(key, idle)]
             if holding:
-                return (home if home in holding else holding[0]), not idle
+                return (home if home in holding else holding[0]), None if idle else "turn"
         victims: dict[int, int] = {}  # replica -> the slot a miss would take there
         for i, state in live.items():
             slot = state.victim()
             prefix = None if slot is None else state.keys[slot]
-            if slot is not None and (prefix is None or not self.wanted.get(prefix)):
+            if slot is not None and (prefix is None or not self.waiters.get(prefix)):
                 victims[i] = slot
         if not victims:
-            return home, True
+            return home, "full"
 
         def cost(i: int) -> tuple[int, int, int, bool]:
             state, slot = live[i], victims[i]
@@ -362,7 +375,7 @@ class Balancer:
                 kind = 2
             return kind, self.load(urls[i]), state.used[slot], i != home
 
-        return min(victims, key=cost), False
+        return min(victims, key=cost), None
 
 
 def affinity_key(messages: object, system: object = None) -> bytes | None:
