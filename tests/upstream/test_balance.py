@@ -251,3 +251,21 @@ def test_a_hot_key_on_slots_spreads_as_copies_instead_of_piling_on_one_replica()
     most, holding = asyncio.run(scenario())
     assert set(most) == {"r0", "r1", "r2"} and max(most.values()) <= 2, most
     assert holding == {"r0", "r1", "r2"}
+
+
+def test_a_miss_cancelled_after_its_wake_passes_the_wake_on() -> None:
+    """A request's end wakes one waiting miss; if that one's client has gone away before it could look, the
+    next miss waiting is woken instead of the freed slot idling until another request ends."""
+
+    async def scenario() -> str:
+        b = llama_replicas({0: [1, 2], 1: [3, 4], 2: [5, 6]})
+        first = asyncio.create_task(b.admit(REPLICAS, 98, hold_s=5))
+        second = asyncio.create_task(b.admit(REPLICAS, 99, hold_s=5))
+        await asyncio.sleep(0.01)
+        b.release(REPLICAS[1], 3)  # wakes the first miss...
+        first.cancel()  # ...whose client goes away before it runs
+        order = await asyncio.wait_for(second, 1)
+        assert b.waiters == {}
+        return order[0].name
+
+    assert asyncio.run(scenario()) == "r1"

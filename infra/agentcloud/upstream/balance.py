@@ -205,10 +205,7 @@ class Balancer:
             for waiter in self.waiters.get(key, ()) if key is not None else ():
                 if not waiter.done():
                     waiter.set_result(None)
-            for waiter in self.waiters.get(None, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
-                    break
+            self._wake_first_miss()
         if key is not None:
             slot = (target.base_url, key)
             busy = self.key_busy.get(slot, 0) - 1
@@ -260,14 +257,25 @@ class Balancer:
                 queue.append(waiter)
             again = True
             try:
-                await asyncio.wait_for(waiter, left)
+                async with asyncio.timeout(left):
+                    await waiter
             except TimeoutError:
                 pass
+            except asyncio.CancelledError:  # the client went away
+                if kind is None and waiter.done() and not waiter.cancelled():
+                    self._wake_first_miss()  # after its wake: the next miss gets it
+                raise
             finally:
                 queue.remove(waiter)
                 if not queue and self.waiters.get(kind) is queue:
                     del self.waiters[kind]
         return [targets[chosen]] + [t for i, t in enumerate(targets) if i != chosen]
+
+    def _wake_first_miss(self) -> None:
+        for waiter in self.waiters.get(None, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def turn(self, target: Target, key: int, hold_s: float) -> None:
         """Hold a request while its key already has one in flight at ``target`` (up to ``hold_s``, one held
