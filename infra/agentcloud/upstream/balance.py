@@ -8,6 +8,11 @@ bound of consistent hashing with bounded loads, Mirrokni, Thorup and Zadimoghadd
 least loaded replica, so one hot key never piles up past its share. Every gateway process keeps its own homes:
 no shared state on the hot path.
 
+On llama.cpp replicas (slot counts read by the replica probe) the balancer also models each slot (`Slots`):
+which key's prefix it holds, busy or idle, and the engine's queue; `Balancer.admit` then sends a request
+where an idle slot holds its prefix, has it wait in the gateway for a busy one, and sends a miss to the slot
+whose prefix is worth least. docs/routing.md says why and what it measured.
+
 Loads are this process's requests in flight per replica (counted from the moment a request is sent: prefill is
 load too), plus requests the engine itself reported waiting (from its /metrics, refreshed by the data plane's
 replica probe). A replica the probe found unhealthy goes last; the circuit breaker (target.py) keeps failing
