@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hashlib
+import itertools
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from agentcloud.catalog import Routing
 from agentcloud.upstream.target import Target
@@ -117,7 +118,7 @@ class Slots:
     requests sent while every slot was busy, which the engine queues and hands the first slot that frees.
     llama.cpp gives a request the idle slot holding its prompt's prefix, else the least recently used one."""
 
-    def __init__(self, count: int, clock: list[int]) -> None:
+    def __init__(self, count: int, clock: Iterator[int]) -> None:
         self.keys: list[int | None] = [None] * count
         self.busy = [False] * count
         self.used = [0] * count
@@ -125,8 +126,7 @@ class Slots:
         self.clock = clock  # shared by every replica's slots: last uses compare across replicas
 
     def _use(self, slot: int, key: int | None) -> None:
-        self.clock[0] += 1
-        self.keys[slot], self.busy[slot], self.used[slot] = key, True, self.clock[0]
+        self.keys[slot], self.busy[slot], self.used[slot] = key, True, next(self.clock)
 
     def holds(self, key: int, idle: bool) -> bool:
         return any(k == key and not (idle and b) for k, b in zip(self.keys, self.busy, strict=True))
@@ -150,8 +150,7 @@ class Slots:
             if key in self.queued:
                 self.queued.remove(key)
             return
-        self.clock[0] += 1
-        self.busy[slot], self.used[slot] = False, self.clock[0]
+        self.busy[slot], self.used[slot] = False, next(self.clock)
         if self.queued:
             self._use(slot, self.queued.pop(0))
 
@@ -171,7 +170,7 @@ class Balancer:
         self.rings: dict[tuple[str, ...], Ring] = {}
         self.slots: dict[str, int] = {}  # base URL -> llama.cpp slots (the probe reads /props)
         self.slot_state: dict[str, Slots] = {}  # base URL -> its slots as this process's requests left them
-        self.clock = [0]
+        self.clock = itertools.count(1)  # the slots' last uses, in one order across replicas
         # requests waiting in `admit`, in arrival order: per key, for a busy slot holding its prefix; under
         # None, misses for any slot they may take
         self.waiters: dict[int | None, deque[asyncio.Future[None]]] = {}
